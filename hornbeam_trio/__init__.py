@@ -1,0 +1,62 @@
+"""hornbeam_trio: a structured-concurrency ASGI and WebSocket server on Trio,
+with Hornbeam's pub/sub and shared state (``from hornbeam_erlang import ...``)."""
+
+from .api import (
+    SlowConsumer,
+    decr,
+    delete,
+    get,
+    incr,
+    publish,
+    set,
+    state_decr,
+    state_delete,
+    state_get,
+    state_get_multi,
+    state_incr,
+    state_keys,
+    state_set,
+    stats,
+    subscribe,
+    subscription,
+    unsubscribe,
+)
+from .config import Config, ConfigError
+from .lifespan import StartupFailed
+from .server import serve
+
+__version__ = "0.1.0"
+
+
+def run(app: object, **options: object) -> None:
+    """Run a server in the foreground until SIGINT/SIGTERM (see ``hornbeam_trio.runner``)."""
+    from .runner import run as _run
+
+    _run(app, **options)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "SlowConsumer",
+    "StartupFailed",
+    "decr",
+    "delete",
+    "get",
+    "incr",
+    "publish",
+    "run",
+    "serve",
+    "set",
+    "state_decr",
+    "state_delete",
+    "state_get",
+    "state_get_multi",
+    "state_incr",
+    "state_keys",
+    "state_set",
+    "stats",
+    "subscribe",
+    "subscription",
+    "unsubscribe",
+]

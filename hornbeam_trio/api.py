@@ -1,0 +1,165 @@
+"""The Hornbeam-compatible façade: synchronous, handle-free, as in the guide.
+
+Every call finds the server it runs under (and the connection it runs for)
+through context variables, so the same names work in WebSocket and HTTP
+handlers, lifespan and background tasks.  Outside any server they work on the
+process-wide in-memory store, which is what ETS is on one node: handy in
+scripts and unit tests.  ``subscribe()`` is the exception: it needs a
+WebSocket connection to push to, and says so.
+
+``owned=True`` ties a key to the calling connection: an owned set is deleted,
+an owned increment taken back, when the connection ends, on every exit path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .pubsub import SlowConsumer, Subscription
+from .runtime import ConnectionContext, current_connection, get_runtime
+
+__all__ = [
+    "SlowConsumer",
+    "decr",
+    "delete",
+    "get",
+    "incr",
+    "publish",
+    "set",
+    "state_decr",
+    "state_delete",
+    "state_get",
+    "state_get_multi",
+    "state_incr",
+    "state_keys",
+    "state_set",
+    "stats",
+    "subscribe",
+    "subscription",
+    "unsubscribe",
+]
+
+
+def _owner(call: str) -> ConnectionContext:
+    context = current_connection.get()
+    if context is None:
+        raise RuntimeError(f"{call}(..., owned=True) must be called while handling a connection")
+    return context
+
+
+# -- shared state ------------------------------------------------------------
+def state_get(key: str) -> Any:
+    """The value, or None when absent (a copy: mutating it never changes the store)."""
+    return get_runtime().backend.get(key)
+
+
+def state_set(key: str, value: Any, *, owned: bool = False) -> None:
+    get_runtime().backend.set(key, value)
+    if owned:
+        _owner("state_set").own_set(key)
+
+
+def state_delete(key: str) -> None:
+    get_runtime().backend.delete(key)
+    context = current_connection.get()
+    if context is not None:
+        context.disown(key)
+
+
+def state_incr(key: str, delta: int = 1, *, owned: bool = False) -> int:
+    """Atomic add; a missing key counts from 0; returns the new value."""
+    value = get_runtime().backend.incr(key, delta)
+    if owned:
+        _owner("state_incr").own_incr(key, delta)
+    return value
+
+
+def state_decr(key: str, delta: int = 1, *, owned: bool = False) -> int:
+    return state_incr(key, -delta, owned=owned)
+
+
+def state_get_multi(keys: Iterable[str]) -> dict[str, Any]:
+    return get_runtime().backend.get_multi(list(keys))
+
+
+def state_keys(prefix: str | None = None) -> list[str]:
+    return get_runtime().backend.keys(prefix)
+
+
+get = state_get
+set = state_set  # noqa: A001 - Hornbeam's name
+delete = state_delete
+incr = state_incr
+decr = state_decr
+
+
+# -- pub/sub -----------------------------------------------------------------
+def publish(topic: str, message: Any) -> int:
+    """Deliver to every subscriber of ``topic`` without blocking; returns how many."""
+    return get_runtime().backend.publish(topic, message)
+
+
+def subscribe(topic: str) -> None:
+    """The current WebSocket client receives the topic's messages, pushed by the server."""
+    context = current_connection.get()
+    if context is None or context.pusher is None:
+        raise RuntimeError(
+            "subscribe() pushes to the current WebSocket client, and there is none here; "
+            "use `async with hornbeam_trio.subscription(topic) as messages` instead"
+        )
+    context.subscribe(topic, context.pusher)
+
+
+def unsubscribe(topic: str) -> None:
+    context = current_connection.get()
+    if context is None or context.pusher is None:
+        return
+    context.unsubscribe(topic, context.pusher)
+
+
+@asynccontextmanager
+async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterator[Subscription]:
+    """``async with subscription(topic) as messages: async for m in messages: ...``
+
+    Owned by the calling connection when there is one (released with it), and
+    always released when the block exits.  Under the ``close`` slow-consumer
+    policy an overflow raises :class:`SlowConsumer` from the iterator and, inside a
+    WebSocket connection, closes it with 1013.
+    """
+    runtime = get_runtime()
+    context = current_connection.get()
+    config = context.config if context is not None else None
+    on_overflow = None
+    if context is not None and context.pusher is not None:
+        pusher = context.pusher
+        close_now = getattr(pusher, "close_now", None)
+        if close_now is not None:
+
+            def on_overflow() -> None:
+                close_now(1013, "slow consumer")
+
+    sub = Subscription(
+        topic,
+        maxsize=maxsize or (config.subscriber_queue_size if config else 1024),
+        policy=config.slow_consumer if config else "close",
+        on_overflow=on_overflow,
+    )
+    if context is not None:
+        context.subscribe(topic, sub)
+    else:
+        runtime.add_subscriber(topic, sub)
+    try:
+        yield sub
+    finally:
+        sub.close()
+        if context is not None:
+            context.unsubscribe(topic, sub)
+        else:
+            runtime.remove_subscriber(topic, sub)
+
+
+def stats() -> dict[str, Any]:
+    """Live connections, tasks per connection, subscribers per topic, owned keys."""
+    return get_runtime().stats()

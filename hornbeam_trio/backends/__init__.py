@@ -1,0 +1,1 @@
+"""Backends: where pub/sub messages travel and shared state lives (memory, Redis)."""

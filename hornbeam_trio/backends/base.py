@@ -1,0 +1,53 @@
+"""The backend interface: shared state and cross-process pub/sub transport.
+
+Apps call the synchronous Hornbeam façade (``state_get``, ``publish``...).  A
+backend that lives in this process (memory) answers those calls directly; a
+networked one (Redis) cannot answer a read without waiting, so every state
+operation also has an awaitable form, and the synchronous form of a read may
+raise :class:`SyncUnavailable` naming the awaitable one.  Publishing is
+fire-and-forget in both: the backend decides how the message reaches the
+other processes; local fan-out is always the hub's job (encode once).
+
+This module imports nothing of ours but the value codec, so backends stay
+swappable without touching app code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+LocalDeliver = Callable[[str, Any], int]
+"""hub.deliver_local(topic, message) -> subscribers reached in this process."""
+
+
+class SyncUnavailable(RuntimeError):
+    """A synchronous call that this backend can only answer by waiting on the network."""
+
+
+class Backend(Protocol):
+    name: str
+
+    # -- lifecycle: run() is started in the server's nursery, task_status.started() once usable
+    async def run(self, deliver_local: LocalDeliver, *, task_status: Any = ...) -> None: ...
+
+    # -- pub/sub
+    def publish(self, topic: str, message: Any) -> int: ...
+    def topic_added(self, topic: str) -> None: ...
+    def topic_removed(self, topic: str) -> None: ...
+
+    # -- shared state, synchronous (may raise SyncUnavailable)
+    def get(self, key: str) -> Any: ...
+    def set(self, key: str, value: Any) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def incr(self, key: str, delta: int = 1) -> int: ...
+    def get_multi(self, keys: Iterable[str]) -> dict[str, Any]: ...
+    def keys(self, prefix: str | None = None) -> list[str]: ...
+
+    # -- shared state, awaitable (always available)
+    def aget(self, key: str) -> Awaitable[Any]: ...
+    def aset(self, key: str, value: Any) -> Awaitable[None]: ...
+    def adelete(self, key: str) -> Awaitable[None]: ...
+    def aincr(self, key: str, delta: int = 1) -> Awaitable[int]: ...
+    def aget_multi(self, keys: Iterable[str]) -> Awaitable[dict[str, Any]]: ...
+    def akeys(self, prefix: str | None = None) -> Awaitable[list[str]]: ...

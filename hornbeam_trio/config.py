@@ -1,0 +1,190 @@
+"""The one frozen configuration object.
+
+Every option has one name everywhere: the ``Config`` field, the keyword of
+``hornbeam_trio.run()`` and the CLI flag (``websocket_timeout`` <->
+``--websocket-timeout``).  Names, units and defaults follow Hornbeam's documented
+options (milliseconds where Hornbeam uses milliseconds) so a ported deployment
+reads the same.  Validation happens once, here, so the rest of the server can
+trust every value.  This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LifespanMode = Literal["auto", "on", "off"]
+SlowConsumerPolicy = Literal["close", "drop-oldest"]
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ConfigError(ValueError):
+    """An option has a bad value; ``option`` names it the way the user spelled it."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+def flag_name(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- listening -------------------------------------------------------
+    bind: tuple[str, ...] = ("127.0.0.1:8000",)
+    """host:port, [v6]:port or unix:/path; several are allowed."""
+    backlog: int = 1024
+    workers: int = 1
+    root_path: str = ""
+    certfile: str | None = None
+    keyfile: str | None = None
+    cacertfile: str | None = None
+
+    # --- app ---------------------------------------------------------------
+    lifespan: LifespanMode = "auto"
+    factory: bool = False
+    app_dir: str = "."
+    reload: bool = False
+
+    # --- HTTP --------------------------------------------------------------
+    keepalive: float = 2.0
+    """Seconds an idle keep-alive connection is held open (Hornbeam: 2 s)."""
+    timeout: int = 30000
+    """Milliseconds to receive a complete request head, and between body chunks."""
+    max_request_line_size: int = 4094
+    max_header_size: int = 8190
+    max_headers: int = 100
+    shutdown_timeout: float = 10.0
+    """Seconds in-flight HTTP responses get to finish after shutdown begins."""
+
+    # --- WebSocket ---------------------------------------------------------
+    websocket_timeout: int = 60000
+    """Idle timeout in ms: no frame at all from the peer for this long closes it."""
+    websocket_max_frame_size: int = 16 * 1024 * 1024
+    """Largest frame, and largest reassembled message, accepted (bytes)."""
+    websocket_compress: bool = False
+    websocket_ping_interval: int = 20000
+    """ms between server pings on a quiet connection (0 disables)."""
+
+    # --- pub/sub and state -------------------------------------------------
+    backend: str = "memory"
+    slow_consumer: SlowConsumerPolicy = "close"
+    subscriber_queue_size: int = 1024
+    """Deliveries queued per subscriber before the slow-consumer policy applies."""
+
+    # --- logging -----------------------------------------------------------
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bind, str):
+            object.__setattr__(self, "bind", (self.bind,))
+        else:
+            object.__setattr__(self, "bind", tuple(self.bind))
+        if not self.bind:
+            raise ConfigError("bind", "at least one address is required")
+        for address in self.bind:
+            parse_bind(address)
+        for name in (
+            "workers",
+            "backlog",
+            "max_request_line_size",
+            "max_header_size",
+            "max_headers",
+            "websocket_max_frame_size",
+            "subscriber_queue_size",
+        ):
+            _require_int(name, getattr(self, name), minimum=1)
+        for name in ("timeout", "websocket_timeout", "websocket_ping_interval"):
+            _require_int(name, getattr(self, name), minimum=0)
+        for name in ("keepalive", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(name, f"expected a number of seconds >= 0, got {value!r}")
+        _require_choice("lifespan", self.lifespan, ("auto", "on", "off"))
+        _require_choice("slow_consumer", self.slow_consumer, ("close", "drop-oldest"))
+        _require_choice("log_level", self.log_level, LOG_LEVELS)
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ConfigError("certfile", "--certfile and --keyfile go together")
+        if self.root_path and (
+            not self.root_path.startswith("/") or self.root_path.endswith("/")
+        ):
+            raise ConfigError("root_path", "must start with '/' and not end with '/'")
+        if not (self.backend == "memory" or self.backend.startswith(("redis://", "rediss://"))):
+            raise ConfigError("backend", f"expected 'memory' or redis://host:port/db, got {self.backend!r}")
+        if self.workers > 1 and self.backend == "memory":
+            raise ConfigError(
+                "workers",
+                "the in-process (memory) backend keeps pub/sub and state inside one process, "
+                "so --workers > 1 needs --backend redis://...",
+            )
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Config:
+        """Build from keyword options, naming any unknown one (``run()`` uses this)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name in options:
+            if name not in known:
+                raise ConfigError(name, "unknown option")
+        return cls(**options)
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.certfile is not None
+
+    @property
+    def idle_timeout_s(self) -> float | None:
+        return self.websocket_timeout / 1000 if self.websocket_timeout else None
+
+    @property
+    def ping_interval_s(self) -> float | None:
+        return self.websocket_ping_interval / 1000 if self.websocket_ping_interval else None
+
+    @property
+    def request_timeout_s(self) -> float | None:
+        return self.timeout / 1000 if self.timeout else None
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+def parse_bind(address: str) -> BindAddress:
+    """``host:port``, ``[::]:port`` or ``unix:/path``."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise ConfigError("bind", f"empty unix socket path in {address!r}")
+        return BindAddress("unix", path=path)
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError("bind", f"expected host:port, [v6]:port or unix:/path, got {address!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError("bind", f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return BindAddress("tcp", host=host or "0.0.0.0", port=port)
+
+
+def _require_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"expected an integer >= {minimum}, got {value!r}")
+
+
+def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"expected one of {', '.join(choices)}; got {value!r}")
+
+
+DEFAULT_CONFIG = Config()
+
+__all__ = ["DEFAULT_CONFIG", "BindAddress", "Config", "ConfigError", "field", "flag_name", "parse_bind"]

@@ -1,0 +1,305 @@
+"""The Trio shell of one HTTP/1.1 connection (and the door to WebSocket).
+
+The app runs inline in the connection's task, one request after another:
+uvicorn makes a task per request, and not doing so is most of our HTTP
+keep-alive margin.  ``receive()`` pulls body bytes from the parser, reading
+the socket only when nothing is buffered; ``send()`` turns ASGI messages into
+bytes with the sans-I/O ``ResponseEncoder`` and writes them at once.  Timers
+are deadlines on cancel scopes, never extra tasks.
+
+A request that asks to upgrade to WebSocket is handed, with the bytes that
+followed its head, to :class:`~hornbeam_trio.ws_conn.WebSocketConnection`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .protocol import websocket as wsproto
+from .protocol.http11 import (
+    CONTINUE_RESPONSE,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    HTTPError,
+    HTTPParser,
+    Request,
+    ResponseEncoder,
+    simple_response,
+)
+from .runtime import ConnectionContext, current_connection
+from .transport import Transport, TransportClosed
+from .types import ASGI_VERSION, ClientDisconnected
+from .ws_conn import WebSocketConnection
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .types import Message
+
+logger = logging.getLogger("hornbeam_trio")
+access_logger = logging.getLogger("hornbeam_trio.access")
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class HTTPConnection:
+    """One client connection: requests in sequence, then maybe a WebSocket."""
+
+    def __init__(self, server: Server, transport: Transport) -> None:
+        self.server = server
+        self.transport = transport
+        config = server.config
+        self.parser = HTTPParser(
+            max_request_line_size=config.max_request_line_size,
+            max_header_size=config.max_header_size,
+            max_headers=config.max_headers,
+        )
+        self.idle = True
+        """Between requests: shutdown may close us at once."""
+        self.scope: trio.CancelScope | None = None
+        self.websocket: WebSocketConnection | None = None
+        self.eof = False
+
+    def begin_shutdown(self) -> None:
+        ws = self.websocket
+        if ws is not None:
+            ws.begin_shutdown()
+        elif self.idle and self.scope is not None:
+            self.scope.cancel()
+
+    async def run(self) -> None:
+        with trio.CancelScope() as self.scope:
+            try:
+                await self._serve_requests()
+            except TransportClosed:
+                pass
+        if self.websocket is None:
+            await self.transport.close()
+
+    async def _next_event(self, timeout: float | None) -> Any:
+        """The parser's next event, reading the socket as needed (None: connection over)."""
+        parser = self.parser
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            return event
+        deadline = trio.current_time() + timeout if timeout else float("inf")
+        while event is NEED_DATA:
+            if self.eof:
+                return None
+            with trio.move_on_at(deadline) as timer:
+                data = await self.transport.recv()
+            if timer.cancelled_caught:
+                if parser.at_message_boundary:
+                    return None  # keep-alive expired quietly
+                await self._reject(HTTPError(408, "request timeout"))
+                return None
+            if not data:
+                self.eof = True
+            try:
+                parser.feed(data)
+            except HTTPError as exc:
+                await self._reject(exc)
+                return None
+            event = parser.next_event()
+        return event
+
+    async def _reject(self, error: HTTPError) -> None:
+        logger.info("bad request from %s: %s (%d)", self.transport.client, error.reason, error.status)
+        try:
+            await self.transport.send_all(simple_response(error.status, error.reason.encode()))
+        except TransportClosed:
+            pass
+
+    async def _serve_requests(self) -> None:
+        server = self.server
+        config = server.config
+        keepalive = config.keepalive
+        head_timeout = config.request_timeout_s
+        first = True
+        while not server.shutting_down or first:
+            self.idle = True
+            event = await self._next_event(head_timeout if first else keepalive)
+            first = False
+            if event is None:
+                return
+            if not isinstance(event, Request):
+                await self._reject(HTTPError(400, "unexpected data"))
+                return
+            self.idle = False
+            if event.upgrade == b"websocket":
+                await self._upgrade(event)
+                return
+            if event.upgrade is not None and event.upgrade.startswith(b"h2"):
+                event.upgrade = None  # h2c: ignore the offer, answer over HTTP/1.1
+            cycle = RequestCycle(self, event)
+            await cycle.run()
+            if not cycle.keep_alive or self.eof:
+                return
+
+    async def _upgrade(self, request: Request) -> None:
+        server = self.server
+        try:
+            key = wsproto.check_handshake(request.method, request.headers)
+        except wsproto.HandshakeError as exc:
+            await self.transport.send_all(
+                simple_response(exc.status, exc.reason.encode(), headers=exc.headers)
+            )
+            return
+        scope = server.base_scope(request, self.transport, "websocket")
+        scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
+        scope["extensions"] = {"websocket.http.response": {}}
+        ws = WebSocketConnection(
+            app=server.app,
+            scope=scope,
+            request=request,
+            transport=self.transport,
+            config=server.config,
+            runtime=server.runtime,
+            key=key,
+            tail=self.parser.upgrade_tail,
+        )
+        self.websocket = ws
+        if server.shutting_down:
+            ws.begin_shutdown()
+        await ws.run()
+
+
+class RequestCycle:
+    """One request/response: the ASGI ``receive`` and ``send`` of an ``http`` scope."""
+
+    __slots__ = ("body_done", "conn", "encoder", "keep_alive", "request", "status", "written")
+
+    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.encoder = ResponseEncoder(request)
+        self.body_done = False
+        self.keep_alive = request.keep_alive
+        self.status = 0
+        self.written = False
+
+    async def run(self) -> None:
+        conn = self.conn
+        server = conn.server
+        scope = server.base_scope(self.request, conn.transport, "http")
+        scope["method"] = self.request.method
+        runtime = server.runtime
+        context = ConnectionContext(runtime, "http", server.config)
+        token = current_connection.set(context)
+        try:
+            await server.app(scope, self.receive, self.send)
+        except ClientDisconnected:
+            self.keep_alive = False
+        except Exception:
+            logger.exception("HTTP app raised (%s %s)", self.request.method, self.request.path)
+            self.keep_alive = False
+            if not self.written:
+                await self._write(simple_response(500, b"Internal Server Error"))
+                self.status = 500
+                return
+        finally:
+            current_connection.reset(token)
+            context.release()
+        if not self.encoder.complete:
+            if not self.written:
+                logger.error("HTTP app returned without a complete response (%s)", self.request.path)
+                await self._write(simple_response(500, b"Internal Server Error"))
+                self.status = 500
+            self.keep_alive = False
+        else:
+            self.keep_alive = self.keep_alive and self.encoder.keep_alive
+        if self.keep_alive and not self.body_done:
+            # Skip the unread body so the next request parses; a large one is not worth it.
+            self.keep_alive = await self._drain_body(limit=65536)
+        if server.config.access_log:
+            client = conn.transport.client
+            access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                f"{client[0]}:{client[1]}" if client else "-",
+                self.request.method,
+                self.request.path,
+                self.request.http_version,
+                self.status,
+            )
+
+    async def _drain_body(self, limit: int) -> bool:
+        seen = 0
+        while True:
+            event = await self.conn._next_event(self.conn.server.config.request_timeout_s)
+            if event is None:
+                return False
+            if event is END_OF_MESSAGE:
+                self.body_done = True
+                return True
+            seen += len(event)
+            if seen > limit:
+                return False
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.conn.transport.send_all(data)
+        except TransportClosed:
+            raise ClientDisconnected("client went away") from None
+
+    async def receive(self) -> Message:
+        if self.body_done:
+            if self.encoder.complete or self.conn.eof:
+                await trio.lowlevel.checkpoint()
+                return _DISCONNECT
+            return await self._wait_disconnect()
+        request = self.request
+        if request.expect_continue and not self.encoder.started:
+            request.expect_continue = False
+            await self._write(CONTINUE_RESPONSE)
+        event = await self.conn._next_event(self.conn.server.config.request_timeout_s)
+        if event is None:
+            self.body_done = True
+            self.keep_alive = False
+            return _DISCONNECT
+        if event is END_OF_MESSAGE:
+            self.body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": event, "more_body": True}
+
+    async def _wait_disconnect(self) -> Message:
+        """After the body: block until the client goes away (long-poll / streaming apps)."""
+        conn = self.conn
+        while True:
+            try:
+                data = await conn.transport.recv()
+            except TransportClosed:
+                data = b""
+            if not data:
+                conn.eof = True
+                self.keep_alive = False
+                return _DISCONNECT
+            try:
+                conn.parser.feed(data)  # pipelined next request: keep it for later
+            except HTTPError:
+                self.keep_alive = False
+                return _DISCONNECT
+            if conn.parser.pending_events > 64:
+                await trio.sleep_forever()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        encoder = self.encoder
+        if kind == "http.response.body":
+            if not encoder.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if encoder.complete:
+                raise RuntimeError("http.response.body after the response completed")
+            data = encoder.body(message.get("body", b""), message.get("more_body", False))
+            if data:
+                self.written = True
+                await self._write(data)
+        elif kind == "http.response.start":
+            if encoder.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            encoder.start(self.status, message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in an http scope")
+

@@ -1,0 +1,192 @@
+"""Topics, deliveries and subscriber queues: the in-process fan-out.
+
+A published message becomes one :class:`Delivery`.  Its JSON text and its
+WebSocket frame are computed at most once, however many subscribers it
+reaches, and each subscriber's ``deliver()`` must not block: a WebSocket
+connection writes the pre-encoded frame with one non-blocking ``send()`` and
+queues only what the kernel did not take; a :class:`Subscription` iterator
+appends to its bounded queue.  So one slow subscriber never delays the others
+and ``publish()`` never waits.  What happens when a subscriber's queue is full
+is the configured slow-consumer policy: ``close`` or ``drop-oldest``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import trio
+
+from .protocol.websocket import encode_binary, encode_text
+
+
+class Delivery:
+    """One published message, encoded lazily and only once."""
+
+    __slots__ = ("_frame", "_text", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self._text: str | None = message if isinstance(message, str) else None
+        self._frame: bytes | None = None
+        if not isinstance(message, (str, bytes)):
+            # Validate (and encode) at publish time, so a bad value fails the publisher.
+            self._text = json.dumps(message, separators=(",", ":"))
+
+    @property
+    def is_binary(self) -> bool:
+        return isinstance(self.message, bytes)
+
+    @property
+    def frame(self) -> bytes:
+        """The WebSocket frame: dict/list/scalars -> JSON text, str -> text, bytes -> binary."""
+        frame = self._frame
+        if frame is None:
+            if self._text is None:
+                frame = encode_binary(self.message)
+            else:
+                frame = encode_text(self._text)
+            self._frame = frame
+        return frame
+
+    def value(self) -> Any:
+        """An independent copy, as a subscriber over Redis would decode it."""
+        if self._text is None or isinstance(self.message, str):
+            return self.message
+        return json.loads(self._text)
+
+
+class Subscriber(Protocol):
+    def deliver(self, delivery: Delivery) -> bool:
+        """Take the delivery without blocking; False if this subscriber is gone."""
+        ...
+
+
+class Hub:
+    """topic -> subscribers in this process."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, dict[Subscriber, None]] = {}
+
+    def add(self, topic: str, subscriber: Subscriber) -> bool:
+        """Register; True when this is the topic's first local subscriber."""
+        subscribers = self.topics.get(topic)
+        if subscribers is None:
+            self.topics[topic] = {subscriber: None}
+            return True
+        subscribers[subscriber] = None
+        return False
+
+    def remove(self, topic: str, subscriber: Subscriber) -> bool:
+        """Unregister; True when the topic has no local subscriber left."""
+        subscribers = self.topics.get(topic)
+        if subscribers is None or subscriber not in subscribers:
+            return False
+        del subscribers[subscriber]
+        if not subscribers:
+            del self.topics[topic]
+            return True
+        return False
+
+    def deliver_local(self, topic: str, message: Any) -> int:
+        subscribers = self.topics.get(topic)
+        if not subscribers:
+            if not isinstance(message, (str, bytes)):
+                json.dumps(message)  # same TypeError with or without listeners
+            return 0
+        delivery = message if isinstance(message, Delivery) else Delivery(message)
+        reached = 0
+        # A tuple: deliver() may unsubscribe (slow-consumer close) while we iterate.
+        for subscriber in tuple(subscribers):
+            if subscriber.deliver(delivery):
+                reached += 1
+        return reached
+
+    def subscriber_counts(self) -> dict[str, int]:
+        return {topic: len(subs) for topic, subs in self.topics.items()}
+
+
+class SlowConsumer(Exception):
+    """The subscription's queue overflowed under the ``close`` policy."""
+
+
+SlowConsumerPolicy = Literal["close", "drop-oldest"]
+
+
+class Subscription:
+    """``async for message in subscription`` — a bounded queue fed by the hub.
+
+    Messages are independent copies (JSON-like values as decoded JSON; str and
+    bytes as they were published).  Created by ``hornbeam_trio.subscription()``.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        maxsize: int,
+        policy: SlowConsumerPolicy,
+        on_overflow: Any = None,
+    ) -> None:
+        self.topic = topic
+        self._queue: deque[Delivery] = deque()
+        self._maxsize = maxsize
+        self._policy = policy
+        self._lot = trio.lowlevel.ParkingLot()
+        self._overflowed = False
+        self._closed = False
+        self._on_overflow = on_overflow
+        self.dropped = 0
+
+    def deliver(self, delivery: Delivery) -> bool:
+        if self._closed or self._overflowed:
+            return False
+        if len(self._queue) >= self._maxsize:
+            if self._policy == "drop-oldest":
+                self._queue.popleft()
+                self.dropped += 1
+            else:
+                self._overflowed = True
+                self._lot.unpark_all()
+                if self._on_overflow is not None:
+                    self._on_overflow()
+                return False
+        self._queue.append(delivery)
+        if self._lot:
+            self._lot.unpark()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.get()
+
+    async def get(self) -> Any:
+        """The next message; raises SlowConsumer after an overflow under ``close``."""
+        while not self._queue:
+            if self._overflowed:
+                raise SlowConsumer(f"subscription to {self.topic!r} fell behind")
+            if self._closed:
+                raise StopAsyncIteration
+            await self._lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._queue.popleft().value()
+
+    def get_nowait(self) -> Any:
+        """The next queued message or None (the guide's ``check_pubsub()`` shape)."""
+        if self._queue:
+            return self._queue.popleft().value()
+        if self._overflowed:
+            raise SlowConsumer(f"subscription to {self.topic!r} fell behind")
+        return None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+

@@ -1,0 +1,177 @@
+"""What a server shares with the apps it runs: backend, topic hub, live connections.
+
+The Hornbeam façade is synchronous and takes no handle, so it finds two things
+through context variables that Trio copies into every task an app spawns:
+
+* the :class:`Runtime` (the backend and hub of the server running this code;
+  outside any server, the process-wide default over the memory backend, which
+  is what ETS is on one node), and
+* the :class:`ConnectionContext` of the connection whose task is calling, which
+  owns that connection's subscriptions and owned state keys and releases them
+  all in :meth:`ConnectionContext.release` on every exit path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .backends.memory import MemoryBackend
+from .pubsub import Hub, Subscriber
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .config import Config
+
+logger = logging.getLogger("hornbeam_trio")
+
+
+class Runtime:
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.hub = Hub()
+        self.connections: dict[int, ConnectionContext] = {}
+        self._ids = itertools.count(1)
+        attach = getattr(self.backend, "attach", None)
+        if attach is not None:
+            attach(self.hub.deliver_local)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # -- topic registration goes through here so the backend hears of first/last subscribers
+    def add_subscriber(self, topic: str, subscriber: Subscriber) -> None:
+        if self.hub.add(topic, subscriber):
+            self.backend.topic_added(topic)
+
+    def remove_subscriber(self, topic: str, subscriber: Subscriber) -> None:
+        if self.hub.remove(topic, subscriber):
+            self.backend.topic_removed(topic)
+
+    def stats(self) -> dict[str, Any]:
+        connections = list(self.connections.values())
+        per_connection = {ctx.id: ctx.task_count() for ctx in connections}
+        owned = sorted({key for ctx in connections for key in ctx.owned})
+        topics = self.hub.subscriber_counts()
+        return {
+            "connections": len(connections),
+            "websocket_connections": sum(1 for c in connections if c.kind == "websocket"),
+            "http_connections": sum(1 for c in connections if c.kind == "http"),
+            "tasks": sum(per_connection.values()),
+            "tasks_per_connection": per_connection,
+            "topics": topics,
+            "subscribers": sum(topics.values()),
+            "owned_keys": owned,
+        }
+
+
+_default_runtime: Runtime | None = None
+
+
+def default_runtime() -> Runtime:
+    global _default_runtime
+    if _default_runtime is None:
+        _default_runtime = Runtime()
+    return _default_runtime
+
+
+current_runtime: ContextVar[Runtime | None] = ContextVar("hornbeam_trio.runtime", default=None)
+current_connection: ContextVar[ConnectionContext | None] = ContextVar(
+    "hornbeam_trio.connection", default=None
+)
+
+
+def get_runtime() -> Runtime:
+    runtime = current_runtime.get()
+    return runtime if runtime is not None else default_runtime()
+
+
+class ConnectionContext:
+    """Everything one connection owns beyond its tasks, released exactly once."""
+
+    __slots__ = (
+        "_released",
+        "config",
+        "id",
+        "kind",
+        "nursery",
+        "owned",
+        "pusher",
+        "runtime",
+        "subscriptions",
+    )
+
+    def __init__(self, runtime: Runtime, kind: str, config: Config) -> None:
+        self.runtime = runtime
+        self.kind = kind
+        self.config = config
+        self.id = runtime.next_id()
+        self.nursery: trio.Nursery | None = None
+        self.pusher: Subscriber | None = None
+        """Server-side push target for ``subscribe(topic)`` (the WebSocket connection)."""
+        self.subscriptions: dict[tuple[str, Subscriber], None] = {}
+        self.owned: dict[str, int | None] = {}
+        """key -> accumulated owned increment, or None for an owned set (deleted on exit)."""
+        self._released = False
+        runtime.connections[self.id] = self
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        key = (topic, subscriber)
+        if key in self.subscriptions:
+            return
+        self.subscriptions[key] = None
+        self.runtime.add_subscriber(topic, subscriber)
+
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        key = (topic, subscriber)
+        if key in self.subscriptions:
+            del self.subscriptions[key]
+            self.runtime.remove_subscriber(topic, subscriber)
+
+    def own_set(self, key: str) -> None:
+        self.owned[key] = None
+
+    def own_incr(self, key: str, delta: int) -> None:
+        previous = self.owned.get(key, 0)
+        self.owned[key] = None if previous is None else previous + delta
+
+    def disown(self, key: str) -> None:
+        self.owned.pop(key, None)
+
+    def task_count(self) -> int:
+        nursery = self.nursery
+        if nursery is None:
+            return 0
+        count = 0
+        stack = [nursery]
+        while stack:
+            current = stack.pop()
+            for task in current.child_tasks:
+                count += 1
+                stack.extend(task.child_nurseries)
+        return count
+
+    def release(self) -> None:
+        """Drop every subscription and undo every owned key.  Idempotent, never raises."""
+        if self._released:
+            return
+        self._released = True
+        runtime = self.runtime
+        for topic, subscriber in self.subscriptions:
+            runtime.remove_subscriber(topic, subscriber)
+        self.subscriptions.clear()
+        backend = runtime.backend
+        for key, delta in self.owned.items():
+            try:
+                if delta is None:
+                    backend.delete(key)
+                elif delta:
+                    backend.incr(key, -delta)
+            except Exception:  # the release must go on for every other key
+                logger.exception("releasing owned state key %r failed", key)
+        self.owned.clear()
+        runtime.connections.pop(self.id, None)

@@ -1,0 +1,290 @@
+"""``serve(app, config)``: listeners, accept loops, lifespan and graceful shutdown.
+
+Structure (every box is a nursery, every connection its own)::
+
+    serve()                       cancelled by the caller, SIGINT or SIGTERM
+      └ shielded server scope     survives that cancellation for the grace period
+          ├ lifespan task
+          ├ accept loop per listener
+          └ one task per connection -> HTTPConnection / WebSocketConnection nursery
+
+When serve() is cancelled: stop accepting, close idle keep-alive connections,
+send close 1001 to every WebSocket, let in-flight HTTP responses finish; after
+``shutdown_timeout`` seconds whatever is left is cancelled.  Then lifespan
+shutdown runs, and serve() returns with nothing of it left running.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import BindAddress, Config, parse_bind
+from .http_conn import HTTPConnection
+from .lifespan import Lifespan, StartupFailed
+from .runtime import Runtime, current_runtime, default_runtime
+from .transport import SocketTransport, StreamTransport, Transport
+from .types import ASGI_VERSION
+
+if TYPE_CHECKING:
+    from .protocol.http11 import Request
+    from .types import ASGIApp, Scope
+
+logger = logging.getLogger("hornbeam_trio")
+
+__all__ = ["Server", "StartupFailed", "serve"]
+
+ACCEPTS_PER_CHECKPOINT = 32
+
+
+def make_listeners(config: Config) -> list[socket.socket]:
+    listeners: list[socket.socket] = []
+    try:
+        for text in config.bind:
+            address = parse_bind(text)
+            listeners.append(_bind_one(address, config.backlog))
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def _bind_one(address: BindAddress, backlog: int) -> socket.socket:
+    if address.kind == "unix":
+        if os.path.exists(address.path):
+            os.unlink(address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address.path)
+    else:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError:
+            sock.close()
+            raise
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def bound_address(sock: socket.socket) -> BindAddress:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return BindAddress("unix", path=str(name))
+    return BindAddress("tcp", host=str(name[0]), port=int(name[1]))
+
+
+def make_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.certfile, config.keyfile)
+    if config.cacertfile:
+        context.load_verify_locations(config.cacertfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class Server:
+    """State shared by the connections of one serve() call."""
+
+    def __init__(self, app: ASGIApp, config: Config, runtime: Runtime) -> None:
+        self.app = app
+        self.config = config
+        self.runtime = runtime
+        self.ssl_context = make_ssl_context(config)
+        self.shutting_down = False
+        self.connections: set[HTTPConnection] = set()
+        self.lifespan = Lifespan(app, config.lifespan)
+        self._scheme = "https" if self.ssl_context else "http"
+        self._ws_scheme = "wss" if self.ssl_context else "ws"
+
+    def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:
+        root_path = self.config.root_path
+        scope: Scope = {
+            "type": kind,
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "scheme": self._ws_scheme if kind == "websocket" else self._scheme,
+            "path": root_path + request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "root_path": root_path,
+            "headers": request.headers,
+            "client": transport.client,
+            "server": transport.server,
+        }
+        if self.lifespan.supported:
+            scope["state"] = self.lifespan.state.copy()
+        return scope
+
+    async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        accepted = 0
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                accepted = 0
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.error("accept() failed: %s; pausing 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nursery.start_soon(self.handle_connection, sock)
+            accepted += 1
+            if accepted >= ACCEPTS_PER_CHECKPOINT:
+                accepted = 0
+                await trio.lowlevel.checkpoint()
+
+    async def handle_connection(self, sock: socket.socket) -> None:
+        transport: Transport
+        if self.ssl_context is not None:
+            raw = SocketTransport(sock)  # only for the addresses
+            stream = trio.SSLStream(
+                trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+                self.ssl_context,
+                server_side=True,
+            )
+            transport = StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
+        else:
+            transport = SocketTransport(sock)
+        conn = HTTPConnection(self, transport)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            logger.debug("connection from %s ended: %r", transport.client, exc)
+        except Exception:
+            logger.exception("connection handler failed")
+        finally:
+            self.connections.discard(conn)
+            transport.abort()
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.begin_shutdown()
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config | None = None,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``app`` until cancelled; ``await nursery.start(serve, app, config)`` returns
+    the list of bound addresses (a real port where port 0 was asked)."""
+    if config is None:
+        config = Config.from_options(**options)
+    elif options:
+        config = Config.from_options(**{**_config_options(config), **options})
+    runtime = _make_runtime(config)
+    server = Server(app, config, runtime)
+    listeners = make_listeners(config)
+    current_runtime.set(runtime)
+    failure: StartupFailed | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            shutdown = trio.Event()
+            result = await nursery.start(_run_shielded, server, listeners, shutdown)
+            if isinstance(result, StartupFailed):
+                failure = result
+            else:
+                task_status.started(result)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # The caller's cancellation lands here; the shielded task does the rest.
+                    shutdown.set()
+    finally:
+        for listener in listeners:
+            _close_listener(listener)
+    if failure is not None:
+        raise failure
+
+
+def _config_options(config: Config) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _make_runtime(config: Config) -> Runtime:
+    if config.backend == "memory":
+        return default_runtime()
+    raise NotImplementedError("--backend redis:// is not available yet")
+
+
+def _close_listener(listener: socket.socket) -> None:
+    if listener.fileno() == -1:
+        return
+    path = listener.getsockname() if listener.family == socket.AF_UNIX else None
+    trio.lowlevel.notify_closing(listener)
+    listener.close()
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+async def _run_shielded(
+    server: Server,
+    listeners: list[socket.socket],
+    shutdown: trio.Event,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Everything that must outlive the caller's cancellation for the grace period."""
+    config = server.config
+    with trio.CancelScope(shield=True) as server_scope:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(server.lifespan.run)
+            try:
+                server.lifespan.check_startup()
+            except StartupFailed as exc:
+                lifespan_nursery.cancel_scope.cancel()
+                task_status.started(exc)
+                return
+            try:
+                async with trio.open_nursery() as connections:
+                    accept_scope = trio.CancelScope()
+
+                    async def accept_all() -> None:
+                        with accept_scope:
+                            async with trio.open_nursery() as accepters:
+                                for listener in listeners:
+                                    accepters.start_soon(server.accept_loop, listener, connections)
+
+                    connections.start_soon(accept_all)
+                    task_status.started([bound_address(sock) for sock in listeners])
+                    await shutdown.wait()
+                    accept_scope.cancel()
+                    for listener in listeners:
+                        _close_listener(listener)
+                    server.begin_shutdown()
+                    server_scope.deadline = trio.current_time() + config.shutdown_timeout
+            finally:
+                with trio.CancelScope(shield=True):
+                    await server.lifespan.shutdown(timeout=config.shutdown_timeout)
+                lifespan_nursery.cancel_scope.cancel()

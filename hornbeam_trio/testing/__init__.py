@@ -1,0 +1,1 @@
+"""Testing toolkit for cancellation-safe WebSocket test suites (see README, "Testing your app")."""

@@ -1,0 +1,1 @@
+"""pytest plugin (entry point ``hornbeam_trio``): ready-made fixtures."""

@@ -1,0 +1,564 @@
+"""The Trio shell of one WebSocket connection: one nursery owns it all.
+
+Inside the connection's nursery run the app task (the ASGI app), the reader
+task (socket -> protocol core -> ASGI events; answers pings, keeps the idle
+timer) and, only while the kernel refuses bytes, a flusher task.  The send
+path is shared by the app, the protocol's control replies and pub/sub
+deliveries: each writes with one non-blocking ``send()`` when nothing is
+queued, and queues only what the kernel did not take.  So an echo costs two
+task switches (reader -> app) and no extra one for writing, and a broadcast
+costs one ``send()`` per subscriber with no task switch at all.
+
+How a connection ends, whichever side starts it: the reader ends (peer close,
+protocol failure, EOF, reset, idle timeout, our close answered or timed out)
+and the app gets ``websocket.disconnect``; the app ends (returns, raises, is
+given up on); then the nursery is cancelled, subscriptions and owned state
+are released, queued bytes get a bounded last flush, and the socket closes.
+Every rule about frames and close codes lives in ``protocol/websocket.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .protocol import websocket as wsproto
+from .protocol.http11 import simple_response
+from .pubsub import Delivery
+from .runtime import ConnectionContext, current_connection
+from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
+from .types import ClientDisconnected
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .protocol.http11 import Request
+    from .runtime import Runtime
+    from .types import ASGIApp, Message, Scope
+
+logger = logging.getLogger("hornbeam_trio")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds we wait for the peer's close frame after sending ours."""
+APP_EXIT_GRACE = 5.0
+"""Seconds an app gets to return after its client is gone, before it is cancelled."""
+MAX_QUEUED_EVENTS = 64
+"""Received messages buffered for an app that is not calling receive(): then we stop reading."""
+SEND_HIGH_WATER = 256 * 1024
+"""Queued bytes above which the app's send() waits for the socket to drain."""
+
+_CLOSE_FRAME_MIN = 2
+
+
+class Writer:
+    """The connection's single send path: non-blocking first, queue only the rest."""
+
+    __slots__ = (
+        "_drained",
+        "_flushing",
+        "_nursery",
+        "_unyielded",
+        "pending",
+        "pending_bytes",
+        "pending_deliveries",
+        "transport",
+    )
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.pending: deque[tuple[bytes | memoryview, bool]] = deque()
+        self.pending_bytes = 0
+        self.pending_deliveries = 0
+        self._nursery: trio.Nursery | None = None
+        self._flushing = False
+        self._drained = trio.lowlevel.ParkingLot()
+        self._unyielded = 0
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
+        """Send now what the kernel takes; queue the rest.  Raises TransportClosed."""
+        if not self.pending:
+            sent = self.transport.try_send(data)
+            if sent == len(data):
+                return
+            self._enqueue(memoryview(data)[sent:] if sent else data, delivery)
+        else:
+            self._enqueue(data, delivery)
+
+    def _enqueue(self, data: bytes | memoryview, delivery: bool) -> None:
+        self.pending.append((data, delivery))
+        self.pending_bytes += len(data)
+        if delivery:
+            self.pending_deliveries += 1
+        if not self._flushing and self._nursery is not None:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
+
+    def drop_queued_deliveries(self, *, keep_newest: int = 0) -> int:
+        """Forget queued deliveries not yet started (never the head, which may be half sent)."""
+        if self.pending_deliveries <= keep_newest:
+            return 0
+        head = self.pending.popleft() if self.pending else None
+        to_drop = self.pending_deliveries - keep_newest
+        if head is not None and head[1]:
+            to_drop -= 1  # the head stays even though it is a delivery
+        kept: deque[tuple[bytes | memoryview, bool]] = deque()
+        dropped = 0
+        for item in self.pending:
+            if item[1] and dropped < to_drop:
+                dropped += 1
+                self.pending_bytes -= len(item[0])
+                self.pending_deliveries -= 1
+            else:
+                kept.append(item)
+        if head is not None:
+            kept.appendleft(head)
+        self.pending = kept
+        return dropped
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                data, delivery = self.pending[0]
+                await self.transport.send_all(data)
+                self.pending.popleft()
+                self.pending_bytes -= len(data)
+                if delivery:
+                    self.pending_deliveries -= 1
+                if self.pending_bytes <= SEND_HIGH_WATER // 2:
+                    self._drained.unpark_all()
+        except TransportClosed:
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.pending_deliveries = 0
+        finally:
+            self._flushing = False
+            self._drained.unpark_all()
+
+    async def write(self, data: bytes) -> None:
+        """The app's send(): waits only when too much is queued (backpressure)."""
+        self.write_nowait(data)
+        if self.pending_bytes > SEND_HIGH_WATER:
+            while self.pending_bytes > SEND_HIGH_WATER // 2 and self._flushing:
+                await self._drained.park()
+            if self.pending and not self._flushing:
+                raise TransportClosed("connection closed while sending")
+            return
+        self._unyielded += 1
+        if self._unyielded >= CHECKPOINT_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+
+    async def final_flush(self, timeout: float) -> None:
+        """Last bounded attempt to get queued bytes (the close frame) out."""
+        with trio.move_on_after(timeout):
+            while self.pending:
+                data, _ = self.pending.popleft()
+                await self.transport.send_all(data)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.pending_deliveries = 0
+
+
+class WebSocketConnection:
+    """ASGI ``receive``/``send`` for one WebSocket, and its pub/sub push target."""
+
+    def __init__(
+        self,
+        *,
+        app: ASGIApp,
+        scope: Scope,
+        request: Request,
+        transport: Transport,
+        config: Config,
+        runtime: Runtime,
+        key: bytes,
+        tail: bytes,
+    ) -> None:
+        self.app = app
+        self.scope = scope
+        self.request = request
+        self.transport = transport
+        self.config = config
+        self.runtime = runtime
+        self.writer = Writer(transport)
+        self.protocol: wsproto.ServerProtocol | None = None
+        self.context = ConnectionContext(runtime, "websocket", config)
+        self.context.pusher = self
+        self._key = key
+        self._tail = tail
+        self._timer: trio.CancelScope | None = None
+        self._events: deque[Message] = deque([{"type": "websocket.connect"}])
+        self._app_waiter: trio.lowlevel.Task | None = None
+        self._reader_lot = trio.lowlevel.ParkingLot()
+        self._recv_unyielded = 0
+        self._nursery: trio.Nursery | None = None
+        self._pre_accept: list[bytes] = []
+
+        self.accepted = False
+        self.response_started = False  # HTTP denial response or 101 sent
+        self.reader_done = trio.Event()
+        self.app_done = trio.Event()
+        self.disconnect_code: int | None = None  # set once the app has been told
+        self.last_activity = 0.0
+        self._pinged = False
+        self._close_deadline = float("inf")
+        self._denial: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Run the connection to its end; returns with nothing of it left running."""
+        token = current_connection.set(self.context)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.context.nursery = nursery
+                self.writer.attach(nursery)
+                nursery.start_soon(self._run_app)
+        finally:
+            current_connection.reset(token)
+            self.context.release()
+            self._wake_app()
+            with trio.CancelScope(shield=True):
+                if self.writer.pending:
+                    await self.writer.final_flush(1.0)
+                await self.transport.close()
+
+    def begin_shutdown(self) -> None:
+        """Server shutdown: close 1001 now; the close handshake and app grace still apply."""
+        if not self.accepted:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            return
+        self.close_now(1001, "server shutdown")
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Start the closing handshake from our side (idle timeout, slow consumer, shutdown)."""
+        protocol = self.protocol
+        if protocol is None or protocol.close_sent:
+            return
+        self.writer.drop_queued_deliveries()
+        self._write_nowait(protocol.send_close(code, reason))
+        self._start_close_timer()
+        self._tell_app_disconnected(code, reason)
+
+    def _start_close_timer(self) -> None:
+        self._close_deadline = trio.current_time() + CLOSE_TIMEOUT
+        if self._timer is not None:
+            self._timer.deadline = min(self._timer.deadline, self._close_deadline)
+        self._reader_lot.unpark_all()
+
+    # ------------------------------------------------------------------ app task
+    async def _run_app(self) -> None:
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
+            await self._after_app(error=True)
+        else:
+            await self._after_app(error=False)
+        finally:
+            self.app_done.set()
+        await self._finish_after_app()
+
+    async def _after_app(self, *, error: bool) -> None:
+        if not self.response_started:
+            status = 500 if error else 403
+            await self._send_http(simple_response(status))
+            return
+        if self._denial is not None:
+            return
+        protocol = self.protocol
+        if protocol is not None and not protocol.close_sent and self.disconnect_code is None:
+            if error:
+                self._write_nowait(protocol.send_close(1011, "Internal server error"))
+            else:
+                self._write_nowait(protocol.send_close(1000, ""))
+            self._start_close_timer()
+
+    async def _finish_after_app(self) -> None:
+        if self.accepted:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.reader_done.wait()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _send_http(self, data: bytes) -> None:
+        self.response_started = True
+        try:
+            await self.transport.send_all(data)
+        except TransportClosed:
+            pass
+
+    # ------------------------------------------------------------------ ASGI receive
+    async def receive(self) -> Message:
+        events = self._events
+        if events:
+            self._recv_unyielded += 1
+            if self._recv_unyielded >= CHECKPOINT_EVERY:
+                self._recv_unyielded = 0
+                await trio.lowlevel.checkpoint()
+            if len(events) == MAX_QUEUED_EVENTS:
+                self._reader_lot.unpark_all()
+            return events.popleft()
+        if self.disconnect_code is not None or not self.accepted and self.response_started:
+            await trio.lowlevel.checkpoint()
+            return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+        self._recv_unyielded = 0
+        self._app_waiter = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._app_waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if events:
+            return events.popleft()
+        return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+
+    def _wake_app(self) -> None:
+        waiter = self._app_waiter
+        if waiter is not None:
+            self._app_waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    def _tell_app_disconnected(self, code: int, reason: str = "") -> None:
+        if self.disconnect_code is None:
+            self.disconnect_code = code
+            self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self._wake_app()
+
+    # ------------------------------------------------------------------ ASGI send
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.send":
+            protocol = self.protocol
+            if protocol is None or protocol.close_sent or self.disconnect_code is not None:
+                raise ClientDisconnected("WebSocket is closed")
+            text = message.get("text")
+            if text is not None:
+                frame = protocol.send_message(text)
+            else:
+                data = message.get("bytes")
+                if data is None:
+                    raise TypeError("websocket.send needs 'text' or 'bytes'")
+                frame = protocol.send_message(bytes(data))
+            try:
+                await self.writer.write(frame)
+            except TransportClosed:
+                self._transport_lost()
+                raise ClientDisconnected("WebSocket peer went away") from None
+        elif kind == "websocket.accept":
+            await self._accept(message)
+        elif kind == "websocket.close":
+            await self._close(message)
+        elif kind == "websocket.http.response.start":
+            await self._deny_start(message)
+        elif kind == "websocket.http.response.body":
+            await self._deny_body(message)
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on a WebSocket")
+
+    async def _accept(self, message: Message) -> None:
+        if self.response_started:
+            raise RuntimeError("websocket.accept after the handshake was answered")
+        config = self.config
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
+            logger.warning("app accepted subprotocol %r the client did not offer", subprotocol)
+        deflate, extensions = wsproto.negotiate_deflate(self.request.headers, config.websocket_compress)
+        self.protocol = wsproto.ServerProtocol(
+            max_message_size=config.websocket_max_frame_size, deflate=deflate
+        )
+        head = wsproto.accept_response(
+            self._key,
+            subprotocol=subprotocol,
+            extensions=extensions,
+            extra_headers=[(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])],
+        )
+        self.response_started = True
+        try:
+            await self.transport.send_all(head)
+        except TransportClosed:
+            self._transport_lost()
+            raise ClientDisconnected("WebSocket peer went away") from None
+        self.accepted = True
+        self._events.clear()  # the connect event was consumed; nothing else is queued yet
+        self.last_activity = trio.current_time()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reader)
+        for frame in self._pre_accept:
+            self._write_nowait(frame)
+        self._pre_accept.clear()
+
+    async def _close(self, message: Message) -> None:
+        code = int(message.get("code") or 1000)
+        reason = message.get("reason") or ""
+        if not self.accepted:
+            if not self.response_started:
+                await self._send_http(simple_response(403))
+            return
+        protocol = self.protocol
+        assert protocol is not None
+        if protocol.close_sent:
+            return
+        self._write_nowait(protocol.send_close(code, reason))
+        self._start_close_timer()
+        self._tell_app_disconnected(code, reason)
+
+    async def _deny_start(self, message: Message) -> None:
+        if self.response_started:
+            raise RuntimeError("denial response after the handshake was answered")
+        from .protocol.http11 import ResponseEncoder
+
+        encoder = ResponseEncoder(self.request)
+        encoder.start(int(message["status"]), [(bytes(k), bytes(v)) for k, v in message.get("headers", [])])
+        self._denial = encoder
+        self.response_started = True
+
+    async def _deny_body(self, message: Message) -> None:
+        encoder = self._denial
+        if encoder is None or encoder.complete:
+            raise RuntimeError("websocket.http.response.body without a started denial response")
+        more = bool(message.get("more_body", False))
+        data = encoder.body(bytes(message.get("body", b"")), more)
+        try:
+            await self.transport.send_all(data)
+        except TransportClosed:
+            raise ClientDisconnected("client went away") from None
+
+    # ------------------------------------------------------------------ reader task
+    async def _reader(self) -> None:
+        try:
+            if self._tail:
+                self._feed(self._tail)
+                self._tail = b""
+            while not self.reader_done.is_set():
+                with trio.CancelScope(deadline=self._next_deadline()) as timer:
+                    self._timer = timer
+                    await self._read_loop()
+                if timer.cancelled_caught:
+                    self._on_timer()
+        except TransportClosed:
+            self._transport_lost()
+        finally:
+            self.reader_done.set()
+        # The client is gone: give the app a grace period to notice, then end the connection.
+        with trio.move_on_after(APP_EXIT_GRACE):
+            await self.app_done.wait()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        transport = self.transport
+        events = self._events
+        while True:
+            if len(events) >= MAX_QUEUED_EVENTS and self.disconnect_code is None:
+                await self._reader_lot.park()
+                continue
+            data = await transport.recv()
+            if not data:
+                self._transport_lost()
+                return
+            self.last_activity = trio.current_time()
+            self._pinged = False
+            if self._feed(data):
+                return
+
+    def _feed(self, data: bytes) -> bool:
+        """Protocol events -> ASGI events; True when reading is over."""
+        protocol = self.protocol
+        assert protocol is not None
+        events = protocol.receive_data(data)
+        if protocol.outgoing:
+            self._write_nowait(bytes(protocol.outgoing))
+            protocol.outgoing.clear()
+        if not events:
+            return protocol.closed
+        queue = self._events
+        for event in events:
+            cls = event.__class__
+            if cls is str:
+                queue.append({"type": "websocket.receive", "text": event})
+            elif cls is bytes:
+                queue.append({"type": "websocket.receive", "bytes": event})
+            elif cls is wsproto.CloseReceived:
+                self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
+                self.reader_done.set()
+            elif cls is wsproto.ProtocolFailure:
+                logger.info("closing WebSocket: %s (%d)", event.reason, event.code)  # type: ignore[union-attr]
+                self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
+                self.reader_done.set()
+        self._wake_app()
+        return self.reader_done.is_set()
+
+    def _next_deadline(self) -> float:
+        config = self.config
+        deadline = self._close_deadline
+        idle = config.idle_timeout_s
+        if idle is not None:
+            deadline = min(deadline, self.last_activity + idle)
+        ping = config.ping_interval_s
+        if ping is not None and not self._pinged:
+            deadline = min(deadline, self.last_activity + ping)
+        return deadline
+
+    def _on_timer(self) -> None:
+        now = trio.current_time()
+        if now >= self._close_deadline:
+            # Our close frame went unanswered: give up on the handshake.
+            self._tell_app_disconnected(1006, "close handshake timed out")
+            self.reader_done.set()
+            return
+        idle = self.config.idle_timeout_s
+        if idle is not None and now >= self.last_activity + idle:
+            self.close_now(1001, "idle timeout")
+            return
+        ping = self.config.ping_interval_s
+        protocol = self.protocol
+        if ping is not None and now >= self.last_activity + ping and protocol is not None:
+            self._pinged = True
+            if not protocol.close_sent:
+                self._write_nowait(protocol.send_ping(b"hb"))
+
+    def _write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
+        try:
+            self.writer.write_nowait(data, delivery=delivery)
+        except TransportClosed:
+            self._transport_lost()
+
+    def _transport_lost(self) -> None:
+        self._tell_app_disconnected(1006, "connection lost")
+        self.reader_done.set()
+        self._reader_lot.unpark_all()
+
+    # ------------------------------------------------------------------ pub/sub push target
+    def deliver(self, delivery: Delivery) -> bool:
+        """Called by publish(): never blocks; the slow-consumer policy applies on overflow."""
+        if self.disconnect_code is not None:
+            return False
+        if not self.accepted:
+            if len(self._pre_accept) >= self.config.subscriber_queue_size:
+                return False
+            self._pre_accept.append(delivery.frame)
+            return True
+        writer = self.writer
+        if writer.pending_deliveries >= self.config.subscriber_queue_size:
+            if self.config.slow_consumer == "drop-oldest":
+                writer.drop_queued_deliveries(keep_newest=self.config.subscriber_queue_size - 1)
+            else:
+                logger.info("closing WebSocket: slow consumer (%d queued)", writer.pending_deliveries)
+                self.close_now(1013, "slow consumer")
+                return False
+        try:
+            writer.write_nowait(delivery.frame, delivery=True)
+        except TransportClosed:
+            self._transport_lost()
+            return False
+        return True
