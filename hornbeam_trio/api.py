@@ -89,7 +89,7 @@ def state_keys(prefix: str | None = None) -> list[str]:
 
 
 get = state_get
-set = state_set  # noqa: A001 - Hornbeam's name
+set = state_set
 delete = state_delete
 incr = state_incr
 decr = state_decr

@@ -110,12 +110,12 @@ class Config:
         _require_choice("log_level", self.log_level, LOG_LEVELS)
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("certfile", "--certfile and --keyfile go together")
-        if self.root_path and (
-            not self.root_path.startswith("/") or self.root_path.endswith("/")
-        ):
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("root_path", "must start with '/' and not end with '/'")
         if not (self.backend == "memory" or self.backend.startswith(("redis://", "rediss://"))):
-            raise ConfigError("backend", f"expected 'memory' or redis://host:port/db, got {self.backend!r}")
+            raise ConfigError(
+                "backend", f"expected 'memory' or redis://host:port/db, got {self.backend!r}"
+            )
         if self.workers > 1 and self.backend == "memory":
             raise ConfigError(
                 "workers",
@@ -187,4 +187,12 @@ def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 DEFAULT_CONFIG = Config()
 
-__all__ = ["DEFAULT_CONFIG", "BindAddress", "Config", "ConfigError", "field", "flag_name", "parse_bind"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "BindAddress",
+    "Config",
+    "ConfigError",
+    "field",
+    "flag_name",
+    "parse_bind",
+]

@@ -31,7 +31,7 @@ from .protocol.http11 import (
 )
 from .runtime import ConnectionContext, current_connection
 from .transport import Transport, TransportClosed
-from .types import ASGI_VERSION, ClientDisconnected
+from .types import ClientDisconnected
 from .ws_conn import WebSocketConnection
 
 if TYPE_CHECKING:
@@ -106,7 +106,9 @@ class HTTPConnection:
         return event
 
     async def _reject(self, error: HTTPError) -> None:
-        logger.info("bad request from %s: %s (%d)", self.transport.client, error.reason, error.status)
+        logger.info(
+            "bad request from %s: %s (%d)", self.transport.client, error.reason, error.status
+        )
         try:
             await self.transport.send_all(simple_response(error.status, error.reason.encode()))
         except TransportClosed:
@@ -157,6 +159,7 @@ class HTTPConnection:
             transport=self.transport,
             config=server.config,
             runtime=server.runtime,
+            on_app_error=server.report_app_error,
             key=key,
             tail=self.parser.upgrade_tail,
         )
@@ -192,8 +195,9 @@ class RequestCycle:
             await server.app(scope, self.receive, self.send)
         except ClientDisconnected:
             self.keep_alive = False
-        except Exception:
+        except Exception as exc:
             logger.exception("HTTP app raised (%s %s)", self.request.method, self.request.path)
+            server.report_app_error(exc)
             self.keep_alive = False
             if not self.written:
                 await self._write(simple_response(500, b"Internal Server Error"))
@@ -204,7 +208,9 @@ class RequestCycle:
             context.release()
         if not self.encoder.complete:
             if not self.written:
-                logger.error("HTTP app returned without a complete response (%s)", self.request.path)
+                logger.error(
+                    "HTTP app returned without a complete response (%s)", self.request.path
+                )
                 await self._write(simple_response(500, b"Internal Server Error"))
                 self.status = 500
             self.keep_alive = False
@@ -302,4 +308,3 @@ class RequestCycle:
             encoder.start(self.status, message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} in an http scope")
-

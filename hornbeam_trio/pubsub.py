@@ -189,4 +189,3 @@ class Subscription:
 
     def __len__(self) -> int:
         return len(self._queue)
-

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -107,6 +108,9 @@ class Server:
         self.shutting_down = False
         self.connections: set[HTTPConnection] = set()
         self.lifespan = Lifespan(app, config.lifespan)
+        self.connections_nursery: trio.Nursery | None = None
+        self.app_error_hook: Callable[[BaseException], None] | None = None
+        """Called with every exception an app raises (the testing toolkit re-raises them)."""
         self._scheme = "https" if self.ssl_context else "http"
         self._ws_scheme = "wss" if self.ssl_context else "ws"
 
@@ -167,6 +171,10 @@ class Server:
             transport = StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
         else:
             transport = SocketTransport(sock)
+        await self.handle_transport(transport)
+
+    async def handle_transport(self, transport: Transport) -> None:
+        """Serve one client connection to its end (sockets, TLS, in-memory test streams)."""
         conn = HTTPConnection(self, transport)
         self.connections.add(conn)
         try:
@@ -178,6 +186,11 @@ class Server:
         finally:
             self.connections.discard(conn)
             transport.abort()
+
+    def report_app_error(self, exc: BaseException) -> None:
+        hook = self.app_error_hook
+        if hook is not None:
+            hook(exc)
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
@@ -198,10 +211,18 @@ async def serve(
         config = Config.from_options(**options)
     elif options:
         config = Config.from_options(**{**_config_options(config), **options})
-    runtime = _make_runtime(config)
-    server = Server(app, config, runtime)
-    listeners = make_listeners(config)
-    current_runtime.set(runtime)
+    server = Server(app, config, _make_runtime(config))
+    await serve_server(server, make_listeners(config), task_status=task_status)
+
+
+async def serve_server(
+    server: Server,
+    listeners: list[socket.socket],
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """serve() for an already built Server; the listeners may be empty (in-memory tests)."""
+    current_runtime.set(server.runtime)
     failure: StartupFailed | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -268,6 +289,7 @@ async def _run_shielded(
                 return
             try:
                 async with trio.open_nursery() as connections:
+                    server.connections_nursery = connections
                     accept_scope = trio.CancelScope()
 
                     async def accept_all() -> None:

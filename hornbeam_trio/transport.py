@@ -130,7 +130,9 @@ class SocketTransport:
         if reset:
             # SO_LINGER 0 turns close() into a RST: the peer learns at once.
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
             except OSError:
                 pass
         trio.lowlevel.notify_closing(self.sock)

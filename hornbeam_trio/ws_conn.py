@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -176,6 +177,7 @@ class WebSocketConnection:
         transport: Transport,
         config: Config,
         runtime: Runtime,
+        on_app_error: Callable[[BaseException], None],
         key: bytes,
         tail: bytes,
     ) -> None:
@@ -190,6 +192,7 @@ class WebSocketConnection:
         self.context = ConnectionContext(runtime, "websocket", config)
         self.context.pusher = self
         self._key = key
+        self._on_app_error = on_app_error
         self._tail = tail
         self._timer: trio.CancelScope | None = None
         self._events: deque[Message] = deque([{"type": "websocket.connect"}])
@@ -258,8 +261,9 @@ class WebSocketConnection:
             await self.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             pass
-        except Exception:
+        except Exception as exc:
             logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
+            self._on_app_error(exc)
             await self._after_app(error=True)
         else:
             await self._after_app(error=False)
@@ -307,7 +311,7 @@ class WebSocketConnection:
             if len(events) == MAX_QUEUED_EVENTS:
                 self._reader_lot.unpark_all()
             return events.popleft()
-        if self.disconnect_code is not None or not self.accepted and self.response_started:
+        if self.disconnect_code is not None or (not self.accepted and self.response_started):
             await trio.lowlevel.checkpoint()
             return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
         self._recv_unyielded = 0
@@ -372,7 +376,9 @@ class WebSocketConnection:
         subprotocol = message.get("subprotocol")
         if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
             logger.warning("app accepted subprotocol %r the client did not offer", subprotocol)
-        deflate, extensions = wsproto.negotiate_deflate(self.request.headers, config.websocket_compress)
+        deflate, extensions = wsproto.negotiate_deflate(
+            self.request.headers, config.websocket_compress
+        )
         self.protocol = wsproto.ServerProtocol(
             max_message_size=config.websocket_max_frame_size, deflate=deflate
         )
@@ -418,7 +424,9 @@ class WebSocketConnection:
         from .protocol.http11 import ResponseEncoder
 
         encoder = ResponseEncoder(self.request)
-        encoder.start(int(message["status"]), [(bytes(k), bytes(v)) for k, v in message.get("headers", [])])
+        encoder.start(
+            int(message["status"]), [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        )
         self._denial = encoder
         self.response_started = True
 
@@ -553,7 +561,9 @@ class WebSocketConnection:
             if self.config.slow_consumer == "drop-oldest":
                 writer.drop_queued_deliveries(keep_newest=self.config.subscriber_queue_size - 1)
             else:
-                logger.info("closing WebSocket: slow consumer (%d queued)", writer.pending_deliveries)
+                logger.info(
+                    "closing WebSocket: slow consumer (%d queued)", writer.pending_deliveries
+                )
                 self.close_now(1013, "slow consumer")
                 return False
         try:

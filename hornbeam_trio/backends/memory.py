@@ -25,7 +25,9 @@ class MemoryBackend:
         self._lock = threading.Lock()
         self._deliver_local: LocalDeliver | None = None
 
-    async def run(self, deliver_local: LocalDeliver, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, deliver_local: LocalDeliver, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         self._deliver_local = deliver_local
         task_status.started()
 

@@ -22,11 +22,14 @@ def checked_copy(value: Any) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"keys of stored/published dicts must be str, got {type(key).__name__}")
+                raise TypeError(
+                    f"keys of stored/published dicts must be str, got {type(key).__name__}"
+                )
             out[key] = checked_copy(item)
         return out
     if isinstance(value, (list, tuple)):
         return [checked_copy(item) for item in value]
     raise TypeError(
-        f"{type(value).__name__} is not a JSON-like value (str, int, float, bool, None, bytes, list, dict)"
+        f"{type(value).__name__} is not a JSON-like value "
+        "(str, int, float, bool, None, bytes, list, dict)"
     )
