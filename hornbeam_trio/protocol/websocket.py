@@ -1,0 +1,745 @@
+"""Server side of RFC 6455 (and RFC 7692 permessage-deflate), without I/O.
+
+Rule 1: every decision about frames, close codes, UTF-8, size limits and compression
+lives here.  The Trio connection handler only moves bytes: it feeds what it reads to
+``ServerProtocol.receive_data``, delivers the returned events, writes
+``ServerProtocol.outgoing`` and whatever ``send_*`` returns, and closes the socket once
+``closed`` is true.  Nothing in this module imports an event loop, so each rule is
+unit-tested with plain byte strings.
+
+Rule 2: this sits on the hot path of WebSocket echo.  ``receive_data`` has a fast path
+for the common case (one small, complete, masked, unfragmented frame and nothing
+buffered) that allocates only the payload and the result list; everything else goes
+through one loop that parses every complete frame in a single bytearray with a read
+offset, so a burst of frames costs one buffer append, not one slice per frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from websockets.exceptions import InvalidHeaderFormat
+from websockets.headers import parse_extension
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "CloseReceived",
+    "DeflateParams",
+    "Event",
+    "HandshakeError",
+    "ProtocolFailure",
+    "ServerProtocol",
+    "accept_response",
+    "check_handshake",
+    "encode_binary",
+    "encode_close",
+    "encode_frame",
+    "encode_text",
+    "negotiate_deflate",
+    "parse_subprotocols",
+]
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
+    """XOR through one big int: far faster than a per-byte loop when the C helper is missing."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (bytes(mask) * ((n + 3) // 4))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+_apply_mask: Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - the fallback itself is tested directly
+    _apply_mask = _apply_mask_py
+
+# --------------------------------------------------------------------------- encoding
+
+_pack16 = struct.Struct("!BBH").pack
+_pack64 = struct.Struct("!BBQ").pack
+# Two-byte headers for short unfragmented messages, built once so the send path
+# (and pub/sub fan-out) does one concatenation per frame.
+_TEXT_HDR = tuple(bytes((0x81, n)) for n in range(126))
+_BINARY_HDR = tuple(bytes((0x82, n)) for n in range(126))
+
+
+def encode_frame(
+    opcode: int,
+    payload: bytes | bytearray | memoryview,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+) -> bytes:
+    """Server frames are never masked (RFC 6455 5.1), so the header is all there is to add."""
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 0x10000:
+        return _pack16(b0, 126, n) + payload
+    return _pack64(b0, 127, n) + payload
+
+
+def encode_text(text: str) -> bytes:
+    """Module-level so one pub/sub message is encoded once for all its subscribers."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        return _TEXT_HDR[n] + payload
+    if n < 0x10000:
+        return _pack16(0x81, 126, n) + payload
+    return _pack64(0x81, 127, n) + payload
+
+
+def encode_binary(data: bytes | bytearray | memoryview) -> bytes:
+    """Module-level for the same reason as ``encode_text``."""
+    n = len(data)
+    if n < 126:
+        return _BINARY_HDR[n] + data
+    if n < 0x10000:
+        return _pack16(0x82, 126, n) + data
+    return _pack64(0x82, 127, n) + data
+
+
+def encode_close(code: int | None = None, reason: str = "") -> bytes:
+    """A close frame; ``None`` or 1005 ("no status") sends an empty body, as RFC 6455 7.1.5 implies.
+
+    The reason is cut at a character boundary so the control payload stays within 125 bytes.
+    1006 and 1015 describe what happened to a connection and must never be sent, so they,
+    and codes outside 1000-4999, raise ``ValueError`` rather than produce a frame the peer
+    must reject.
+    """
+    if code is None or code == 1005:
+        return b"\x88\x00"
+    if not 1000 <= code <= 4999 or code in (1006, 1015):
+        raise ValueError(f"close code {code} may not be sent")
+    raw = reason.encode()
+    if len(raw) > 123:
+        raw = raw[:123].decode("utf-8", "ignore").encode()
+    return bytes((0x88, 2 + len(raw))) + code.to_bytes(2, "big") + raw
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The peer's close frame; ``code`` is 1005 when its frame carried no status."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolFailure:
+    """We failed the connection; a close frame with ``code`` is already in ``outgoing``."""
+
+    code: int
+    reason: str
+
+
+Event = str | bytes | CloseReceived | ProtocolFailure
+
+
+@dataclass(frozen=True, slots=True)
+class DeflateParams:
+    """What permessage-deflate negotiation settled on (RFC 7692 section 7).
+
+    ``server_*`` govern what we compress, ``client_*`` what we decompress.  A window
+    of 8 bits is accepted although zlib cannot compress with it: we then compress
+    Huffman-only, which emits no back-references and so fits any window.
+    """
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+
+    def __post_init__(self) -> None:
+        if not (8 <= self.server_max_window_bits <= 15 and 8 <= self.client_max_window_bits <= 15):
+            raise ValueError("window bits must be within 8..15")
+
+
+def _valid_close_code(code: int) -> bool:
+    # 1004-1006 and 1015 are reserved or never sent; 1016-2999 are unassigned.
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class ServerProtocol:
+    """One server-side WebSocket connection after the 101 response."""
+
+    __slots__ = (
+        "_bparts",
+        "_buf",
+        "_cnct",
+        "_cwbits",
+        "_deflate",
+        "_deflater",
+        "_done",
+        "_failed",
+        "_fast_n",
+        "_inflater",
+        "_max",
+        "_msg_op",
+        "_msg_out",
+        "_msg_size",
+        "_msg_z",
+        "_need",
+        "_poff",
+        "_pos",
+        "_snct",
+        "_swbits",
+        "_tparts",
+        "_utf8",
+        "close_received",
+        "close_sent",
+        "outgoing",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 16 * 1024 * 1024,
+        deflate: DeflateParams | None = None,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        self.outgoing = bytearray()
+        self.close_sent = False
+        self.close_received = False
+        self._failed = False
+        self._done = False  # set by close or failure: later data is ignored
+        self._max = max_message_size
+        # The fast path takes frames of up to this many bytes: 7-bit length, within limit.
+        self._fast_n = min(max_message_size, 125) + 6
+        self._buf = bytearray()
+        self._pos = 0  # read offset into _buf
+        self._need = 0  # bytes from _pos that must be buffered before parsing can progress
+        self._poff = 0  # payload bytes of the partial frame at _pos already validated as text
+        # The fragmented message in progress (its first frame is complete).
+        self._msg_op = 0  # OP_TEXT / OP_BINARY, 0 when none
+        self._msg_z = False  # compressed
+        self._msg_size = 0  # wire bytes so far, checked against _max at each header
+        self._msg_out = 0  # decompressed bytes so far
+        self._tparts: list[str] = []
+        self._bparts: list[bytes] = []
+        self._utf8 = _Utf8Decoder()
+        self._deflate = deflate
+        self._inflater: zlib._Decompress | None = None
+        self._deflater: zlib._Compress | None = None
+        if deflate is not None:
+            self._snct = deflate.server_no_context_takeover
+            self._cnct = deflate.client_no_context_takeover
+            self._swbits = deflate.server_max_window_bits
+            self._cwbits = deflate.client_max_window_bits
+        else:
+            self._snct = self._cnct = False
+            self._swbits = self._cwbits = 15
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing handshake is complete or we failed: the caller closes TCP."""
+        return self._failed or (self.close_sent and self.close_received)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_message(self, data: str | bytes) -> bytes:
+        """Frame a message; returns b"" after our close, since no data may follow it."""
+        if self.close_sent:
+            return b""
+        if self._deflate is None:
+            if type(data) is str:
+                return encode_text(data)
+            return encode_binary(data)  # type: ignore[arg-type]
+        if isinstance(data, str):
+            return encode_frame(OP_TEXT, self._compress(data.encode()), rsv1=True)
+        return encode_frame(OP_BINARY, self._compress(data), rsv1=True)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> bytes:
+        """Start (or finish) the closing handshake; b"" if our close already went out."""
+        if self.close_sent:
+            return b""
+        frame = encode_close(code, reason)
+        self.close_sent = True
+        return frame
+
+    def send_ping(self, payload: bytes = b"") -> bytes:
+        """Keepalive probe; the payload must fit a control frame (125 bytes)."""
+        if len(payload) > 125:
+            raise ValueError("ping payload longer than 125 bytes")
+        return encode_frame(OP_PING, payload)
+
+    def _compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        c = self._deflater
+        if c is None:
+            if self._swbits == 8:
+                c = zlib.compressobj(wbits=-9, strategy=zlib.Z_HUFFMAN_ONLY)
+            else:
+                c = zlib.compressobj(wbits=-self._swbits)
+            if not self._snct:
+                self._deflater = c
+        out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+        # A sync flush always ends with the empty stored block RFC 7692 7.2.1 says to drop.
+        return out[:-4]
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse every complete frame in ``data`` (plus what was buffered); see module docs."""
+        if self._done:
+            return []
+        buf = self._buf
+        if not buf:
+            n = len(data)
+            # One whole masked frame with a 7-bit length that fills ``data`` exactly:
+            # data[1] == 0x80 | (n - 6).
+            if 5 < n <= self._fast_n and data[1] == n + 122 and not self._msg_op:
+                b0 = data[0]
+                if b0 == 0x82:
+                    return [_apply_mask(data[6:], data[2:6])]
+                if b0 == 0x81:
+                    try:
+                        return [_apply_mask(data[6:], data[2:6]).decode()]
+                    except UnicodeDecodeError:
+                        pass  # the general path reports it
+            src: bytes | bytearray = data
+            pos = 0
+        else:
+            buf += data
+            pos = self._pos
+            if len(buf) - pos < self._need:
+                return []
+            src = buf
+        events: list[Event] = []
+        with memoryview(src) as mv:
+            pos = self._parse(src, mv, pos, events)
+        if self._done:
+            buf.clear()
+            self._pos = self._need = self._poff = 0
+        elif src is buf:
+            left = len(buf) - pos
+            if not left:
+                buf.clear()
+                self._pos = 0
+            elif pos >= left:  # moving the tail costs no more than what was consumed
+                del buf[:pos]
+                self._pos = 0
+            else:
+                self._pos = pos
+        elif pos < len(data):
+            buf += memoryview(data)[pos:]
+            self._pos = 0
+        return events
+
+    def _fail(self, events: list[Event], code: int, reason: str) -> int:
+        """Fail the connection (RFC 6455 7.1.7); returns -1 so the parser can ``return`` it."""
+        self._done = self._failed = True
+        if not self.close_sent:
+            self.close_sent = True
+            self.outgoing += encode_close(code, reason)
+        events.append(ProtocolFailure(code, reason))
+        self._tparts.clear()
+        self._bparts.clear()
+        return -1
+
+    def _parse(self, src: bytes | bytearray, mv: memoryview, pos: int, events: list[Event]) -> int:
+        """Consume complete frames from ``src[pos:]``; return where the unconsumed bytes start.
+
+        Checks that need only the first two bytes (reserved bits, opcode, masking,
+        control-frame shape, fragmentation order) run before anything else arrives, and
+        the size limit runs as soon as the length is known, before any payload.
+        """
+        end = len(src)
+        while True:
+            avail = end - pos
+            if avail < 2:
+                self._need = 0
+                return pos
+            b0 = src[pos]
+            b1 = src[pos + 1]
+            op = b0 & 0x0F
+            if b0 & 0x70:
+                # RSV1 means "compressed", valid only on the first frame of a data message.
+                if b0 & 0x30 or self._deflate is None or not 0 < op < 3:
+                    return self._fail(events, 1002, "reserved bits set")
+                z = True
+            else:
+                z = False
+            if op > 2:
+                if not 8 <= op <= 10:
+                    return self._fail(events, 1002, "unknown opcode")
+                if not b0 & 0x80:
+                    return self._fail(events, 1002, "fragmented control frame")
+                if (b1 & 0x7F) > 125:
+                    return self._fail(events, 1002, "control frame too long")
+            elif op:
+                if self._msg_op:
+                    return self._fail(events, 1002, "expected a continuation frame")
+            elif not self._msg_op:
+                return self._fail(events, 1002, "unexpected continuation frame")
+            if not b1 & 0x80:
+                return self._fail(events, 1002, "unmasked client frame")
+            ln = b1 & 0x7F
+            if ln < 126:
+                hdr = 6
+            elif ln == 126:
+                if avail < 4:
+                    self._need = 0
+                    return pos
+                ln = (src[pos + 2] << 8) | src[pos + 3]
+                hdr = 8
+            else:
+                if avail < 10:
+                    self._need = 0
+                    return pos
+                ln = int.from_bytes(src[pos + 2 : pos + 10], "big")
+                if ln >> 63:
+                    return self._fail(events, 1002, "frame length has its top bit set")
+                hdr = 14
+            if op < 3 and self._msg_size + ln > self._max:
+                return self._fail(events, 1009, "message too big")
+            total = hdr + ln
+            start = pos + hdr
+            if avail < total:
+                # Text is validated as it arrives so invalid UTF-8 fails fast even inside
+                # one large frame; other payloads wait for the whole frame.
+                if (op == 1 and not z) or (op == 0 and self._msg_op == 1 and not self._msg_z):
+                    got = avail - hdr
+                    poff = self._poff
+                    if got > poff:
+                        if op == 1 and not poff:
+                            self._utf8.reset()
+                            self._tparts.clear()
+                        mask = src[start - 4 : start]
+                        if poff & 3:
+                            mask = mask[poff & 3 :] + mask[: poff & 3]
+                        chunk = _apply_mask(mv[start + poff : pos + avail], mask)
+                        try:
+                            self._tparts.append(self._utf8.decode(chunk))
+                        except UnicodeDecodeError:
+                            return self._fail(events, 1007, "invalid UTF-8")
+                        self._poff = got
+                    self._need = 0
+                else:
+                    self._need = total
+                return pos
+            mask = src[start - 4 : start]
+            poff = self._poff
+            if poff:
+                self._poff = 0
+                if poff & 3:
+                    mask = mask[poff & 3 :] + mask[: poff & 3]
+                payload = _apply_mask(mv[start + poff : pos + total], mask)
+            else:
+                payload = _apply_mask(mv[start : pos + total], mask)
+            pos += total
+            fin = b0 & 0x80
+
+            if op > 2:
+                if op == OP_PING:
+                    if not self.close_sent:
+                        out = self.outgoing
+                        out.append(0x8A)
+                        out.append(ln)
+                        out += payload
+                elif op == OP_CLOSE:
+                    self._on_close(payload, events)
+                    return pos
+                continue  # pongs only prove liveness, which any received data does too
+
+            if op and fin and not poff:
+                # A whole message in one frame: the common case.
+                if z:
+                    self._msg_out = 0
+                    inflated = self._inflate(payload, True, events)
+                    if inflated is None:
+                        return -1
+                    payload = inflated
+                if op == OP_TEXT:
+                    try:
+                        events.append(payload.decode())
+                    except UnicodeDecodeError:
+                        return self._fail(events, 1007, "invalid UTF-8")
+                else:
+                    events.append(payload)
+                continue
+
+            if op:  # first frame of a fragmented message (or a streamed text frame)
+                self._msg_op = op
+                self._msg_z = z
+                self._msg_size = 0
+                self._msg_out = 0
+                if op == OP_TEXT:
+                    if not poff:
+                        self._utf8.reset()
+                        self._tparts.clear()
+                else:
+                    self._bparts.clear()
+            else:
+                op = self._msg_op
+                z = self._msg_z
+            self._msg_size += ln
+            if z:
+                inflated = self._inflate(payload, bool(fin), events)
+                if inflated is None:
+                    return -1
+                payload = inflated
+            if op == OP_TEXT:
+                try:
+                    self._tparts.append(self._utf8.decode(payload, bool(fin)))
+                except UnicodeDecodeError:
+                    return self._fail(events, 1007, "invalid UTF-8")
+                if fin:
+                    events.append("".join(self._tparts))
+                    self._tparts.clear()
+                    self._msg_op = self._msg_size = 0
+            else:
+                self._bparts.append(payload)
+                if fin:
+                    events.append(b"".join(self._bparts))
+                    self._bparts.clear()
+                    self._msg_op = self._msg_size = 0
+
+    def _inflate(self, payload: bytes, fin: bool, events: list[Event]) -> bytes | None:
+        """Decompress one frame of a compressed message; ``None`` when that failed the connection.
+
+        zlib's ``max_length`` caps the output at one byte over the remaining budget, so a
+        decompression bomb costs at most ``max_message_size`` of memory before it is
+        refused; output that fits means zlib had nothing left to emit.
+        """
+        d = self._inflater
+        if d is None:
+            d = self._inflater = zlib.decompressobj(wbits=-self._cwbits)
+        if fin:
+            payload += _DEFLATE_TAIL
+        budget = self._max - self._msg_out
+        try:
+            out = d.decompress(payload, budget + 1)
+        except zlib.error:
+            self._fail(events, 1007, "invalid compressed data")
+            return None
+        if len(out) > budget:
+            self._fail(events, 1009, "message too big")
+            return None
+        self._msg_out += len(out)
+        if fin and (self._cnct or d.eof):
+            # No context takeover, or the peer ended the deflate stream: start afresh.
+            self._inflater = None
+        return out
+
+    def _on_close(self, payload: bytes, events: list[Event]) -> None:
+        n = len(payload)
+        if not n:
+            code = 1005
+            reason = ""
+        elif n == 1:
+            self._fail(events, 1002, "close frame with a 1-byte payload")
+            return
+        else:
+            code = (payload[0] << 8) | payload[1]
+            if not _valid_close_code(code):
+                self._fail(events, 1002, "invalid close code")
+                return
+            try:
+                reason = payload[2:].decode()
+            except UnicodeDecodeError:
+                self._fail(events, 1007, "invalid UTF-8 in close reason")
+                return
+        self.close_received = True
+        self._done = True
+        if not self.close_sent:
+            self.close_sent = True
+            self.outgoing += encode_close(1000 if code == 1005 else code)
+        events.append(CloseReceived(code, reason))
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+class HandshakeError(Exception):
+    """The upgrade request is not a valid WebSocket handshake: answer with ``status``."""
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in headers if k == name]
+
+
+def _tokens(values: list[str]) -> set[str]:
+    return {t.strip().lower() for v in values for t in v.split(",")}
+
+
+def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Validate an opening handshake (RFC 6455 4.2.1) and return its Sec-WebSocket-Key.
+
+    A wrong or missing version gets 426 with the version we speak (4.2.2), so clients
+    can retry; every other defect is a plain 400.
+    """
+    if method != "GET":
+        raise HandshakeError(400, "WebSocket handshake must use GET")
+    if "websocket" not in _tokens(_header_values(headers, b"upgrade")):
+        raise HandshakeError(400, "missing Upgrade: websocket")
+    if "upgrade" not in _tokens(_header_values(headers, b"connection")):
+        raise HandshakeError(400, "missing Connection: upgrade")
+    versions = _header_values(headers, b"sec-websocket-version")
+    if len(versions) != 1 or versions[0].strip() != "13":
+        raise HandshakeError(
+            426, "unsupported WebSocket version", [(b"sec-websocket-version", b"13")]
+        )
+    keys = [v for k, v in headers if k == b"sec-websocket-key"]
+    if len(keys) != 1:
+        raise HandshakeError(400, "expected exactly one Sec-WebSocket-Key")
+    key = keys[0].strip()
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key is not 16 base64-encoded bytes")
+    return key
+
+
+def parse_subprotocols(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Offered subprotocols in the client's order of preference, across repeated headers."""
+    return [
+        t.strip()
+        for v in _header_values(headers, b"sec-websocket-protocol")
+        for t in v.split(",")
+        if t.strip()
+    ]
+
+
+_WINDOW_BITS = frozenset(str(bits) for bits in range(8, 16))
+
+
+def _deflate_offer(params: Iterable[tuple[str, str | None]]) -> tuple[DeflateParams, bytes] | None:
+    """Accept one permessage-deflate offer as RFC 7692 7.1 allows, or ``None`` to decline it."""
+    seen: set[str] = set()
+    snct = cnct = False
+    swbits = cwbits = 15
+    reply = [b"permessage-deflate"]
+    for name, value in params:
+        if name in seen:
+            return None
+        seen.add(name)
+        if name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if value is not None:
+                return None
+            if name[0] == "s":
+                snct = True
+            else:
+                cnct = True
+            reply.append(name.encode())
+        elif name in ("server_max_window_bits", "client_max_window_bits"):
+            if value is None:
+                if name[0] == "s":
+                    return None
+                # "client_max_window_bits" alone only says the client could honour a
+                # limit; not replying with one leaves it at 15, which we decompress.
+                continue
+            if value not in _WINDOW_BITS:
+                return None
+            if name[0] == "s":
+                swbits = int(value)
+            else:
+                cwbits = int(value)
+            reply.append(f"{name}={value}".encode())
+        else:
+            return None
+    return DeflateParams(snct, cnct, swbits, cwbits), b"; ".join(reply)
+
+
+def negotiate_deflate(
+    headers: Iterable[tuple[bytes, bytes]], enabled: bool
+) -> tuple[DeflateParams | None, bytes | None]:
+    """Pick the first acceptable permessage-deflate offer; other extensions are ignored.
+
+    A malformed Sec-WebSocket-Extensions header declines compression rather than the
+    connection: the client may still talk uncompressed.
+    """
+    if not enabled:
+        return None, None
+    values = _header_values(headers, b"sec-websocket-extensions")
+    if not values:
+        return None, None
+    try:
+        offers = parse_extension(", ".join(values))
+    except InvalidHeaderFormat:
+        return None, None
+    for name, params in offers:
+        if name == "permessage-deflate":
+            accepted = _deflate_offer(params)
+            if accepted is not None:
+                return accepted
+    return None, None
+
+
+def _check_header_bytes(value: bytes) -> bytes:
+    if b"\r" in value or b"\n" in value:
+        raise ValueError(f"header contains a line break: {value!r}")
+    return value
+
+
+def accept_response(
+    key: bytes,
+    *,
+    subprotocol: str | None = None,
+    extensions: bytes | None = None,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """The 101 response head; refuses CR/LF in app-supplied headers (response splitting)."""
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + accept,
+    ]
+    if subprotocol is not None:
+        lines.append(b"Sec-WebSocket-Protocol: " + _check_header_bytes(subprotocol.encode()))
+    if extensions is not None:
+        lines.append(b"Sec-WebSocket-Extensions: " + _check_header_bytes(extensions))
+    for name, value in extra_headers:
+        lines.append(_check_header_bytes(name) + b": " + _check_header_bytes(value))
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
