@@ -94,6 +94,7 @@ class ConnectionContext:
     """Everything one connection owns beyond its tasks, released exactly once."""
 
     __slots__ = (
+        "_closing",
         "_released",
         "config",
         "id",
@@ -117,11 +118,12 @@ class ConnectionContext:
         self.owned: dict[str, int | None] = {}
         """key -> accumulated owned increment, or None for an owned set (deleted on exit)."""
         self._released = False
+        self._closing = False
         runtime.connections[self.id] = self
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         key = (topic, subscriber)
-        if key in self.subscriptions:
+        if key in self.subscriptions or self._released or self._closing:
             return
         self.subscriptions[key] = None
         self.runtime.add_subscriber(topic, subscriber)
@@ -155,15 +157,21 @@ class ConnectionContext:
                 stack.extend(task.child_nurseries)
         return count
 
-    def release(self) -> None:
-        """Drop every subscription and undo every owned key.  Idempotent, never raises."""
-        if self._released:
-            return
-        self._released = True
+    def drop_subscriptions(self) -> None:
+        """The client is going: stop counting it as a subscriber now, not after the handshake."""
+        self._closing = True
         runtime = self.runtime
         for topic, subscriber in self.subscriptions:
             runtime.remove_subscriber(topic, subscriber)
         self.subscriptions.clear()
+
+    def release(self) -> None:
+        """Drop every subscription and undo every owned key.  Idempotent, never raises."""
+        if self._released:
+            return
+        self.drop_subscriptions()
+        self._released = True
+        runtime = self.runtime
         backend = runtime.backend
         for key, delta in self.owned.items():
             try:

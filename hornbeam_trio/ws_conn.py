@@ -335,6 +335,7 @@ class WebSocketConnection:
     def _tell_app_disconnected(self, code: int, reason: str = "") -> None:
         if self.disconnect_code is None:
             self.disconnect_code = code
+            self.context.drop_subscriptions()
             self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
             self._wake_app()
 
@@ -475,7 +476,14 @@ class WebSocketConnection:
                 self._transport_lost()
                 return
             self.last_activity = trio.current_time()
-            self._pinged = False
+            if self._pinged:
+                # Our ping is answered (or the peer spoke): the next ping is due one
+                # ping interval from now.  The running deadline was computed while a
+                # ping was outstanding (last activity + idle timeout), so pull it in;
+                # otherwise pings drift up to websocket_timeout apart.
+                self._pinged = False
+                if self._timer is not None:
+                    self._timer.deadline = self._next_deadline()
             if self._feed(data):
                 return
 
@@ -509,6 +517,8 @@ class WebSocketConnection:
     def _next_deadline(self) -> float:
         config = self.config
         deadline = self._close_deadline
+        if self.protocol is not None and self.protocol.close_sent:
+            return deadline  # closing: only the close handshake's own timer applies
         idle = config.idle_timeout_s
         if idle is not None:
             deadline = min(deadline, self.last_activity + idle)
