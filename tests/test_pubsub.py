@@ -8,7 +8,6 @@ and the tests below assert it explicitly, mid-run, per exit path.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from typing import Any
 
