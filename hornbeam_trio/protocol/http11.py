@@ -1,0 +1,644 @@
+"""Sans-I/O HTTP/1.1 for the server side: bytes in, events out; ASGI messages in, bytes out.
+
+Rule: every HTTP/1.1 decision lives here -- request limits and their status codes,
+keep-alive, pipelining, upgrade hand-off, response framing.  The Trio connection
+handler only moves bytes between the socket and these objects, so each rule is
+unit-tested with byte strings (``tests/test_http_protocol.py``).  Nothing here
+imports an event loop.
+
+Parsing is delegated to ``httptools`` (llhttp, in C) because this is the hot path
+of a server that has to keep up with uvicorn.  llhttp validates syntax but knows
+no size limits, so those are enforced here on the spans it reports as they
+arrive -- including partial ones -- and the parser never buffers an unbounded head.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final, NoReturn, TypeAlias
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+__all__ = [
+    "CONTINUE_RESPONSE",
+    "END_OF_MESSAGE",
+    "NEED_DATA",
+    "Event",
+    "HTTPError",
+    "HTTPParser",
+    "Request",
+    "ResponseEncoder",
+    "Sentinel",
+    "simple_response",
+]
+
+
+class HTTPError(Exception):
+    """The request cannot be served; answer ``status`` and close the connection.
+
+    Raised by :meth:`HTTPParser.feed`.  The parser is dead afterwards (every later
+    ``feed`` raises the same error) because HTTP/1.1 has no way to resynchronise
+    after a framing error.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Request:
+    """A request head; its body follows as ``bytes`` events, then ``END_OF_MESSAGE``."""
+
+    method: str
+    raw_path: bytes
+    path: str
+    query_string: bytes
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    upgrade: bytes | None
+    expect_continue: bool
+
+
+class Sentinel:
+    """A named marker event; compare with ``is``."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+END_OF_MESSAGE: Final = Sentinel("END_OF_MESSAGE")
+NEED_DATA: Final = Sentinel("NEED_DATA")
+
+Event: TypeAlias = Request | bytes | Sentinel
+
+CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# llhttp consumes the bytes of a header line without reporting them until the
+# next line starts; this much beyond max_header_size is tolerated for the
+# request-line tail, ": ", OWS and CRLF of such an invisible partial line.
+_PARTIAL_LINE_SLACK: Final = 64
+
+_WATCHED_REQUEST_HEADERS: Final = frozenset((b"content-length", b"expect", b"upgrade"))
+
+# Method strings are interned once so a request costs no decode for them.
+_METHOD_NAMES: dict[bytes, str] = {}
+
+
+class _Callbacks:
+    """The object httptools calls into.
+
+    httptools looks the callbacks up once, at parser construction, so binding
+    them to the parser's private methods costs nothing per call and keeps them
+    off :class:`HTTPParser`'s public surface.
+    """
+
+    __slots__ = (
+        "on_body",
+        "on_header",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+        "on_url",
+    )
+
+    def __init__(self, parser: HTTPParser) -> None:
+        self.on_message_begin = parser._on_message_begin
+        self.on_url = parser._on_url
+        self.on_header = parser._on_header
+        self.on_headers_complete = parser._on_headers_complete
+        self.on_body = parser._on_body
+        self.on_message_complete = parser._on_message_complete
+
+
+class HTTPParser:
+    """Request parser for one connection; handles pipelined requests in order.
+
+    Events, in order, per request: one :class:`Request`, zero or more non-empty
+    ``bytes`` body chunks, ``END_OF_MESSAGE``.  ``NEED_DATA`` means nothing
+    complete is buffered.
+
+    After a request that is not keep-alive has ended, further input is discarded:
+    the connection closes after its response, so whatever follows is never served.
+    After a request with ``upgrade`` set, parsing stops for good and the following
+    bytes (and any fed later) collect in :attr:`upgrade_tail`.
+    """
+
+    __slots__ = (
+        "_body_size",
+        "_closed",
+        "_content_length",
+        "_error",
+        "_events",
+        "_expect",
+        "_headers",
+        "_in_message",
+        "_keep_alive",
+        "_max_body_size",
+        "_max_header_size",
+        "_max_headers",
+        "_max_partial",
+        "_max_request_line_size",
+        "_parser",
+        "_partial",
+        "_upgrade",
+        "_upgrade_tail",
+        "_url",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_request_line_size: int = 4094,
+        max_header_size: int = 8190,
+        max_headers: int = 100,
+        max_body_size: int | None = None,
+    ) -> None:
+        self._max_request_line_size = max_request_line_size
+        self._max_header_size = max_header_size
+        self._max_headers = max_headers
+        self._max_body_size = max_body_size
+        self._max_partial = max_header_size + _PARTIAL_LINE_SLACK
+        self._events: deque[Event] = deque()
+        self._error: HTTPError | None = None
+        self._upgrade_tail: bytes | None = None
+        self._closed = False
+        self._in_message = False
+        self._keep_alive = True
+        # Bytes consumed since httptools last reported anything: they sit in its
+        # invisible partial header buffer (see feed()).
+        self._partial = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body_size = 0
+        self._content_length: bytes | None = None
+        self._expect: bytes | None = None
+        self._upgrade: bytes | None = None
+        self._parser = httptools.HttpRequestParser(_Callbacks(self))
+
+    # -- public API ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; ``b""`` means the peer closed its side (EOF).
+
+        Raises :class:`HTTPError` for a malformed or over-limit request, and for
+        EOF in the middle of one.  Events for requests completed earlier in the
+        same ``data`` stay queued, so they can still be answered first.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._upgrade_tail is not None:
+            self._upgrade_tail += data
+            return
+        if self._closed:
+            return
+        if not data:
+            self._closed = True
+            if self._in_message:
+                self._fail(400, "connection closed in the middle of a request")
+            return
+        # Assume every byte goes into an unreported partial line; any callback
+        # resets the count.  So the invisible buffer httptools keeps between our
+        # callbacks is bounded by max_header_size (+slack) plus one feed.
+        self._partial += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_tail = data[exc.args[0] :]
+            return
+        except httptools.HttpParserError as exc:
+            if self._error is not None:  # raised by one of our callbacks
+                raise self._error from None
+            if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__:
+                raise exc.__context__ from None  # a bug in a callback, not a bad request
+            if self._closed:  # bytes after a non-keep-alive request: ignored
+                return
+            self._error = HTTPError(400, str(exc) or "malformed request")
+            raise self._error from None
+        if self._partial > self._max_partial and self._in_message:
+            self._fail(431, "header line too large")
+
+    def next_event(self) -> Event:
+        """Pop the next event, or return ``NEED_DATA``."""
+        if self._events:
+            return self._events.popleft()
+        return NEED_DATA
+
+    @property
+    def upgrade_tail(self) -> bytes:
+        """Bytes after the head of an upgrade request (e.g. the first WebSocket frames)."""
+        return self._upgrade_tail if self._upgrade_tail is not None else b""
+
+    @property
+    def pending_events(self) -> int:
+        """Queued events; lets the caller stop reading while a pipeline backs up."""
+        return len(self._events)
+
+    @property
+    def at_message_boundary(self) -> bool:
+        """True when no partial request is buffered (idle keep-alive, clean EOF)."""
+        return not self._in_message
+
+    # -- httptools callbacks --------------------------------------------------
+
+    def _fail(self, status: int, reason: str) -> NoReturn:
+        # Remembered before raising: httptools replaces exceptions raised in
+        # callbacks by its own HttpParserCallbackError.
+        self._error = HTTPError(status, reason)
+        raise self._error
+
+    def _on_message_begin(self) -> None:
+        self._in_message = True
+        self._partial = 0
+        self._url = b""
+        self._headers = []
+        self._body_size = 0
+        self._content_length = None
+        self._expect = None
+        self._upgrade = None
+
+    def _on_url(self, part: bytes) -> None:
+        self._partial = 0
+        url = self._url = self._url + part if self._url else part
+        if len(url) > self._max_request_line_size:
+            self._fail(414, "request line too long")
+
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        # Chunked trailers arrive here too, after _on_headers_complete swapped in a
+        # fresh list: they get the same limits and are then dropped with it.
+        self._partial = 0
+        if len(name) + len(value) > self._max_header_size:
+            self._fail(431, "header too large")
+        headers = self._headers
+        if len(headers) >= self._max_headers:
+            self._fail(431, "too many headers")
+        name = name.lower()
+        # llhttp keeps trailing OWS, which is not part of the value; it has
+        # already rejected every control character but HTAB, so "<= SP" means OWS.
+        if value and value[-1] <= 0x20:
+            value = value.rstrip(b" \t")
+        headers.append((name, value))
+        if name in _WATCHED_REQUEST_HEADERS:
+            if name == b"content-length":
+                self._content_length = value
+            elif name == b"expect":
+                self._expect = value
+            else:
+                self._upgrade = value
+
+    def _on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._fail(505, f"HTTP/{version} is not supported")
+        method_bytes = parser.get_method()
+        method = _METHOD_NAMES.get(method_bytes)
+        if method is None:
+            method = _METHOD_NAMES.setdefault(method_bytes, method_bytes.decode("ascii"))
+        url = self._url
+        # method SP request-target SP HTTP/1.x
+        if len(method_bytes) + len(url) + 10 > self._max_request_line_size:
+            self._fail(414, "request line too long")
+        if method == "CONNECT":
+            self._fail(501, "CONNECT is not supported")
+        if url[:1] == b"/":
+            if b"#" in url:
+                url = url.partition(b"#")[0]
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*":
+            raw_path, query = url, b""
+        else:  # absolute-form
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserError:
+                self._fail(400, "invalid request target")
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+        else:
+            path = raw_path.decode("utf-8", "surrogateescape")
+        # llhttp has already checked the digits; say 413 before any body arrives.
+        max_body = self._max_body_size
+        length = self._content_length
+        if max_body is not None and length is not None and int(length) > max_body:
+            self._fail(413, "request body too large")
+        upgrade = None
+        if parser.should_upgrade():
+            if self._upgrade is None:
+                self._fail(400, "upgrade without an Upgrade header")
+            else:
+                upgrade = self._upgrade.lower()
+        expect = self._expect
+        self._keep_alive = keep_alive = parser.should_keep_alive()
+        headers = self._headers
+        self._headers = []  # collects (and limits) trailers, if any
+        self._events.append(
+            Request(
+                method,
+                raw_path,
+                path,
+                query,
+                version,
+                headers,
+                keep_alive,
+                upgrade,
+                expect is not None and version == "1.1" and expect.lower() == b"100-continue",
+            )
+        )
+
+    def _on_body(self, chunk: bytes) -> None:
+        self._partial = 0
+        if self._max_body_size is not None:
+            self._body_size += len(chunk)
+            if self._body_size > self._max_body_size:
+                self._fail(413, "request body too large")
+        self._events.append(chunk)
+
+    def _on_message_complete(self) -> None:
+        self._in_message = False
+        self._partial = 0
+        self._events.append(END_OF_MESSAGE)
+        if not self._keep_alive:
+            self._closed = True
+
+
+# -- response side --------------------------------------------------------------
+
+_STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in HTTPStatus
+}
+_SERVER_LINE: Final = b"server: hornbeam-trio\r\n"
+_CONNECTION_CLOSE: Final = b"connection: close\r\n"
+_CONNECTION_KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
+_TE_CHUNKED: Final = b"transfer-encoding: chunked\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+# bytes.translate(None, delete) leaves exactly the characters that are not allowed.
+_TOKEN_CHARS: Final = (
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+_FIELD_VALUE_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+
+_WATCHED_RESPONSE_HEADERS: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"connection", b"date", b"server")
+)
+
+_date_second = -1
+_date_line = b""
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES.setdefault(status, b"HTTP/1.1 %d \r\n" % status)
+    return line
+
+
+def _date_header() -> bytes:
+    """The ``date`` header line, formatted at most once per second."""
+    global _date_second, _date_line
+    now = time.time()
+    second = int(now)
+    if second != _date_second:
+        _date_line = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+        _date_second = second
+    return _date_line
+
+
+def _has_token(value: bytes, token: bytes) -> bool:
+    return token in [part.strip() for part in value.lower().split(b",")]
+
+
+# Response framing modes.
+_UNDECIDED: Final = 0
+_FIXED: Final = 1  # content-length
+_CHUNKED: Final = 2
+_CLOSE_DELIMITED: Final = 3
+_NO_BODY: Final = 4  # HEAD, 1xx, 204, 304
+
+
+class ResponseEncoder:
+    """One per request: turns ASGI ``http.response.start``/``body`` into bytes.
+
+    The head is held back until the first :meth:`body` call so that a response
+    whose whole body arrives at once gets a ``content-length`` instead of
+    chunking, and head plus body leave in one write.
+    """
+
+    __slots__ = (
+        "_app_close",
+        "_app_coding",
+        "_complete",
+        "_declared_length",
+        "_head",
+        "_is_head",
+        "_keep_alive",
+        "_mode",
+        "_request",
+        "_sent",
+        "_started",
+        "_status",
+    )
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._is_head = request.method == "HEAD"
+        # Once an upgrade request's head is parsed the parser stops, so the
+        # connection cannot carry another request whatever the response.
+        self._keep_alive = request.keep_alive and request.upgrade is None
+        self._started = False
+        self._complete = False
+        self._head: list[bytes] | None = None
+        self._status = 0
+        self._mode = _UNDECIDED
+        self._declared_length: int | None = None
+        self._app_coding: bytes | None = None
+        self._app_close = False
+        self._sent = 0
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this response.
+
+        Final once :attr:`complete`; the caller must still drain or discard any
+        unread request body before reusing the connection.
+        """
+        return self._keep_alive
+
+    def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Validate and remember the head; nothing is written until :meth:`body`."""
+        if self._started:
+            raise RuntimeError("response already started")
+        if type(status) is not int or not 100 <= status <= 999:
+            raise ValueError(f"invalid status code {status!r}")
+        head = [_status_line(status)]
+        has_date = has_server = False
+        for name, value in headers:
+            if not name or name.translate(None, _TOKEN_CHARS):
+                raise ValueError(f"invalid header name {name!r}")
+            if value.translate(None, _FIELD_VALUE_CHARS):
+                raise ValueError(f"invalid header value {value!r}")
+            lname = name.lower()
+            if lname in _WATCHED_RESPONSE_HEADERS:
+                if lname == b"content-length":
+                    if not value.isdigit():
+                        raise ValueError(f"invalid content-length {value!r}")
+                    length = int(value)
+                    if self._declared_length is not None and self._declared_length != length:
+                        raise ValueError("conflicting content-length headers")
+                    self._declared_length = length
+                elif lname == b"transfer-encoding":
+                    # Only the final coding decides the framing.
+                    self._app_coding = value.lower().rsplit(b",", 1)[-1].strip()
+                    if self._request.http_version == "1.0":
+                        continue  # HTTP/1.0 clients know no transfer codings
+                elif lname == b"connection":
+                    if _has_token(value, b"close"):
+                        self._app_close = True
+                        self._keep_alive = False
+                elif lname == b"date":
+                    has_date = True
+                else:
+                    has_server = True
+            head += (name, b": ", value, b"\r\n")
+        if self._app_coding is not None and self._declared_length is not None:
+            raise ValueError("both content-length and transfer-encoding")
+        if not has_date:
+            head.append(_date_header())
+        if not has_server:
+            head.append(_SERVER_LINE)
+        self._status = status
+        self._head = head
+        self._started = True
+
+    def body(self, data: bytes, more_body: bool) -> bytes:
+        """Return the bytes to write now (the head too, on the first call)."""
+        if not self._started:
+            raise RuntimeError("response not started")
+        if self._complete:
+            raise RuntimeError("response already complete")
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._decide_framing(head, len(data), more_body)
+            parts = head
+        else:
+            parts = []
+        mode = self._mode
+        if mode == _FIXED:
+            assert self._declared_length is not None
+            self._sent += len(data)
+            if self._sent > self._declared_length:
+                raise ValueError(f"response body exceeds content-length {self._declared_length}")
+            if data:
+                parts.append(data)
+            if not more_body and self._sent < self._declared_length:
+                self._keep_alive = False  # truncated: only a close tells the client
+        elif mode == _CHUNKED:
+            if data:
+                parts += (b"%x\r\n" % len(data), data, b"\r\n")
+            if not more_body:
+                parts.append(_LAST_CHUNK)
+        elif mode == _CLOSE_DELIMITED and data:
+            parts.append(data)
+        # _NO_BODY: the app's bytes are dropped.
+        if not more_body:
+            self._complete = True
+        if not parts:
+            return b""
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def _decide_framing(self, head: list[bytes], first_len: int, more_body: bool) -> None:
+        status = self._status
+        http11 = self._request.http_version == "1.1"
+        coding = self._app_coding
+        if self._is_head or status < 200 or status == 204 or status == 304:
+            self._mode = _NO_BODY
+            # HEAD gets the framing headers the GET would have had.
+            if self._is_head and self._declared_length is None and coding is None:
+                if not more_body:
+                    head.append(b"content-length: %d\r\n" % first_len)
+                elif http11:
+                    head.append(_TE_CHUNKED)
+        elif self._declared_length is not None:
+            self._mode = _FIXED
+        elif coding is not None:
+            if coding == b"chunked" and http11:
+                self._mode = _CHUNKED  # the app's own header already says so
+            else:
+                self._mode = _CLOSE_DELIMITED
+                self._keep_alive = False
+        elif more_body:
+            if http11:
+                self._mode = _CHUNKED
+                head.append(_TE_CHUNKED)
+            else:
+                self._mode = _CLOSE_DELIMITED
+                self._keep_alive = False
+        else:
+            self._mode = _FIXED
+            self._declared_length = first_len
+            head.append(b"content-length: %d\r\n" % first_len)
+        if not self._app_close:
+            if not self._keep_alive:
+                head.append(_CONNECTION_CLOSE)
+            elif not http11:
+                head.append(_CONNECTION_KEEP_ALIVE)
+        head.append(b"\r\n")
+
+
+def simple_response(
+    status: int,
+    body: bytes = b"",
+    *,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    keep_alive: bool = False,
+) -> bytes:
+    """A complete response for errors the server answers itself (400, 413, 503...)."""
+    parts = [_status_line(status)]
+    has_type = has_date = has_server = False
+    for name, value in headers:
+        lname = name.lower()
+        has_type = has_type or lname == b"content-type"
+        has_date = has_date or lname == b"date"
+        has_server = has_server or lname == b"server"
+        parts += (name, b": ", value, b"\r\n")
+    if body and not has_type:
+        parts.append(b"content-type: text/plain; charset=utf-8\r\n")
+    if not has_date:
+        parts.append(_date_header())
+    if not has_server:
+        parts.append(_SERVER_LINE)
+    if not keep_alive:
+        parts.append(_CONNECTION_CLOSE)
+    if not (status < 200 or status == 204 or status == 304):
+        parts.append(b"content-length: %d\r\n" % len(body))
+        parts += (b"\r\n", body)
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)

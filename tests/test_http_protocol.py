@@ -1,0 +1,863 @@
+"""The sans-I/O HTTP/1.1 core, specified with byte strings (no sockets, no event loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import h11
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hornbeam_trio.protocol import http11
+from hornbeam_trio.protocol.http11 import (
+    CONTINUE_RESPONSE,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    Event,
+    HTTPError,
+    HTTPParser,
+    Request,
+    ResponseEncoder,
+    simple_response,
+)
+
+DATE = b"date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+STAMP = DATE + b"server: hornbeam-trio\r\n"
+
+
+@pytest.fixture(autouse=True)
+def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http11, "_date_header", lambda: DATE)
+
+
+def drain(parser: HTTPParser) -> list[Event]:
+    events = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        events.append(event)
+    return events
+
+
+def parse(data: bytes, **limits: int) -> list[Event]:
+    parser = HTTPParser(**limits)
+    parser.feed(data)
+    return drain(parser)
+
+
+def merged(events: list[Event]) -> list[Event]:
+    """Joins adjacent body chunks: how a body is split is not part of the contract."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += event
+        else:
+            out.append(event)
+    return out
+
+
+def parse_bytewise(data: bytes, **limits: int) -> list[Event]:
+    parser = HTTPParser(**limits)
+    events = []
+    for i in range(len(data)):
+        parser.feed(data[i : i + 1])
+        events += drain(parser)
+    return merged(events)
+
+
+def request(**overrides: object) -> Request:
+    fields: dict[str, object] = {
+        "method": "GET",
+        "raw_path": b"/",
+        "path": "/",
+        "query_string": b"",
+        "http_version": "1.1",
+        "headers": [],
+        "keep_alive": True,
+        "upgrade": None,
+        "expect_continue": False,
+    }
+    fields.update(overrides)
+    return Request(**fields)  # type: ignore[arg-type]
+
+
+def raises_status(status: int, data: bytes, **limits: int) -> HTTPError:
+    parser = HTTPParser(**limits)
+    with pytest.raises(HTTPError) as info:
+        parser.feed(data)
+    assert info.value.status == status, info.value.reason
+    return info.value
+
+
+# -- requests --------------------------------------------------------------------
+
+
+def test_simple_get_produces_head_then_end() -> None:
+    events = parse(b"GET /index.html?a=1&b=2 HTTP/1.1\r\nHost: example.com\r\nX-Empty:\r\n\r\n")
+    assert events == [
+        request(
+            raw_path=b"/index.html",
+            path="/index.html",
+            query_string=b"a=1&b=2",
+            headers=[(b"host", b"example.com"), (b"x-empty", b"")],
+        ),
+        END_OF_MESSAGE,
+    ]
+
+
+def test_header_names_lowercased_values_kept_order_kept_duplicates_kept() -> None:
+    (req, _) = parse(
+        b"GET / HTTP/1.1\r\nX-B: One\r\nHOST: h\r\nx-b:   Two\tWords\r\nCookie: a=1\r\n\r\n"
+    )
+    assert isinstance(req, Request)
+    assert req.headers == [
+        (b"x-b", b"One"),
+        (b"host", b"h"),
+        (b"x-b", b"Two\tWords"),
+        (b"cookie", b"a=1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "raw_path", "path", "query"),
+    [
+        (b"/a%20b/%E2%82%AC", b"/a%20b/%E2%82%AC", "/a b/\u20ac", b""),
+        (b"/bad%FFutf8", b"/bad%FFutf8", "/bad\udcffutf8", b""),
+        (b"/p?q=%20&r#frag", b"/p", "/p", b"q=%20&r"),
+        (b"/p#frag", b"/p", "/p", b""),
+        (b"/a%2Fb", b"/a%2Fb", "/a/b", b""),
+        (b"http://example.com/x/y?z=1", b"/x/y", "/x/y", b"z=1"),
+        (b"http://example.com", b"/", "/", b""),
+        (b"*", b"*", "*", b""),
+    ],
+)
+def test_request_target_forms(target: bytes, raw_path: bytes, path: str, query: bytes) -> None:
+    (req, _) = parse(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(req, Request)
+    assert (req.raw_path, req.path, req.query_string) == (raw_path, path, query)
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "keep_alive"),
+    [
+        (b"1.1", b"", True),
+        (b"1.1", b"Connection: close\r\n", False),
+        (b"1.1", b"Connection: keep-alive, Close\r\n", False),
+        (b"1.0", b"", False),
+        (b"1.0", b"Connection: Keep-Alive\r\n", True),
+    ],
+)
+def test_keep_alive_decision(version: bytes, connection: bytes, keep_alive: bool) -> None:
+    (req, _) = parse(b"GET / HTTP/" + version + b"\r\n" + connection + b"\r\n")
+    assert isinstance(req, Request)
+    assert req.http_version == version.decode()
+    assert req.keep_alive is keep_alive
+
+
+def test_expect_continue_only_for_http11() -> None:
+    head = b"POST / HTTP/%s\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n"
+    (req11,) = parse(head % b"1.1")
+    (req10,) = parse(head % b"1.0")
+    assert isinstance(req11, Request) and isinstance(req10, Request)
+    assert req11.expect_continue is True
+    assert req10.expect_continue is False
+    assert CONTINUE_RESPONSE == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+PIPELINE = (
+    b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n"
+    b"POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /three HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n1;ext=1\r\nd\r\n0\r\nTrailer-Field: x\r\n\r\n"
+    b"GET /four HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+)
+
+
+def expected_pipeline() -> list[Event]:
+    return [
+        request(raw_path=b"/one", path="/one", headers=[(b"host", b"h")]),
+        END_OF_MESSAGE,
+        request(
+            method="POST",
+            raw_path=b"/two",
+            path="/two",
+            headers=[(b"host", b"h"), (b"content-length", b"5")],
+        ),
+        b"hello",
+        END_OF_MESSAGE,
+        request(
+            method="POST",
+            raw_path=b"/three",
+            path="/three",
+            headers=[(b"host", b"h"), (b"transfer-encoding", b"chunked")],
+        ),
+        b"abcd",
+        END_OF_MESSAGE,
+        request(
+            raw_path=b"/four",
+            path="/four",
+            headers=[(b"host", b"h"), (b"connection", b"close")],
+            keep_alive=False,
+        ),
+        END_OF_MESSAGE,
+    ]
+
+
+def test_pipelined_requests_in_one_feed_come_out_in_order() -> None:
+    parser = HTTPParser()
+    parser.feed(PIPELINE)
+    assert parser.pending_events == 11  # the chunked body comes as b"abc", b"d"
+    assert merged(drain(parser)) == expected_pipeline()
+    assert parser.at_message_boundary
+
+
+def test_byte_at_a_time_gives_the_same_events() -> None:
+    assert parse_bytewise(PIPELINE) == expected_pipeline()
+
+
+def test_chunked_body_chunks_are_streamed_and_trailers_dropped() -> None:
+    parser = HTTPParser()
+    parser.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    assert isinstance(parser.next_event(), Request)
+    assert parser.next_event() == b"hel"
+    assert parser.next_event() is NEED_DATA
+    assert not parser.at_message_boundary
+    parser.feed(b"lo\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    assert drain(parser) == [b"lo", END_OF_MESSAGE]
+    assert parser.at_message_boundary
+
+
+def test_body_events_are_never_empty() -> None:
+    events = parse(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert events[1:] == [END_OF_MESSAGE]
+
+
+def test_bytes_after_a_closing_request_are_ignored() -> None:
+    parser = HTTPParser()
+    parser.feed(b"GET / HTTP/1.0\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+    parser.feed(b"garbage that is never parsed")
+    parser.feed(b"")
+    events = drain(parser)
+    assert len(events) == 2 and events[1] is END_OF_MESSAGE
+
+
+# -- malformed requests and limits -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"FOO / HTTP/1.1\r\n\r\n",
+        b"get / HTTP/1.1\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: h\n\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+    ],
+)
+def test_malformed_requests_are_400(data: bytes) -> None:
+    raises_status(400, data)
+
+
+@pytest.mark.parametrize("version", [b"0.9", b"2.0"])
+def test_unsupported_versions_are_505(version: bytes) -> None:
+    raises_status(505, b"GET / HTTP/" + version + b"\r\n\r\n")
+
+
+def test_connect_is_501() -> None:
+    raises_status(501, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+
+
+def test_error_is_sticky_and_earlier_events_survive() -> None:
+    parser = HTTPParser()
+    with pytest.raises(HTTPError) as first:
+        parser.feed(b"GET /ok HTTP/1.1\r\n\r\nFOO / HTTP/1.1\r\n\r\n")
+    assert [type(e) for e in drain(parser)] == [Request, type(END_OF_MESSAGE)]
+    with pytest.raises(HTTPError) as second:
+        parser.feed(b"GET / HTTP/1.1\r\n\r\n")
+    assert second.value is first.value
+
+
+def request_line(target_len: int) -> bytes:
+    # "GET " + target + " HTTP/1.1" is target_len + 13 bytes
+    return b"GET /" + b"a" * (target_len - 1) + b" HTTP/1.1\r\n"
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_request_line_limit_is_414(bytewise: bool) -> None:
+    limit = 100
+    ok = request_line(limit - 13) + b"\r\n"
+    too_long = request_line(limit - 12) + b"\r\n"
+    assert len(ok) == limit + 4
+    if bytewise:
+        assert isinstance(parse_bytewise(ok, max_request_line_size=limit)[0], Request)
+        with pytest.raises(HTTPError) as info:
+            parse_bytewise(too_long, max_request_line_size=limit)
+        assert info.value.status == 414
+    else:
+        assert isinstance(parse(ok, max_request_line_size=limit)[0], Request)
+        raises_status(414, too_long, max_request_line_size=limit)
+
+
+def test_unfinished_request_line_is_cut_off_at_the_limit() -> None:
+    parser = HTTPParser(max_request_line_size=4094)
+    parser.feed(b"GET /")
+    with pytest.raises(HTTPError) as info:
+        for _ in range(10):
+            parser.feed(b"a" * 1000)  # never terminated
+    assert info.value.status == 414
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_header_size_limit_is_431(bytewise: bool) -> None:
+    limit = 200
+    ok = b"GET / HTTP/1.1\r\nX-Long: " + b"v" * (limit - 6) + b"\r\n\r\n"
+    too_big = b"GET / HTTP/1.1\r\nX-Long: " + b"v" * (limit - 5) + b"\r\n\r\n"
+    run = parse_bytewise if bytewise else parse
+    assert isinstance(run(ok, max_header_size=limit)[0], Request)
+    with pytest.raises(HTTPError) as info:
+        run(too_big, max_header_size=limit)
+    assert info.value.status == 431
+
+
+def test_unfinished_header_is_cut_off_near_the_limit() -> None:
+    """httptools buffers a partial header invisibly; it must not grow without bound."""
+    parser = HTTPParser(max_header_size=8190)
+    parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ")
+    fed = 0
+    with pytest.raises(HTTPError) as info:
+        while fed < 100_000:
+            parser.feed(b"v" * 512)
+            fed += 512
+    assert info.value.status == 431
+    assert fed <= 8190 + 1024
+
+
+def test_unfinished_trailer_is_cut_off_too() -> None:
+    parser = HTTPParser(max_header_size=1000)
+    parser.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+    with pytest.raises(HTTPError) as info:
+        for _ in range(100):
+            parser.feed(b"v" * 100)
+    assert info.value.status == 431
+
+
+def test_header_count_limit_is_431() -> None:
+    head = b"GET / HTTP/1.1\r\n%s\r\n"
+    ok = head % b"".join(b"X-%d: v\r\n" % i for i in range(10))
+    too_many = head % b"".join(b"X-%d: v\r\n" % i for i in range(11))
+    assert isinstance(parse(ok, max_headers=10)[0], Request)
+    raises_status(431, too_many, max_headers=10)
+
+
+def test_trailer_count_is_limited() -> None:
+    trailers = b"".join(b"T-%d: v\r\n" % i for i in range(11))
+    data = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + trailers + b"\r\n"
+    raises_status(431, data, max_headers=10)
+
+
+def test_declared_body_over_the_limit_is_413_before_any_body() -> None:
+    parser = HTTPParser(max_body_size=10)
+    with pytest.raises(HTTPError) as info:
+        parser.feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+    assert info.value.status == 413
+    assert parser.next_event() is NEED_DATA  # no Request handed out to run the app
+
+
+def test_chunked_body_over_the_limit_is_413() -> None:
+    parser = HTTPParser(max_body_size=10)
+    parser.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n")
+    parser.feed(b"5\r\n67890\r\n")
+    with pytest.raises(HTTPError) as info:
+        parser.feed(b"1\r\nX\r\n0\r\n\r\n")
+    assert info.value.status == 413
+
+
+def test_body_exactly_at_the_limit_is_accepted() -> None:
+    events = parse(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789", max_body_size=10)
+    assert events[1:] == [b"0123456789", END_OF_MESSAGE]
+
+
+# -- EOF ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"G",
+        b"GET / HTTP/1.1\r\nHost: h\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    ],
+)
+def test_eof_mid_request_is_400(partial: bytes) -> None:
+    parser = HTTPParser()
+    parser.feed(partial)
+    assert not parser.at_message_boundary
+    with pytest.raises(HTTPError) as info:
+        parser.feed(b"")
+    assert info.value.status == 400
+
+
+def test_eof_between_requests_is_clean() -> None:
+    parser = HTTPParser()
+    assert parser.at_message_boundary
+    parser.feed(b"GET / HTTP/1.1\r\n\r\n")
+    assert parser.at_message_boundary
+    parser.feed(b"")
+    assert len(drain(parser)) == 2
+
+
+# -- upgrade -------------------------------------------------------------------------
+
+WS_HEAD = (
+    b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_upgrade_stops_parsing_and_hands_over_the_tail() -> None:
+    frame = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
+    parser = HTTPParser()
+    parser.feed(WS_HEAD + frame + b"GET / HTTP/1.1\r\n")
+    req, end = drain(parser)
+    assert isinstance(req, Request)
+    assert req.upgrade == b"websocket"
+    assert req.path == "/chat"
+    assert end is END_OF_MESSAGE
+    assert parser.upgrade_tail == frame + b"GET / HTTP/1.1\r\n"
+    parser.feed(b"more")
+    assert parser.upgrade_tail.endswith(b"\r\nmore")
+    assert drain(parser) == []
+
+
+def test_upgrade_tail_empty_when_head_arrives_alone() -> None:
+    parser = HTTPParser()
+    for i in range(len(WS_HEAD)):
+        parser.feed(WS_HEAD[i : i + 1])
+    assert [type(e) for e in drain(parser)] == [Request, type(END_OF_MESSAGE)]
+    assert parser.upgrade_tail == b""
+    parser.feed(b"\x88\x80")
+    assert parser.upgrade_tail == b"\x88\x80"
+
+
+def test_upgrade_header_without_connection_upgrade_is_plain_http() -> None:
+    parser = HTTPParser()
+    parser.feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+    events = drain(parser)
+    assert isinstance(events[0], Request) and events[0].upgrade is None
+    assert isinstance(events[2], Request) and events[2].path == "/2"
+    assert parser.upgrade_tail == b""
+
+
+# -- cross-check against h11 -----------------------------------------------------------
+
+
+Parsed = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytearray]
+
+
+def h11_parse(data: bytes) -> list[Parsed]:
+    """(method, path, query, headers, body) per request, as h11 sees them."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    out: list[Parsed] = []
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Request):
+            path, _, query = event.target.partition(b"?")
+            out.append((event.method, path, query, list(event.headers), bytearray()))
+        elif isinstance(event, h11.Data):
+            out[-1][4].extend(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            conn.send(h11.Response(status_code=204, headers=[]))
+            conn.send(h11.EndOfMessage())
+            if conn.our_state is not h11.DONE:
+                return out
+            conn.start_next_cycle()
+        else:
+            assert event in (h11.NEED_DATA, h11.PAUSED) or isinstance(event, h11.ConnectionClosed)
+            return out
+
+
+def ours_parse(data: bytes) -> list[Parsed]:
+    out: list[Parsed] = []
+    for event in parse(data):
+        if isinstance(event, Request):
+            out.append(
+                (
+                    event.method.encode(),
+                    event.raw_path,
+                    event.query_string,
+                    event.headers,
+                    bytearray(),
+                )
+            )
+        elif isinstance(event, bytes):
+            out[-1][4].extend(event)
+    return out
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PIPELINE,
+        b"PUT /x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX:  pad  \r\n\r\nabc",
+        b"DELETE /a%20b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nAccept: text/html\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"A\r\n0123456789\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+    ],
+)
+def test_agrees_with_h11(data: bytes) -> None:
+    assert ours_parse(data) == h11_parse(data)
+
+
+TOKEN = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~!#$&'*+^`|", min_size=1
+)
+VALUE = st.binary(max_size=30).map(
+    lambda b: bytes(c for c in b if c == 0x09 or 0x20 <= c <= 0x7E).strip(b" \t")
+)
+PATH = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/%", max_size=30)
+
+
+@st.composite
+def valid_requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"]))
+    path = b"/" + draw(PATH).replace("%", "%25").encode()
+    query = draw(st.one_of(st.just(b""), PATH.map(lambda q: b"?" + q.replace("%", "%25").encode())))
+    names = draw(st.lists(TOKEN.map(str.encode), max_size=8))
+    names = [
+        n
+        for n in names
+        if n.lower()
+        not in (b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect")
+    ]
+    headers = b"".join(b"%s: %s\r\n" % (n, draw(VALUE)) for n in names)
+    body = draw(st.binary(max_size=50))
+    framing = draw(st.sampled_from(["length", "chunked"]))
+    if framing == "length":
+        headers += b"Content-Length: %d\r\n" % len(body)
+        encoded = body
+    else:
+        headers += b"Transfer-Encoding: chunked\r\n"
+        encoded = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return method + b" " + path + query + b" HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n" + encoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(valid_requests(), min_size=1, max_size=3))
+def test_random_valid_pipelines_agree_with_h11(requests: list[bytes]) -> None:
+    data = b"".join(requests)
+    assert ours_parse(data) == h11_parse(data)
+
+
+def splits(data: bytes, cuts: list[int]) -> Iterator[bytes]:
+    positions = sorted({c % (len(data) + 1) for c in cuts})
+    start = 0
+    for pos in [*positions, len(data)]:
+        yield data[start:pos]
+        start = pos
+
+
+@st.composite
+def mutated_requests(draw: st.DrawFn) -> bytes:
+    data = bytearray(b"".join(draw(st.lists(valid_requests(), min_size=1, max_size=2))))
+    for _ in range(draw(st.integers(0, 4))):
+        pos = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["flip", "insert", "delete"]))
+        if action == "insert":
+            noise = [b"\r\n", b"\n", b" ", b":", b"\x00", b"\xff", b"0"]
+            data[pos:pos] = draw(st.sampled_from(noise))
+        elif action == "delete":
+            del data[pos : pos + draw(st.integers(1, 5))]
+        elif pos < len(data):
+            data[pos] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+def check_grammar(events: list[Event]) -> None:
+    """Request, bytes..., END_OF_MESSAGE, repeated; body chunks never empty."""
+    in_message = False
+    for event in events:
+        if isinstance(event, Request):
+            assert not in_message
+            in_message = True
+        elif isinstance(event, bytes):
+            assert in_message and event
+        else:
+            assert event is END_OF_MESSAGE and in_message
+            in_message = False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(mutated_requests(), st.binary(max_size=200)),
+    st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_arbitrary_bytes_raise_nothing_but_http_error(data: bytes, cuts: list[int]) -> None:
+    parser = HTTPParser(
+        max_request_line_size=64, max_header_size=64, max_headers=6, max_body_size=40
+    )
+    events: list[Event] = []
+    try:
+        for piece in splits(data, cuts):
+            if piece:
+                parser.feed(piece)
+            events += drain(parser)
+        parser.feed(b"")
+    except HTTPError as exc:
+        assert exc.status in (400, 413, 414, 431, 501, 505)
+    events += drain(parser)
+    check_grammar(events)
+
+
+# -- responses -------------------------------------------------------------------------
+
+
+def respond(
+    req: Request, status: int, headers: list[tuple[bytes, bytes]], *bodies: tuple[bytes, bool]
+) -> tuple[list[bytes], ResponseEncoder]:
+    enc = ResponseEncoder(req)
+    assert not enc.started
+    enc.start(status, headers)
+    assert enc.started and not enc.complete
+    writes = [enc.body(data, more) for data, more in bodies]
+    return writes, enc
+
+
+def test_single_body_gets_content_length_in_one_write() -> None:
+    writes, enc = respond(request(), 200, [(b"content-type", b"text/plain")], (b"hello", False))
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+        + STAMP
+        + b"content-length: 5\r\n\r\nhello"
+    ]
+    assert enc.complete and enc.keep_alive
+
+
+def test_streamed_body_is_chunked_on_http11() -> None:
+    writes, enc = respond(
+        request(), 200, [], (b"ab", True), (b"", True), (b"cde", True), (b"", False)
+    )
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\n" + STAMP + b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
+        b"",
+        b"3\r\ncde\r\n",
+        b"0\r\n\r\n",
+    ]
+    assert enc.keep_alive
+
+
+def test_streamed_body_with_data_in_the_last_message() -> None:
+    writes, _ = respond(request(), 200, [], (b"", True), (b"end", False))
+    assert writes[1] == b"3\r\nend\r\n0\r\n\r\n"
+
+
+def test_streamed_body_is_close_delimited_on_http10() -> None:
+    req = request(http_version="1.0", keep_alive=True)
+    writes, enc = respond(req, 200, [], (b"ab", True), (b"c", False))
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\n" + STAMP + b"connection: close\r\n\r\nab",
+        b"c",
+    ]
+    assert not enc.keep_alive
+
+
+def test_http10_keep_alive_is_confirmed_when_length_is_known() -> None:
+    req = request(http_version="1.0", keep_alive=True)
+    writes, enc = respond(req, 200, [], (b"x", False))
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\n" + STAMP + b"content-length: 1\r\nconnection: keep-alive\r\n\r\nx"
+    ]
+    assert enc.keep_alive
+
+
+def test_app_transfer_encoding_chunked_is_honoured_once() -> None:
+    writes, _ = respond(request(), 200, [(b"Transfer-Encoding", b"chunked")], (b"a", False))
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + STAMP + b"\r\n1\r\na\r\n0\r\n\r\n"
+    ]
+
+
+def test_head_sends_head_only_with_computed_length() -> None:
+    writes, enc = respond(request(method="HEAD"), 200, [], (b"would-be body", False))
+    assert writes == [b"HTTP/1.1 200 OK\r\n" + STAMP + b"content-length: 13\r\n\r\n"]
+    assert enc.keep_alive
+
+
+def test_head_keeps_app_content_length_and_drops_body() -> None:
+    writes, enc = respond(request(method="HEAD"), 200, [(b"content-length", b"1000")], (b"", False))
+    assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n" + STAMP + b"\r\n"]
+    assert enc.keep_alive
+
+
+def test_head_of_a_streamed_response_announces_chunking_without_body() -> None:
+    writes, _ = respond(request(method="HEAD"), 200, [], (b"abc", True), (b"def", False))
+    assert writes == [b"HTTP/1.1 200 OK\r\n" + STAMP + b"transfer-encoding: chunked\r\n\r\n", b""]
+
+
+@pytest.mark.parametrize("status", [204, 304, 103])
+def test_bodyless_statuses_never_carry_a_body(status: int) -> None:
+    writes, enc = respond(request(), status, [], (b"ignored", False))
+    assert writes == [http11._status_line(status) + STAMP + b"\r\n"]
+    assert enc.keep_alive
+
+
+def test_app_content_length_is_enforced() -> None:
+    enc = ResponseEncoder(request())
+    enc.start(200, [(b"content-length", b"4")])
+    assert enc.body(b"abc", True) == (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n" + STAMP + b"\r\nabc"
+    )
+    with pytest.raises(ValueError, match="content-length"):
+        enc.body(b"de", False)
+
+
+def test_short_body_for_app_content_length_closes_the_connection() -> None:
+    writes, enc = respond(request(), 200, [(b"content-length", b"4")], (b"abc", False))
+    assert writes[0].endswith(b"\r\n\r\nabc")
+    assert enc.complete and not enc.keep_alive
+
+
+@pytest.mark.parametrize(
+    ("req", "headers", "keep_alive", "close_header"),
+    [
+        (request(), [], True, False),
+        (request(keep_alive=False), [], False, True),
+        (request(), [(b"Connection", b"Close")], False, False),
+        (request(upgrade=b"h2c"), [], False, True),
+        (request(http_version="1.0", keep_alive=False), [], False, True),
+    ],
+)
+def test_keep_alive_decisions(
+    req: Request, headers: list[tuple[bytes, bytes]], keep_alive: bool, close_header: bool
+) -> None:
+    writes, enc = respond(req, 200, headers, (b"ok", False))
+    assert enc.keep_alive is keep_alive
+    assert (b"\r\nconnection: close\r\n" in writes[0]) is close_header
+    assert writes[0].lower().count(b"connection:") <= 1
+
+
+def test_app_date_and_server_are_not_duplicated() -> None:
+    writes, _ = respond(
+        request(), 200, [(b"Date", b"yesterday"), (b"Server", b"mine")], (b"", False)
+    )
+    assert writes == [
+        b"HTTP/1.1 200 OK\r\nDate: yesterday\r\nServer: mine\r\ncontent-length: 0\r\n\r\n"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (99, []),
+        (1000, []),
+        (True, []),
+        (200, [(b"x", b"a\r\nInjected: 1")]),
+        (200, [(b"x", b"a\nb")]),
+        (200, [(b"x", b"a\x00b")]),
+        (200, [(b"bad name", b"v")]),
+        (200, [(b"bad:name", b"v")]),
+        (200, [(b"", b"v")]),
+        (200, [(b"content-length", b"-1")]),
+        (200, [(b"content-length", b"1"), (b"content-length", b"2")]),
+        (200, [(b"content-length", b"1"), (b"transfer-encoding", b"chunked")]),
+    ],
+)
+def test_invalid_response_heads_are_value_errors(
+    status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    with pytest.raises(ValueError):
+        ResponseEncoder(request()).start(status, headers)
+
+
+def test_misuse_is_a_runtime_error() -> None:
+    enc = ResponseEncoder(request())
+    with pytest.raises(RuntimeError):
+        enc.body(b"", False)
+    enc.start(200, [])
+    with pytest.raises(RuntimeError):
+        enc.start(200, [])
+    enc.body(b"", False)
+    with pytest.raises(RuntimeError):
+        enc.body(b"", False)
+
+
+def test_unknown_status_gets_an_empty_reason() -> None:
+    writes, _ = respond(request(), 599, [], (b"", False))
+    assert writes[0].startswith(b"HTTP/1.1 599 \r\n")
+
+
+def test_simple_response_bytes() -> None:
+    assert simple_response(400, b"Bad request") == (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        + STAMP
+        + b"connection: close\r\ncontent-length: 11\r\n\r\nBad request"
+    )
+    assert simple_response(204, keep_alive=True, headers=[(b"x-a", b"1")]) == (
+        b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n" + STAMP + b"\r\n"
+    )
+
+
+def test_real_date_header_is_an_imf_fixdate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()
+    line = http11._date_header()
+    assert line.startswith(b"date: ") and line.endswith(b" GMT\r\n")
+    assert http11._date_header() is line  # cached within the second
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "bodies"),
+    [
+        ("GET", "1.1", [(b"hello", False)]),
+        ("GET", "1.1", [(b"he", True), (b"", True), (b"llo", False)]),
+        ("GET", "1.0", [(b"he", True), (b"llo", False)]),
+        ("HEAD", "1.1", [(b"hello", False)]),
+    ],
+)
+def test_h11_client_reads_our_responses(
+    method: str, version: str, bodies: list[tuple[bytes, bool]]
+) -> None:
+    client = h11.Connection(h11.CLIENT)  # h11 only speaks 1.1; our side acts as if 1.0
+    client.send(h11.Request(method=method, target="/", headers=[("Host", "h")]))
+    client.send(h11.EndOfMessage())
+    writes, enc = respond(
+        request(method=method, http_version=version, keep_alive=version == "1.1"), 200, [], *bodies
+    )
+    client.receive_data(b"".join(writes))
+    if not enc.keep_alive:
+        client.receive_data(b"")
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 200
+    body = b""
+    while isinstance(event := client.next_event(), h11.Data):
+        body += event.data
+    assert isinstance(event, h11.EndOfMessage)
+    assert body == (b"" if method == "HEAD" else b"hello")
+
+
+def test_app_transfer_encoding_is_dropped_for_http10_and_body_close_delimited() -> None:
+    req = request(http_version="1.0", keep_alive=True)
+    writes, enc = respond(req, 200, [(b"transfer-encoding", b"chunked")], (b"raw", False))
+    assert writes == [b"HTTP/1.1 200 OK\r\n" + STAMP + b"connection: close\r\n\r\nraw"]
+    assert not enc.keep_alive
+
+
+def test_a_bug_in_the_parser_is_not_disguised_as_a_bad_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> Request:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(http11, "Request", broken)
+    with pytest.raises(ZeroDivisionError):
+        HTTPParser().feed(b"GET / HTTP/1.1\r\n\r\n")
