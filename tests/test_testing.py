@@ -1,0 +1,201 @@
+"""The testing toolkit's documented guarantees, each shown here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from hornbeam_erlang import state_incr, subscribe
+from hornbeam_trio import stats
+from hornbeam_trio.pubsub import Subscription
+from hornbeam_trio.runtime import default_runtime
+from hornbeam_trio.testing import (
+    AppFailed,
+    LeakError,
+    assert_closed_with,
+    collect,
+    receive_within,
+    run_server,
+)
+
+
+async def echo(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    await send({"type": "websocket.accept"})
+    subscribe("toolkit")
+    state_incr("toolkit:online", owned=True)
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") == "boom":
+            raise ZeroDivisionError("the app's own bug")
+        if message.get("text") == "silence":
+            continue
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
+def nothing_left() -> None:
+    s = stats()
+    assert s["connections"] == 0 and s["topics"] == {} and s["owned_keys"] == []
+
+
+async def test_a_client_the_test_forgot_to_close_is_torn_down_cleanly() -> None:
+    async with run_server(echo) as server:
+        forgotten = await server.connect_websocket("/")
+        await forgotten.send("hello")
+        assert await forgotten.receive() == "hello"
+    nothing_left()
+    assert forgotten.closed is not None
+
+
+async def test_a_test_cancelled_by_a_timeout_leaves_nothing_running() -> None:
+    me = trio.lowlevel.current_task()
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(0.3):
+            async with run_server(echo) as server:
+                ws = await server.connect_websocket("/")
+                await ws.send("hello")
+                await trio.sleep_forever()
+    nothing_left()
+    assert all(not nursery.child_tasks for nursery in me.child_nurseries)
+
+
+async def test_an_app_bug_fails_the_test_with_the_apps_traceback() -> None:
+    with pytest.raises(AppFailed) as failure:
+        async with run_server(echo) as server, server.websocket("/") as ws:
+            await ws.send("boom")
+            await assert_closed_with(ws, 1011)
+    assert isinstance(failure.value.__cause__, ZeroDivisionError)
+    frames = [frame.name for frame in traceback.extract_tb(failure.value.__cause__.__traceback__)]
+    assert "echo" in frames  # the app's own frame is in the chained traceback
+    nothing_left()
+
+
+async def test_app_errors_can_be_expected_instead() -> None:
+    async with run_server(echo, raise_app_errors=False) as server:
+        async with server.websocket("/") as ws:
+            await ws.send("boom")
+            await assert_closed_with(ws, 1011, "Internal server error")
+        assert [type(e) for e in server.app_errors] == [ZeroDivisionError]
+
+
+async def test_a_leak_is_named() -> None:
+    leaked = Subscription("forgotten-topic", maxsize=1, policy="close")
+    runtime = default_runtime()
+    try:
+        with pytest.raises(LeakError, match="forgotten-topic"):
+            async with run_server(echo):
+                runtime.add_subscriber("forgotten-topic", leaked)
+    finally:
+        runtime.remove_subscriber("forgotten-topic", leaked)
+
+
+async def test_memory_transport_and_mock_clock_make_timeouts_instant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    real_start = time.perf_counter()
+    async with run_server(
+        echo, transport="memory", websocket_timeout=60_000, websocket_ping_interval=0
+    ) as server:
+        ws = await server.connect_websocket("/")
+        start = trio.current_time()
+        await assert_closed_with(ws, 1001, "idle timeout", timeout=120)
+        assert 60 <= trio.current_time() - start < 61
+    assert time.perf_counter() - real_start < 5
+
+
+async def test_receive_within_fails_with_a_clear_message() -> None:
+    async with run_server(echo) as server, server.websocket("/") as ws:
+        await ws.send("silence")
+        with pytest.raises(AssertionError, match=r"no WebSocket message within 0.05s"):
+            await receive_within(ws, 0.05)
+
+
+async def test_assert_closed_with_reports_the_actual_code() -> None:
+    async with run_server(echo, raise_app_errors=False) as server, server.websocket("/") as ws:
+        await ws.send("boom")
+        with pytest.raises(AssertionError, match="closed with 1011"):
+            await assert_closed_with(ws, 1000)
+
+
+async def test_collect_from_a_client_and_abort_versus_close() -> None:
+    async with run_server(echo) as server:
+        async with server.websocket("/") as ws:
+            for text in ("a", "b", "c"):
+                await ws.send(text)
+            assert await collect(ws, 3) == ["a", "b", "c"]
+            with pytest.raises(AssertionError, match="got 0 of 1"):
+                await collect(ws, 1, timeout=0.05)
+        aborted = await server.connect_websocket("/")
+        await aborted.abort()
+        response = await server.get("/")
+        assert response.status == 200 and response.body == b"ok"
+    nothing_left()
+
+
+PLUGIN_TEST = textwrap.dedent(
+    """
+    import pytest
+    from hornbeam_trio.testing import assert_closed_with
+
+    async def app(scope, receive, send):
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.close", "code": 4001, "reason": message["text"]})
+
+    {marker}
+    async def test_with_the_plugin_fixture(hornbeam_server{extra}):
+        async with hornbeam_server(app) as server, server.websocket("/") as ws:
+            await ws.send("bye")
+            await assert_closed_with(ws, 4001, "bye")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("runner", "marker", "extra", "args"),
+    [
+        ("pytest-trio", "@pytest.mark.trio", "", ["-p", "no:anyio"]),
+        (
+            "anyio",
+            "@pytest.mark.anyio\n@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n",
+            ", anyio_backend",
+            ["-p", "no:trio"],
+        ),
+    ],
+)
+def test_the_pytest_plugin_works_under(
+    runner: str, marker: str, extra: str, args: list[str], tmp_path: Path
+) -> None:
+    if runner == "anyio":
+        body = PLUGIN_TEST.replace("{marker}\n", "").replace("{extra}", extra)
+        body = body.replace(
+            "async def test_with",
+            "@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n\n\n@pytest.mark.anyio\nasync def test_with",
+        )
+    else:
+        body = PLUGIN_TEST.replace("{marker}", marker).replace("{extra}", extra)
+    (tmp_path / "test_plugin_user.py").write_text(body)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
