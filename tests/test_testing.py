@@ -165,29 +165,20 @@ PLUGIN_TEST = textwrap.dedent(
 )
 
 
+ANYIO_TRIO = "@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n\n\n@pytest.mark.anyio"
+
+
 @pytest.mark.parametrize(
-    ("runner", "marker", "extra", "args"),
+    ("marker", "extra", "args"),
     [
-        ("pytest-trio", "@pytest.mark.trio", "", ["-p", "no:anyio"]),
-        (
-            "anyio",
-            "@pytest.mark.anyio\n@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n",
-            ", anyio_backend",
-            ["-p", "no:trio"],
-        ),
+        pytest.param("@pytest.mark.trio", "", ["-p", "no:anyio"], id="pytest-trio"),
+        pytest.param(ANYIO_TRIO, ", anyio_backend", ["-p", "no:trio"], id="anyio-trio-backend"),
     ],
 )
 def test_the_pytest_plugin_works_under(
-    runner: str, marker: str, extra: str, args: list[str], tmp_path: Path
+    marker: str, extra: str, args: list[str], tmp_path: Path
 ) -> None:
-    if runner == "anyio":
-        body = PLUGIN_TEST.replace("{marker}\n", "").replace("{extra}", extra)
-        body = body.replace(
-            "async def test_with",
-            "@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n\n\n@pytest.mark.anyio\nasync def test_with",
-        )
-    else:
-        body = PLUGIN_TEST.replace("{marker}", marker).replace("{extra}", extra)
+    body = PLUGIN_TEST.replace("{marker}", marker).replace("{extra}", extra)
     (tmp_path / "test_plugin_user.py").write_text(body)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     result = subprocess.run(
