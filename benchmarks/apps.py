@@ -1,0 +1,158 @@
+"""ASGI apps under benchmark.
+
+`echo`: HTTP `GET /` answers 200 "hello" (text/plain); a WebSocket echoes every
+message back as it came (text as text, bytes as bytes).
+
+`broadcast`: Hornbeam-style pub/sub. A connection to `/pub` is the publisher:
+every text message it sends is handed to `hornbeam_erlang.publish("bench", text)`.
+Any other path is a subscriber: it calls `subscribe("bench")` after accept and then
+only waits for its disconnect; the server itself pushes published messages to it.
+
+`broadcast_loop`: the same shape for servers without pub/sub: a module-global set of
+subscriber `send` callables, and the publisher loops over it for every message.
+
+`hornbeam_erlang` is imported inside `broadcast` so that servers other than
+hornbeam_trio can import this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+TOPIC = "bench"
+PUBLISHER_PATH = "/pub"
+
+_HELLO_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+}
+_HELLO_BODY = {"type": "http.response.body", "body": b"hello"}
+_NOT_FOUND_START = {
+    "type": "http.response.start",
+    "status": 404,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"9")],
+}
+_NOT_FOUND_BODY = {"type": "http.response.body", "body": b"not found"}
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _hello(scope: Scope, send: Send) -> None:
+    if scope["method"] == "GET" and scope["path"] == "/":
+        await send(_HELLO_START)
+        await send(_HELLO_BODY)
+    else:
+        await send(_NOT_FOUND_START)
+        await send(_NOT_FOUND_BODY)
+
+
+async def _accept(receive: Receive, send: Send) -> bool:
+    """Wait for websocket.connect and accept; False if the client left first."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return False
+    await send({"type": "websocket.accept"})
+    return True
+
+
+async def _echo_ws(receive: Receive, send: Send) -> None:
+    if not await _accept(receive, send):
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                await send({"type": "websocket.send", "bytes": message.get("bytes")})
+        elif message["type"] == "websocket.disconnect":
+            return
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "websocket":
+        await _echo_ws(receive, send)
+    elif kind == "http":
+        await _hello(scope, send)
+    elif kind == "lifespan":
+        await _lifespan(receive, send)
+
+
+async def broadcast(scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if kind == "http":
+        await _hello(scope, send)
+        return
+    from hornbeam_erlang import publish, subscribe, unsubscribe
+
+    if not await _accept(receive, send):
+        return
+    if scope["path"] == PUBLISHER_PATH:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                publish(TOPIC, message["text"])
+            elif message["type"] == "websocket.disconnect":
+                return
+    subscribe(TOPIC)
+    try:
+        await _wait_disconnect(receive)
+    finally:
+        unsubscribe(TOPIC)
+
+
+_subscribers: set[Send] = set()
+
+
+async def broadcast_loop(scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if kind == "http":
+        await _hello(scope, send)
+        return
+    if not await _accept(receive, send):
+        return
+    if scope["path"] == PUBLISHER_PATH:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                out = {"type": "websocket.send", "text": message["text"]}
+                for subscriber in tuple(_subscribers):
+                    try:
+                        await subscriber(out)
+                    except OSError:  # uvicorn's ClientDisconnected: the subscriber just left
+                        _subscribers.discard(subscriber)
+            elif message["type"] == "websocket.disconnect":
+                return
+    _subscribers.add(send)
+    try:
+        await _wait_disconnect(receive)
+    finally:
+        _subscribers.discard(send)

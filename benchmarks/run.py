@@ -1,0 +1,940 @@
+"""Benchmark hornbeam_trio against its peers, measured in one run, as ratios to uvicorn.
+
+    python benchmarks/run.py [--duration 5] [--only ws1,http,...] [--servers ...] [--idle 1000]
+
+Every (workload, server) pair gets a fresh server process pinned to core 0 on a free
+loopback port; the load generator (benchmarks/loadgen.py, or wrk for HTTP) runs
+pinned to core 1. Workloads are the outer loop, so the servers of one row are
+measured minutes apart, not a whole run apart. A server that fails a workload
+gets "fail" in its cell and the reason below the table; the run goes on.
+Results go to benchmarks/results/run-<time>.json, server logs next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+LOADGEN = BENCH / "loadgen.py"
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Failure(Exception):
+    """A server failed a workload; the message goes into the report."""
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    name: str
+    command: Callable[[str, int], list[str]]  # (app or handler name, port) -> argv
+    http: bool = True  # False: WebSocket rows only
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in (
+        Server(
+            "uvicorn",
+            lambda app, port: _py(
+                "-m",
+                "uvicorn",
+                f"benchmarks.apps:{app}",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--ws",
+                "websockets-sansio",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ),
+        ),
+        Server(
+            "hornbeam_trio",
+            lambda app, port: _py(
+                "-m",
+                "hornbeam_trio",
+                f"benchmarks.apps:{app}",
+                "--bind",
+                f"{HOST}:{port}",
+                "--log-level",
+                "warning",
+            ),
+        ),
+        Server(
+            "hypercorn",
+            lambda app, port: _py(
+                "-m",
+                "hypercorn",
+                "-k",
+                "trio",
+                "--bind",
+                f"{HOST}:{port}",
+                "--log-level",
+                "warning",
+                f"benchmarks.apps:{app}",
+            ),
+        ),
+        Server(
+            "websockets",
+            lambda handler, port: _py(
+                str(BENCH / "ws_trio_server.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--handler",
+                handler,
+            ),
+            http=False,
+        ),
+    )
+}
+BASELINE = "uvicorn"
+
+# The broadcast table: (label, server, app). websockets uses its native broadcast().
+BROADCAST_ENTRIES = (
+    ("uvicorn", "uvicorn", "broadcast_loop"),
+    ("hornbeam_trio", "hornbeam_trio", "broadcast"),
+    ("hornbeam_trio (app loop)", "hornbeam_trio", "broadcast_loop"),
+    ("hypercorn", "hypercorn", "broadcast_loop"),
+    ("websockets", "websockets", "broadcast"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+PF_KTHREAD = 0x00200000
+
+
+def cpu_by_process() -> dict[int, int]:
+    """CPU ticks (utime + stime) of every user-space process, by pid."""
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[6]) & PF_KTHREAD:
+            continue
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def foreign_cpu(
+    before: dict[int, int], after: dict[int, int], ours: set[int], seconds: float
+) -> float:
+    """Cores' worth of CPU used by processes other than ours between two snapshots:
+    other engineers' tests on this 2-core machine distort a measurement."""
+    used = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
+    return used / CLK_TCK / seconds
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (hypercorn serves from a child process)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+class ServerProcess:
+    def __init__(self, server: Server, app: str, log_path: Path) -> None:
+        self.server = server
+        self.port = free_port()
+        self.log_path = log_path
+        argv = ["taskset", "-c", SERVER_CORE, *server.command(app, self.port)]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log_path.open("wb")
+        self.log.write((" ".join(argv) + "\n").encode())
+        self.log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 3) -> str:
+        self.log.flush()
+        text = self.log_path.read_text(errors="replace").strip().splitlines()[1:]
+        return " | ".join(line.strip() for line in text[-lines:])
+
+    def wait_accepting(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Failure(f"exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise Failure(f"not accepting on port {self.port} after {timeout:.0f}s")
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise Failure(f"server died with {self.proc.returncode}: {self.log_tail()}")
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)  # its own session: the server and its workers
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+@contextmanager
+def running(server: Server, app: str, log_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(server, app, log_path)
+    try:
+        proc.wait_accepting()
+        yield proc
+    finally:
+        proc.stop()
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+class LoadgenRun:
+    """loadgen.py pinned to core 1; its JSON lines are handed to `on_line` as they come."""
+
+    def __init__(self, args: list[str], timeout: float) -> None:
+        argv = ["taskset", "-c", CLIENT_CORE, sys.executable, str(LOADGEN), *args]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.timed_out = False
+        self.timer = threading.Timer(timeout, self._kill)
+        self.timer.start()
+
+    def _kill(self) -> None:
+        self.timed_out = True
+        self.proc.kill()
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line.startswith("{"):
+                yield json.loads(line)
+
+    def tell(self, text: str = "go") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> str:
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.timer.cancel()
+        return err.strip().splitlines()[-1] if err.strip() else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """CPU use over a measured interval, in cores: the server, everything not ours."""
+
+    server: float = math.nan
+    foreign: float = math.nan
+
+
+class IntervalClock:
+    def __init__(self, server: ServerProcess, client_pid: int) -> None:
+        self.server = server
+        self.ours = {os.getpid(), client_pid}
+        self.start: tuple[float, float, dict[int, int]] | None = None
+        self.result = Interval()
+
+    def mark(self) -> None:
+        now = (time.monotonic(), cpu_seconds(self.server.pid), cpu_by_process())
+        if self.start is None:
+            self.start = now
+            return
+        (w0, c0, p0), (w1, c1, p1) = self.start, now
+        ours = self.ours | set(process_tree(self.server.pid))
+        self.result = Interval((c1 - c0) / (w1 - w0), foreign_cpu(p0, p1, ours, w1 - w0))
+
+
+def loadgen(
+    server: ServerProcess, args: list[str], timeout: float
+) -> tuple[dict[str, Any], Interval]:
+    """Run one loadgen measurement; returns its result and the CPU use over t0..t1."""
+    run = LoadgenRun(args, timeout)
+    clock = IntervalClock(server, run.proc.pid)
+    result: dict[str, Any] | None = None
+    try:
+        for msg in run.lines():
+            phase = msg.get("phase")
+            if phase in ("t0", "t1"):
+                clock.mark()
+            elif phase == "result":
+                result = msg
+    finally:
+        err = run.finish()
+    if run.timed_out:
+        raise Failure(f"load generator timed out after {timeout:.0f}s")
+    if result is None:
+        server.alive()
+        raise Failure(f"load generator crashed: {err}")
+    if not result.get("ok"):
+        server.alive()
+        raise Failure(result.get("error", "failed"))
+    return result, clock.result
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    value: float
+    server_cpu: float = math.nan
+    client_cpu: float = math.nan
+    foreign_cpu: float = math.nan
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def ws_url(server: ServerProcess, path: str = "/") -> str:
+    return f"ws://{HOST}:{server.port}{path}"
+
+
+def measure_echo(conns: int, size: int, kind: str, key: str) -> Callable[..., Measurement]:
+    def measure(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+        result, cpu = loadgen(
+            server,
+            [
+                "ws-echo",
+                "--url",
+                ws_url(server),
+                "--conns",
+                str(conns),
+                "--size",
+                str(size),
+                "--kind",
+                kind,
+                "--duration",
+                str(opts.duration),
+            ],
+            timeout=opts.duration + 60,
+        )
+        return Measurement(result[key], cpu.server, result["loadgen_cpu"], cpu.foreign, result)
+
+    return measure
+
+
+def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    url = f"http://{HOST}:{server.port}/"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status, body = response.status, response.read()
+    except OSError as exc:
+        raise Failure(f"GET / failed: {exc}") from exc
+    if status != 200 or body != b"hello":
+        raise Failure(f"GET / answered {status} {body[:40]!r}")
+    seconds = max(1, round(opts.duration))
+    argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", "-c100", f"-d{seconds}s", url]
+    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    clock = IntervalClock(server, wrk.pid)
+    clock.mark()
+    try:
+        out, _ = wrk.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired as exc:
+        wrk.kill()
+        wrk.communicate()
+        raise Failure("wrk timed out") from exc
+    clock.mark()
+    server.alive()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if not rps or not total or int(total.group(1)) == 0:
+        raise Failure(f"wrk: no requests completed: {out.strip()[-200:]}")
+    requests = int(total.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad = int(non2xx.group(1)) if non2xx else 0
+    socket_errors = sum(int(g) for g in errors.groups()) if errors else 0
+    if bad or socket_errors > requests // 100:
+        raise Failure(f"wrk: {bad} non-2xx, {socket_errors} socket errors of {requests}")
+    details = {"requests": requests, "non2xx": bad, "socket_errors": socket_errors, "wrk": out}
+    cpu = clock.result
+    return Measurement(float(rps.group(1)), cpu.server, math.nan, cpu.foreign, details)
+
+
+def measure_idle(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    n = opts.idle
+    run = LoadgenRun(["idle", "--url", ws_url(server), "--conns", str(n)], timeout=120 + n / 100)
+    before = after = None
+    opened: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    try:
+        for msg in run.lines():
+            phase = msg.get("phase")
+            if phase == "warm":
+                time.sleep(0.2)
+                before = rss_kib(server.pid)
+                run.tell()
+            elif phase == "open":
+                opened = msg
+                after = rss_kib(server.pid)
+                run.tell()
+            elif phase == "result":
+                result = msg
+    finally:
+        err = run.finish()
+    if run.timed_out:
+        raise Failure("idle: load generator timed out")
+    if result is None:
+        server.alive()
+        raise Failure(f"load generator crashed: {err}")
+    if not result.get("ok") or before is None or after is None:
+        server.alive()
+        raise Failure(result.get("error", "idle connections failed"))
+    details = {**result, "rss_before_kib": before, "rss_after_kib": after, **opened}
+    return Measurement((after - before) / n, details=details)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    unit: str
+    measure: Callable[[ServerProcess, argparse.Namespace], Measurement]
+    http: bool = False
+    lower_is_better: bool = False
+
+
+def workloads(opts: argparse.Namespace) -> list[Workload]:
+    return [
+        Workload(
+            "ws1",
+            "WS echo, 1 conn, 16 B text",
+            "round trips/s",
+            measure_echo(1, 16, "text", "round_trips_per_s"),
+        ),
+        Workload(
+            "ws100",
+            "WS echo, 100 conns, 16 B text",
+            "round trips/s",
+            measure_echo(100, 16, "text", "round_trips_per_s"),
+        ),
+        Workload(
+            "ws64k",
+            "WS echo, 1 conn, 64 KiB binary",
+            "MB/s echoed",
+            measure_echo(1, 65536, "binary", "mb_per_s"),
+        ),
+        Workload(
+            "http", "HTTP GET / hello, wrk -t1 -c100 keep-alive", "req/s", measure_http, http=True
+        ),
+        Workload(
+            "idle",
+            f"Server RSS per idle WS conn, N={opts.idle:,}",
+            "KiB/conn (lower is better)",
+            measure_idle,
+            lower_is_better=True,
+        ),
+    ]
+
+
+def measure_broadcast(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    result, cpu = loadgen(
+        server,
+        [
+            "broadcast",
+            "--url",
+            ws_url(server),
+            "--conns",
+            str(opts.subscribers),
+            "--duration",
+            str(opts.duration),
+            "--window",
+            str(opts.window),
+            "--rate",
+            str(opts.rate),
+        ],
+        timeout=2 * opts.duration + 120,
+    )
+    peak = result["max"]
+    return Measurement(
+        peak["deliveries_per_s"], cpu.server, peak["loadgen_cpu"], cpu.foreign, result
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) >= 1 else f"{value:.2f}"
+
+
+def ratio_of(value: float, base: float | None) -> str:
+    if base is None or base == 0 or math.isnan(base):
+        return "n/a"
+    return f"{value / base:.2f}"
+
+
+def median_measurement(samples: list[Measurement]) -> Measurement:
+    if len(samples) == 1:
+        return samples[0]
+    ordered = sorted(samples, key=lambda m: m.value)
+    middle = ordered[len(ordered) // 2]
+    details = {**middle.details, "samples": [m.value for m in samples]}
+    return dataclasses.replace(
+        middle, value=statistics.median(m.value for m in samples), details=details
+    )
+
+
+Cell = Measurement | Failure | None  # None: not applicable
+
+
+def run_cell(
+    server: Server,
+    app: str,
+    workload_key: str,
+    measure: Callable[..., Measurement],
+    opts: argparse.Namespace,
+    log_dir: Path,
+) -> Cell:
+    """Measure `opts.repeat` times on fresh servers; a sample taken while other processes
+    used more than `opts.max_foreign` cores is measured again (up to `opts.retries` times)
+    and the least disturbed attempt is kept."""
+    samples = []
+    for repeat in range(opts.repeat):
+        attempts: list[Measurement] = []
+        for attempt in range(1 + opts.retries):
+            log = log_dir / f"{workload_key}-{server.name}-{app}-{repeat}.{attempt}.log"
+            try:
+                with running(server, app, log) as proc:
+                    attempts.append(measure(proc, opts))
+            except Failure as failure:
+                return failure
+            if not attempts[-1].foreign_cpu > opts.max_foreign:  # NaN: not measured
+                break
+            print("(busy machine, again)", end=" ", flush=True)
+        samples.append(min(attempts, key=lambda m: _or(m.foreign_cpu, 0.0)))
+    return median_measurement(samples)
+
+
+def _or(value: float, default: float) -> float:
+    return default if math.isnan(value) else value
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe(cell: Cell) -> dict[str, Any]:
+    if cell is None:
+        return {"status": "n/a"}
+    if isinstance(cell, Failure):
+        return {"status": "fail", "error": str(cell)}
+    return {
+        "status": "ok",
+        "value": cell.value,
+        "server_cpu": cell.server_cpu,
+        "loadgen_cpu": cell.client_cpu,
+        "foreign_cpu": cell.foreign_cpu,
+        "details": cell.details,
+    }
+
+
+def main_table(
+    opts: argparse.Namespace, names: list[str], log_dir: Path, report: dict[str, Any]
+) -> str | None:
+    chosen = [w for w in workloads(opts) if w.key in opts.only]
+    if not chosen:
+        return None
+    rows, notes, cpu_rows = [], [], []
+    for workload in chosen:
+        cells: dict[str, Cell] = {}
+        for name in names:
+            server = SERVERS[name]
+            if workload.http and not server.http:
+                cells[name] = None
+                continue
+            app = "echo"
+            print(f"  {workload.key:<6} {name:<14}", end=" ", flush=True)
+            cell = run_cell(server, app, workload.key, workload.measure, opts, log_dir)
+            print(
+                "fail" if isinstance(cell, Failure) else fmt(cell.value) if cell else "—",
+                flush=True,
+            )
+            cells[name] = cell
+        base_cell = cells.get(BASELINE)
+        base = base_cell.value if isinstance(base_cell, Measurement) else None
+        row = [workload.title, workload.unit]
+        cpu_row = [workload.key]
+        for name in names:
+            cell = cells[name]
+            if cell is None:
+                row.append("—")
+                cpu_row.append("—")
+            elif isinstance(cell, Failure):
+                row.append("fail")
+                cpu_row.append("—")
+                notes.append(f"- {workload.key} / {name}: {cell}")
+            else:
+                row.append(
+                    f"{fmt(cell.value)} ({ratio_of(cell.value, base)}){_disturbed(cell, opts)}"
+                )
+                cpu_row.append(_cpu_pair(cell))
+        rows.append(row)
+        if workload.key != "idle":  # no CPU interval there: memory only
+            cpu_rows.append(cpu_row)
+        report["workloads"][workload.key] = {
+            "title": workload.title,
+            "unit": workload.unit,
+            "lower_is_better": workload.lower_is_better,
+            "servers": {
+                n: describe(c) | {"ratio_to_uvicorn": _ratio_value(c, base)}
+                for n, c in cells.items()
+            },
+        }
+    table = markdown_table(["workload", "unit", *names], rows)
+    text = (
+        f"{table}\n\nCells: absolute (ratio to {BASELINE} in this run); ⚠: other processes "
+        f"used > {opts.max_foreign:.0%} of a core meanwhile."
+    )
+    if cpu_rows:
+        text += "\n\n" + markdown_table(["CPU, cores: server / loadgen / others", *names], cpu_rows)
+    if notes:
+        text += "\n\nFailures:\n" + "\n".join(notes)
+    return text
+
+
+def _cpu_pair(cell: Measurement) -> str:
+    def pct(value: float) -> str:
+        return "—" if math.isnan(value) else f"{value:.0%}"
+
+    return f"{pct(cell.server_cpu)} / {pct(cell.client_cpu)} / {pct(cell.foreign_cpu)}"
+
+
+def _disturbed(cell: Measurement, opts: argparse.Namespace) -> str:
+    return " ⚠" if cell.foreign_cpu > opts.max_foreign else ""
+
+
+def _ratio_value(cell: Cell, base: float | None) -> float | None:
+    if isinstance(cell, Measurement) and base:
+        return cell.value / base
+    return None
+
+
+def broadcast_table(
+    opts: argparse.Namespace, names: list[str], log_dir: Path, report: dict[str, Any]
+) -> str | None:
+    if "broadcast" not in opts.only:
+        return None
+    entries = [e for e in BROADCAST_ENTRIES if e[1] in names]
+    cells: dict[str, Cell] = {}
+    for label, name, app in entries:
+        print(f"  broadcast {label:<26}", end=" ", flush=True)
+        cell = run_cell(SERVERS[name], app, "broadcast", measure_broadcast, opts, log_dir)
+        print("fail" if isinstance(cell, Failure) else fmt(cell.value) if cell else "—", flush=True)
+        cells[label] = cell
+    base_cell = cells.get(BASELINE)
+    base = base_cell.value if isinstance(base_cell, Measurement) else None
+    rows, notes = [], []
+    for label, _name, app in entries:
+        cell = cells[label]
+        if isinstance(cell, Measurement):
+            peak, paced = cell.details["max"], cell.details.get("paced", {})
+            rows.append(
+                [
+                    label,
+                    f"`{app}`",
+                    fmt(cell.value),
+                    ratio_of(cell.value, base),
+                    fmt(peak["p50_ms"]),
+                    fmt(peak["p99_ms"]),
+                    fmt(paced.get("p50_ms", math.nan)),
+                    fmt(paced.get("p99_ms", math.nan)),
+                    _cpu_pair(cell) + _disturbed(cell, opts),
+                ]
+            )
+        else:
+            rows.append([label, f"`{app}`", "fail", "", "", "", "", "", ""])
+            notes.append(f"- broadcast / {label}: {cell}")
+    report["broadcast"] = {
+        "subscribers": opts.subscribers,
+        "window": opts.window,
+        "rate": opts.rate,
+        "servers": {
+            label: describe(c) | {"ratio_to_uvicorn": _ratio_value(c, base)}
+            for label, c in cells.items()
+        },
+    }
+    header = [
+        "server",
+        "app",
+        "deliveries/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        f"p50 ms @{fmt(opts.rate)} msg/s",
+        f"p99 ms @{fmt(opts.rate)} msg/s",
+        "CPU: server / loadgen / others",
+    ]
+    text = (
+        f"Broadcast: {opts.subscribers:,} subscribers + 1 publisher, 64 B JSON text messages; "
+        f"saturated with {opts.window} messages in flight, then paced at {fmt(opts.rate)} msg/s "
+        f"({fmt(opts.rate * opts.subscribers)} deliveries/s).\n\n" + markdown_table(header, rows)
+    )
+    if notes:
+        text += "\n\nFailures:\n" + "\n".join(notes)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """NaN is not JSON: write null instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in (
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "hypercorn",
+        "websockets",
+        "picows",
+        "trio",
+        "hornbeam_trio",
+    ):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    wrk = shutil.which("wrk")
+    found["wrk"] = wrk or "missing"
+    return found
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    every = [w.key for w in workloads(argparse.Namespace(idle=0))] + ["broadcast"]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument(
+        "--only",
+        default=",".join(every),
+        help=f"comma-separated workloads out of: {','.join(every)}",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated servers out of: {','.join(SERVERS)}",
+    )
+    parser.add_argument("--idle", type=int, default=1000, help="idle WebSocket connections")
+    parser.add_argument("--subscribers", type=int, default=1000, help="broadcast subscribers")
+    parser.add_argument(
+        "--window", type=int, default=4, help="broadcast: messages in flight when saturating"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="broadcast: messages/s in the paced phase (0: skip it)",
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.10,
+        help="cores other processes may use during a measurement before it is taken again",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=2, help="re-measurements of a disturbed cell"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each cell this many times (fresh server each), keep the median",
+    )
+    opts = parser.parse_args(argv)
+    opts.only = [k.strip() for k in opts.only.split(",") if k.strip()]
+    opts.servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    unknown = [k for k in opts.only if k not in every] + [
+        s for s in opts.servers if s not in SERVERS
+    ]
+    if unknown:
+        parser.error(f"unknown workload or server: {', '.join(unknown)}")
+    return opts
+
+
+def check_tools(opts: argparse.Namespace) -> None:
+    missing = [tool for tool in ("taskset",) if shutil.which(tool) is None]
+    if "http" in opts.only and shutil.which("wrk") is None:
+        sys.exit(
+            "wrk is missing: install it with `apt-get install -y wrk` "
+            "(or run without http: --only ws1,ws100,ws64k,idle,broadcast)"
+        )
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)} (util-linux)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 cores: the server runs on core 0, the load generator on core 1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    check_tools(opts)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and clients
+    needed = max(opts.idle + 100, opts.subscribers + 100)
+    if hard < needed:
+        sys.exit(f"fd hard limit {hard} < {needed} needed; lower --idle / --subscribers")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS / f"logs-{stamp}"
+    report: dict[str, Any] = {
+        "started": stamp,
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "versions": versions(),
+        "fd_limit": hard,
+        "options": {k: v for k, v in vars(opts).items()},
+        "workloads": {},
+    }
+    print(
+        f"benchmarks: {', '.join(opts.only)} on {', '.join(opts.servers)}; "
+        f"server on core {SERVER_CORE}, load on core {CLIENT_CORE}; logs in {log_dir}"
+    )
+    names = [n for n in SERVERS if n in opts.servers]
+    sections = [
+        main_table(opts, names, log_dir, report),
+        broadcast_table(opts, names, log_dir, report),
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"run-{stamp}.json"
+    out.write_text(json.dumps(_finite(report), indent=2, default=str))
+    print()
+    print(f"{cpu_model()}, Python {platform.python_version()}, {opts.duration:g} s per cell\n")
+    print("\n\n".join(s for s in sections if s))
+    print(f"\nJSON: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
