@@ -1,0 +1,275 @@
+"""Run the server as a process: ``run()``, ``run_config()`` and the CLI's back end.
+
+Everything a process needs around ``server.serve()`` lives here and nowhere else:
+logging set-up, the open-file limit, signals, exit codes and development reload.
+``serve()`` itself knows nothing of processes, so tests and embedding programs can
+call it inside their own Trio nursery.
+
+Signals.  The first SIGINT or SIGTERM cancels serve's cancel scope; serve then shuts
+down gracefully (WebSockets are closed with 1001, in-flight HTTP responses get
+``shutdown_timeout`` seconds) and the process exits 0.  A second SIGINT or SIGTERM
+during that shutdown means "now": one log line, then ``os._exit(1)`` without waiting
+for anything.
+
+Exit codes: 0 clean shutdown; 1 forced by a second signal, or the listening sockets
+could not be opened; 2 bad usage, configuration or app reference (reported by the
+CLI); 3 the app failed its lifespan startup.
+
+Reload (``--reload``; for development only).  The parent process runs no server: it
+watches ``app_dir`` (recursively, ``*.py`` files) with ``watchfiles.run_process`` and
+runs the server in a child process spawned fresh, so every module is imported anew.
+On a change the parent stops the child with SIGINT (a graceful shutdown, allowed
+``shutdown_timeout`` plus a little before SIGKILL) and starts another.  The child moves
+to its own process group, so a Ctrl-C in the terminal reaches only the parent, which
+then stops the child with exactly one SIGINT; otherwise the child would count two
+signals and exit at once.  SIGTERM to the parent does the same (watchfiles turns it
+into KeyboardInterrupt).  An app that fails to import in the child is logged in one
+line and the parent keeps watching: save a fix and the server comes back.  Reload
+needs the app as an import string and the ``watchfiles`` package
+(``pip install 'hornbeam_trio[reload]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import trio
+
+from hornbeam_trio.config import BindAddress, Config, ConfigError
+from hornbeam_trio.importer import ImportFromStringError, load_app
+from hornbeam_trio.logs import logger, setup_logging
+from hornbeam_trio.types import ASGIApp
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from watchfiles.main import FileChange
+
+E = TypeVar("E", bound=BaseException)
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_CANNOT_LISTEN = 1
+EXIT_USAGE = 2
+EXIT_STARTUP_FAILED = 3
+
+
+def run(app: str | ASGIApp, **options: Any) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, with options named as the Config fields.
+
+    Options go through ``Config.from_options``, the same path the CLI takes, so an
+    unknown or bad option raises ConfigError naming it before anything starts.
+    """
+    run_config(app, Config.from_options(**options))
+
+
+def run_config(app: str | ASGIApp, config: Config) -> None:
+    """Serve ``app`` with a ready Config; raises SystemExit for a non-zero exit code.
+
+    Like ``uvicorn.run``, a startup failure ends the process with its exit code rather
+    than returning, so a script that calls ``run()`` last exits the way the CLI does.
+    """
+    check_supported(app, config)
+    if config.reload:
+        run_with_reload(cast(str, app), config)
+        return
+    code = serve_app(resolve_app(app, config), config)
+    if code != EXIT_OK:
+        raise SystemExit(code)
+
+
+def check_supported(app: str | ASGIApp, config: Config) -> None:
+    """Refuse, before anything starts, what Config accepts but this version cannot run."""
+    if config.workers > 1:
+        raise ConfigError("workers", "not supported yet")
+    if isinstance(app, str) and not os.path.isdir(config.app_dir):
+        raise ConfigError("app_dir", f"{config.app_dir!r} is not a directory")
+    if config.reload:
+        if not isinstance(app, str):
+            raise ConfigError(
+                "reload", "needs the app as an import string 'module:attribute', not an object"
+            )
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "reload", "needs the watchfiles package: pip install 'hornbeam_trio[reload]'"
+            ) from None
+
+
+def resolve_app(app: str | ASGIApp, config: Config) -> ASGIApp:
+    """The application object: imported when given as a string, built when a factory."""
+    if isinstance(app, str):
+        return load_app(app, factory=config.factory, app_dir=config.app_dir)
+    if config.factory:
+        built = cast(Any, app)()
+        if not callable(built):
+            raise ImportFromStringError(
+                f"factory {app!r} returned a {type(built).__name__}, not an ASGI application"
+            )
+        return cast(ASGIApp, built)
+    return app
+
+
+def serve_app(app: ASGIApp, config: Config) -> int:
+    """Set up the process, serve until a signal, and return the exit code."""
+    setup_logging(config.log_level, config.access_log)
+    raise_open_file_limit()
+    return trio.run(_main, app, config)
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor,
+    and the usual soft default of 1024 caps a WebSocket server far below what it can hold."""
+    if sys.platform == "win32":
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+        logger.warning("Could not raise the open-file limit above %d: %s", soft, exc)
+    else:
+        logger.debug("Open-file limit raised from %d to %s", soft, hard)
+
+
+async def _main(app: ASGIApp, config: Config) -> int:
+    # Imported here, not at the top: the CLI's error paths and the reload parent never
+    # need the server, and the import must not cost them its start-up time.
+    from hornbeam_trio.server import StartupFailed, serve
+
+    serve_scope = trio.CancelScope()
+    listening = False
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signals, signals, serve_scope)
+                with serve_scope:
+                    async with trio.open_nursery() as server_nursery:
+                        addresses: list[BindAddress] = await server_nursery.start(
+                            serve, app, config
+                        )
+                        listening = True
+                        for address in addresses:
+                            logger.info("Listening on %s", describe_address(address, config))
+                nursery.cancel_scope.cancel()  # serve is done: stop watching signals
+    except BaseException as exc:
+        failure = _only(exc, StartupFailed)
+        if failure is not None:
+            logger.error("Application startup failed: %s", failure)
+            return EXIT_STARTUP_FAILED
+        bind_error = None if listening else _only(exc, OSError)
+        if bind_error is not None:
+            logger.error("Cannot listen: %s", bind_error)
+            return EXIT_CANNOT_LISTEN
+        raise
+    logger.info("Server stopped")
+    return EXIT_OK
+
+
+async def _stop_on_signals(signals: AsyncIterator[int], serve_scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not serve_scope.cancel_called:
+            logger.info("Received %s: shutting down gracefully (send it again to exit now)", name)
+            serve_scope.cancel()
+        else:
+            logger.warning("Received %s again during shutdown: exiting now", name)
+            os._exit(EXIT_FORCED)
+
+
+def describe_address(address: BindAddress, config: Config) -> str:
+    """The URL a user can paste: ``http://127.0.0.1:8000``, ``https://[::1]:8443``, ``unix:/p``."""
+    if address.kind == "unix":
+        return f"unix:{address.path}"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    scheme = "https" if config.ssl_enabled else "http"
+    return f"{scheme}://{host}:{address.port}"
+
+
+def _only(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` if it is a ``kind``, or the first one inside a group made only of them."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(kind)
+        if matched is not None and rest is None:
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return cast(E, leaf)
+    return None
+
+
+def run_with_reload(app_ref: str, config: Config) -> None:
+    """Watch ``app_dir`` and run the server in a child restarted on each change (see above)."""
+    import watchfiles
+
+    setup_logging(config.log_level, config.access_log)
+    # watchfiles warns (child killed, signal caught) through its own logger: same format.
+    watchfiles_logger = logging.getLogger("watchfiles")
+    watchfiles_logger.handlers[:] = logger.handlers
+    watchfiles_logger.setLevel(logging.WARNING)
+    watchfiles_logger.propagate = False
+    app_dir = os.path.abspath(config.app_dir)
+    logger.info("Reload: watching %s for changes to *.py files", app_dir)
+    # KeyboardInterrupt: a signal that landed outside watchfiles' own handling.
+    with contextlib.suppress(KeyboardInterrupt):
+        watchfiles.run_process(
+            app_dir,
+            target=_serve_in_child,
+            args=(app_ref, dataclasses.replace(config, reload=False)),
+            target_type="function",
+            watch_filter=watchfiles.PythonFilter(),
+            callback=functools.partial(_log_changes, app_dir),
+            sigint_timeout=math.ceil(config.shutdown_timeout) + 2,
+        )
+    logger.info("Reload: stopped")
+
+
+def _log_changes(app_dir: str, changes: set[FileChange]) -> None:
+    paths = sorted({os.path.relpath(path, app_dir) for _change, path in changes})
+    logger.info("Reload: %s changed; restarting", ", ".join(paths))
+
+
+def _serve_in_child(app_ref: str, config: Config) -> None:
+    """The reload child's entry point (spawned, so it must be importable by name)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+    setup_logging(config.log_level, config.access_log)
+    try:
+        app = resolve_app(app_ref, config)
+    except ImportFromStringError as exc:
+        logger.error("%s; waiting for a change", exc)
+        sys.exit(EXIT_USAGE)
+    sys.exit(serve_app(app, config))
+
+
+__all__ = [
+    "EXIT_CANNOT_LISTEN",
+    "EXIT_FORCED",
+    "EXIT_OK",
+    "EXIT_STARTUP_FAILED",
+    "EXIT_USAGE",
+    "check_supported",
+    "describe_address",
+    "raise_open_file_limit",
+    "resolve_app",
+    "run",
+    "run_config",
+    "run_with_reload",
+    "serve_app",
+]
