@@ -61,6 +61,11 @@ class HTTPConnection:
         self.scope: trio.CancelScope | None = None
         self.websocket: WebSocketConnection | None = None
         self.eof = False
+        # Fix (tests/test_http.py): a parse error found after complete pipelined
+        # requests waits until those are answered; and once the server has answered
+        # an error itself (400/408...), nothing else may follow on the wire.
+        self.parse_error: HTTPError | None = None
+        self.rejected = False
 
     def begin_shutdown(self) -> None:
         ws = self.websocket
@@ -86,6 +91,9 @@ class HTTPConnection:
             return event
         deadline = trio.current_time() + timeout if timeout else float("inf")
         while event is NEED_DATA:
+            if self.parse_error is not None:
+                await self._reject(self.parse_error)
+                return None
             if self.eof:
                 return None
             with trio.move_on_at(deadline) as timer:
@@ -100,12 +108,14 @@ class HTTPConnection:
             try:
                 parser.feed(data)
             except HTTPError as exc:
-                await self._reject(exc)
-                return None
+                # Requests completed before the bad bytes keep their queued events and
+                # are answered first; the error is answered when they are used up.
+                self.parse_error = exc
             event = parser.next_event()
         return event
 
     async def _reject(self, error: HTTPError) -> None:
+        self.rejected = True
         logger.info(
             "bad request from %s: %s (%d)", self.transport.client, error.reason, error.status
         )
@@ -199,7 +209,7 @@ class RequestCycle:
             logger.exception("HTTP app raised (%s %s)", self.request.method, self.request.path)
             server.report_app_error(exc)
             self.keep_alive = False
-            if not self.written:
+            if not self.written and not conn.rejected:
                 await self._write(simple_response(500, b"Internal Server Error"))
                 self.status = 500
                 return
@@ -207,7 +217,7 @@ class RequestCycle:
             current_connection.reset(token)
             context.release()
         if not self.encoder.complete:
-            if not self.written:
+            if not self.written and not conn.rejected:  # no 500 after our own 408/400
                 logger.error(
                     "HTTP app returned without a complete response (%s)", self.request.path
                 )
@@ -217,8 +227,13 @@ class RequestCycle:
         else:
             self.keep_alive = self.keep_alive and self.encoder.keep_alive
         if self.keep_alive and not self.body_done:
-            # Skip the unread body so the next request parses; a large one is not worth it.
-            self.keep_alive = await self._drain_body(limit=65536)
+            if self.request.expect_continue:
+                # Fix (tests/test_http.py): no "100 Continue" was sent, so the client may
+                # never send the body; waiting to skip it stalled into a stray 408.
+                self.keep_alive = False
+            else:
+                # Skip the unread body so the next request parses; a large one is not worth it.
+                self.keep_alive = await self._drain_body(limit=65536)
         if server.config.access_log:
             client = conn.transport.client
             access_logger.info(
@@ -244,6 +259,9 @@ class RequestCycle:
                 return False
 
     async def _write(self, data: bytes) -> None:
+        if self.conn.rejected:
+            # receive() timed out or hit a bad chunk and the server answered (408/400).
+            raise ClientDisconnected("the server already answered this request")
         try:
             await self.conn.transport.send_all(data)
         except TransportClosed:

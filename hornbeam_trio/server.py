@@ -278,7 +278,7 @@ async def _run_shielded(
 ) -> None:
     """Everything that must outlive the caller's cancellation for the grace period."""
     config = server.config
-    with trio.CancelScope(shield=True) as server_scope:
+    with trio.CancelScope(shield=True):
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(server.lifespan.run)
             try:
@@ -305,7 +305,12 @@ async def _run_shielded(
                     for listener in listeners:
                         _close_listener(listener)
                     server.begin_shutdown()
-                    server_scope.deadline = trio.current_time() + config.shutdown_timeout
+                    # Fix (tests/test_serve.py): the grace deadline is the connections'
+                    # only.  On the whole server scope it also cancelled the lifespan task,
+                    # so a response cut off at the deadline meant no lifespan shutdown.
+                    connections.cancel_scope.deadline = (
+                        trio.current_time() + config.shutdown_timeout
+                    )
             finally:
                 with trio.CancelScope(shield=True):
                     await server.lifespan.shutdown(timeout=config.shutdown_timeout)

@@ -197,9 +197,17 @@ class StreamTransport:
         if sock is not None:
             sock.close()  # a Trio socket wakes its waiters itself
             return
-        close = getattr(self.stream, "close", None)
-        if callable(close):
-            close()
+        # Fix (tests/test_serve.py): in-memory test streams are a StapledStream, which has
+        # no close() of its own, so a connection cancelled at the shutdown deadline left
+        # its client waiting forever; close the two halves (Memory*Stream.close is sync).
+        for part in (
+            self.stream,
+            getattr(self.stream, "send_stream", None),
+            getattr(self.stream, "receive_stream", None),
+        ):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
 
 
 def _underlying_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
