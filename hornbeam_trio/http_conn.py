@@ -75,11 +75,16 @@ class HTTPConnection:
             self.scope.cancel()
 
     async def run(self) -> None:
+        upgrade: Request | None = None
         with trio.CancelScope() as self.scope:
             try:
-                await self._serve_requests()
+                upgrade = await self._serve_requests()
             except TransportClosed:
                 pass
+        self.scope = None
+        if upgrade is not None:
+            # Outside the idle-close scope: a WebSocket is shut down with close 1001.
+            await self._upgrade(upgrade)
         if self.websocket is None:
             await self.transport.close()
 
@@ -124,7 +129,8 @@ class HTTPConnection:
         except TransportClosed:
             pass
 
-    async def _serve_requests(self) -> None:
+    async def _serve_requests(self) -> Request | None:
+        """Answer requests until the connection is done; returns a WebSocket upgrade request."""
         server = self.server
         config = server.config
         keepalive = config.keepalive
@@ -135,20 +141,20 @@ class HTTPConnection:
             event = await self._next_event(head_timeout if first else keepalive)
             first = False
             if event is None:
-                return
+                return None
             if not isinstance(event, Request):
                 await self._reject(HTTPError(400, "unexpected data"))
-                return
+                return None
             self.idle = False
             if event.upgrade == b"websocket":
-                await self._upgrade(event)
-                return
+                return event
             if event.upgrade is not None and event.upgrade.startswith(b"h2"):
                 event.upgrade = None  # h2c: ignore the offer, answer over HTTP/1.1
             cycle = RequestCycle(self, event)
             await cycle.run()
             if not cycle.keep_alive or self.eof:
-                return
+                return None
+        return None
 
     async def _upgrade(self, request: Request) -> None:
         server = self.server
@@ -173,6 +179,8 @@ class HTTPConnection:
             key=key,
             tail=self.parser.upgrade_tail,
         )
+        # The HTTP parser is done for good: a long-lived WebSocket need not hold it.
+        self.parser = None  # type: ignore[assignment]
         self.websocket = ws
         if server.shutting_down:
             ws.begin_shutdown()
