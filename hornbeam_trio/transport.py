@@ -58,7 +58,15 @@ def _address(sock: socket.socket, peer: bool) -> tuple[str, int] | None:
 class SocketTransport:
     """A non-blocking stdlib socket driven through Trio's I/O readiness waits."""
 
-    __slots__ = ("_closed", "_unyielded", "client", "scheme_secure", "server", "sock")
+    __slots__ = (
+        "_closed",
+        "_likely_empty",
+        "_unyielded",
+        "client",
+        "scheme_secure",
+        "server",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -67,9 +75,19 @@ class SocketTransport:
         self.scheme_secure = False
         self._unyielded = 0
         self._closed = False
+        self._likely_empty = False
 
     async def recv(self) -> bytes:
         """Next bytes from the peer; ``b""`` at EOF.  Raises TransportClosed on reset."""
+        if self._likely_empty:
+            # The last recv() drained the kernel buffer: a second one would almost surely
+            # fail with EAGAIN, so wait for readiness first and save that syscall.
+            self._likely_empty = False
+            self._unyielded = 0
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except trio.ClosedResourceError:
+                raise TransportClosed("closed locally") from None
         while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
@@ -84,6 +102,7 @@ class SocketTransport:
                 if self._closed or exc.errno in _RESET_ERRNOS or exc.errno == errno.EBADF:
                     raise TransportClosed(str(exc)) from None
                 raise
+            self._likely_empty = len(data) < RECV_SIZE
             self._unyielded += 1
             if self._unyielded >= CHECKPOINT_EVERY:
                 self._unyielded = 0
