@@ -53,6 +53,14 @@ _ALREADY_SET = trio.Event()
 _ALREADY_SET.set()
 
 
+def _only_disconnects(exc: BaseException) -> bool:
+    """True for ClientDisconnected, or an exception group made only of them."""
+    if isinstance(exc, ClientDisconnected):
+        return True
+    inner = getattr(exc, "exceptions", None)  # an ExceptionGroup (builtin from 3.11)
+    return isinstance(inner, tuple) and all(_only_disconnects(e) for e in inner)
+
+
 class Writer:
     """The connection's single send path: non-blocking first, queue only the rest."""
 
@@ -273,9 +281,12 @@ class WebSocketConnection:
         except ClientDisconnected:
             pass
         except Exception as exc:
-            logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
-            self._on_app_error(exc)
-            await self._after_app(error=True)
+            # A group of ClientDisconnected only: a pusher task in the app's own nursery
+            # sent after the client left.  That is how such apps end, not an app error.
+            if not _only_disconnects(exc):
+                logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
+                self._on_app_error(exc)
+                await self._after_app(error=True)
         else:
             await self._after_app(error=False)
         finally:

@@ -296,15 +296,6 @@ async def _push_after_disconnect(scope: Any, receive: Any, send: Any) -> None:
         nursery.start_soon(send, {"type": "websocket.send", "text": "late metrics"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine: ws_conn._run_app catches a bare ClientDisconnected (a send after the client "
-        "left ends the app quietly) but not an ExceptionGroup made only of them, which is "
-        "what the same send raises from a task in the app's nursery; it is logged as "
-        "'WebSocket app raised' with a traceback and reported as an app error"
-    ),
-)
 async def test_send_after_disconnect_from_a_nursery_task_is_not_an_app_error() -> None:
     from hornbeam_trio.testing import run_server  # in-process: the race made deterministic
 
