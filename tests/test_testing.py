@@ -190,3 +190,22 @@ def test_the_pytest_plugin_works_under(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+async def refuse(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+    await send({"type": "websocket.http.response.body", "body": b"who are you?"})
+
+
+async def test_a_refused_handshake_raises_in_the_test_not_in_the_server() -> None:
+    import trio_websocket
+
+    async with run_server(refuse) as server:
+        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            await server.connect_websocket("/")
+        assert rejected.value.status_code == 401
+        assert rejected.value.body == b"who are you?"
+        # the server is unharmed
+        with pytest.raises(trio_websocket.ConnectionRejected):
+            async with server.websocket("/"):
+                pass

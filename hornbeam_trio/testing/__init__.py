@@ -172,6 +172,17 @@ async def collect(source: Any, count: int, *, timeout: float = DEFAULT_TIMEOUT) 
     return out
 
 
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``kind`` itself, or the one inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _find(inner, kind)
+        if found is not None:
+            return found
+    return None
+
+
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -246,22 +257,57 @@ class TestServer:
         headers: list[tuple[str, str]] | None = None,
         max_message_size: int = 64 * 1024 * 1024,
     ) -> WebSocketClient:
-        """Like :meth:`websocket`, without the context manager (closed at server exit)."""
+        """Like :meth:`websocket`, without the context manager (closed at server exit).
+
+        A refused handshake raises ``trio_websocket.ConnectionRejected`` here, in the test,
+        with the server's status and body: each client runs in a nursery of its own.
+        """
         assert self._nursery is not None
         stream = await self.open_stream()
-        connection = await trio_websocket.wrap_client_stream(
-            self._nursery,
-            stream,  # type: ignore[arg-type]  # any Stream works; the annotation is narrow
-            f"{self.host}:{self.port}",
+        outcome = await self._nursery.start(
+            self._host_client,
+            stream,
             path,
-            subprotocols=list(subprotocols) if subprotocols else None,
-            extra_headers=[(k.encode(), v.encode()) for k, v in headers or []],
-            max_message_size=max_message_size,
-            message_queue_size=1024,
+            list(subprotocols) if subprotocols else None,
+            [(k.encode(), v.encode()) for k, v in headers or []],
+            max_message_size,
         )
-        client = WebSocketClient(connection, stream)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        client = WebSocketClient(outcome, stream)
         self._clients.append(client)
         return client
+
+    async def _host_client(
+        self,
+        stream: trio.abc.Stream,
+        path: str,
+        subprotocols: list[str] | None,
+        headers: list[tuple[bytes, bytes]],
+        max_message_size: int,
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                connection = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,  # type: ignore[arg-type]  # any Stream works; the annotation is narrow
+                    f"{self.host}:{self.port}",
+                    path,
+                    subprotocols=subprotocols,
+                    extra_headers=headers,
+                    max_message_size=max_message_size,
+                    message_queue_size=1024,
+                )
+                started = True
+                task_status.started(connection)
+        except Exception as exc:
+            if started:
+                raise
+            rejected = _find(exc, trio_websocket.ConnectionRejected)
+            task_status.started(rejected if rejected is not None else exc)
 
     async def request(
         self,
