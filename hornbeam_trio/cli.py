@@ -38,6 +38,8 @@ HELP: dict[str, str] = {
     "certfile": "TLS certificate chain (PEM); with --keyfile serves https and wss",
     "keyfile": "TLS private key (PEM)",
     "cacertfile": "CA certificates (PEM) for TLS",
+    "tls_handshake_timeout": "seconds a TLS client gets to finish its handshake (0: no limit)",
+    "limit_concurrency": "most connections served at once; beyond it requests get 503",
     "lifespan": "ASGI lifespan protocol: auto, on (fail if the app lacks it) or off",
     "factory": "APP names a function that returns the application",
     "app_dir": "directory put first on sys.path before APP is imported",
@@ -52,6 +54,10 @@ HELP: dict[str, str] = {
     "websocket_max_frame_size": "largest WebSocket frame, and message, accepted, in bytes",
     "websocket_compress": "negotiate permessage-deflate compression",
     "websocket_ping_interval": "ms between server pings on a quiet WebSocket (0: no pings)",
+    "websocket_allowed_origins": (
+        "origin (or fnmatch pattern) a WebSocket handshake may come from; repeat for several;"
+        " others get 403 (default: any)"
+    ),
     "backend": "pub/sub and state backend: memory, or redis://host:port/db",
     "slow_consumer": "a subscriber whose queue is full is closed, or loses its oldest message",
     "subscriber_queue_size": (
@@ -123,13 +129,13 @@ def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hi
         help_text += f" (default: {shown})"
     kwargs: dict[str, Any] = {"dest": field.name, "help": help_text}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is int:
+    if hint is int or _is_optional(origin, args, int):
         # Config keeps Hornbeam's units: integer timeouts and intervals are milliseconds.
         timing = "timeout" in field.name or "interval" in field.name
         kwargs.update(type=_number(int), metavar="MS" if timing else "INT")
     elif hint is float:
         kwargs.update(type=_number(float), metavar="SECONDS")
-    elif hint is str or _is_optional_str(origin, args):
+    elif hint is str or _is_optional(origin, args, str):
         choices = _EXTRA_CHOICES.get(field.name)
         kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else field.name.upper()
     elif origin is Literal and all(isinstance(arg, str) for arg in args):
@@ -141,8 +147,8 @@ def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hi
     parser.add_argument(flag, **kwargs)
 
 
-def _is_optional_str(origin: Any, args: tuple[Any, ...]) -> bool:
-    return origin in (typing.Union, types.UnionType) and set(args) == {str, type(None)}
+def _is_optional(origin: Any, args: tuple[Any, ...], kind: type) -> bool:
+    return origin in (typing.Union, types.UnionType) and set(args) == {kind, type(None)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[str, Config]:

@@ -43,6 +43,11 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
     cacertfile: str | None = None
+    tls_handshake_timeout: float = 10.0
+    """Seconds a TLS client gets to finish its handshake before it is dropped (0: no limit)."""
+    limit_concurrency: int | None = None
+    """Connections (HTTP and WebSocket) served at once; a request on one more gets 503
+    and a WebSocket handshake is refused with 503 before the app runs.  None: no limit."""
 
     # --- app ---------------------------------------------------------------
     lifespan: LifespanMode = "auto"
@@ -69,6 +74,10 @@ class Config:
     websocket_compress: bool = False
     websocket_ping_interval: int = 20000
     """ms between server pings on a quiet connection (0 disables)."""
+    websocket_allowed_origins: tuple[str, ...] = ()
+    """Origin header values a WebSocket handshake may carry: exact origins or fnmatch
+    patterns (``https://*.example.com``).  Empty: any origin.  A handshake whose Origin
+    matches none gets 403 before the app runs; one without Origin (not a browser) passes."""
 
     # --- pub/sub and state -------------------------------------------------
     backend: str = "memory"
@@ -89,6 +98,16 @@ class Config:
             raise ConfigError("bind", "at least one address is required")
         for address in self.bind:
             parse_bind(address)
+        origins = self.websocket_allowed_origins
+        origins = (origins,) if isinstance(origins, str) else tuple(origins)
+        object.__setattr__(self, "websocket_allowed_origins", origins)
+        for origin in origins:
+            if not isinstance(origin, str) or not origin:
+                raise ConfigError(
+                    "websocket_allowed_origins", f"expected an origin or pattern, got {origin!r}"
+                )
+        if self.limit_concurrency is not None:
+            _require_int("limit_concurrency", self.limit_concurrency, minimum=1)
         for name in (
             "workers",
             "backlog",
@@ -101,7 +120,7 @@ class Config:
             _require_int(name, getattr(self, name), minimum=1)
         for name in ("timeout", "websocket_timeout", "websocket_ping_interval"):
             _require_int(name, getattr(self, name), minimum=0)
-        for name in ("keepalive", "shutdown_timeout"):
+        for name in ("keepalive", "shutdown_timeout", "tls_handshake_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(name, f"expected a number of seconds >= 0, got {value!r}")

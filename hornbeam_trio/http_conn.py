@@ -47,9 +47,11 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 class HTTPConnection:
     """One client connection: requests in sequence, then maybe a WebSocket."""
 
-    def __init__(self, server: Server, transport: Transport) -> None:
+    def __init__(self, server: Server, transport: Transport, *, overloaded: bool = False) -> None:
         self.server = server
         self.transport = transport
+        self.overloaded = overloaded
+        """Accepted beyond ``limit_concurrency``: its first request gets 503, then it closes."""
         config = server.config
         self.parser = HTTPParser(
             max_request_line_size=config.max_request_line_size,
@@ -121,11 +123,22 @@ class HTTPConnection:
 
     async def _reject(self, error: HTTPError) -> None:
         self.rejected = True
-        logger.info(
-            "bad request from %s: %s (%d)", self.transport.client, error.reason, error.status
-        )
+        headers: list[tuple[bytes, bytes]] = []
+        if error.status == 503:
+            headers.append((b"retry-after", b"1"))
+            logger.info(
+                "refused %s: over --limit-concurrency=%s (503)",
+                self.transport.client,
+                self.server.config.limit_concurrency,
+            )
+        else:
+            logger.info(
+                "bad request from %s: %s (%d)", self.transport.client, error.reason, error.status
+            )
         try:
-            await self.transport.send_all(simple_response(error.status, error.reason.encode()))
+            await self.transport.send_all(
+                simple_response(error.status, error.reason.encode(), headers=headers)
+            )
         except TransportClosed:
             pass
 
@@ -146,6 +159,10 @@ class HTTPConnection:
                 await self._reject(HTTPError(400, "unexpected data"))
                 return None
             self.idle = False
+            if self.overloaded:
+                # Before the app runs, WebSocket handshakes included: answer 503 and close.
+                await self._reject(HTTPError(503, "service unavailable"))
+                return None
             if event.upgrade == b"websocket":
                 return event
             if event.upgrade is not None and event.upgrade.startswith(b"h2"):
@@ -160,10 +177,16 @@ class HTTPConnection:
         server = self.server
         try:
             key = wsproto.check_handshake(request.method, request.headers)
+            wsproto.check_origin(request.headers, server.config.websocket_allowed_origins)
         except wsproto.HandshakeError as exc:
-            await self.transport.send_all(
-                simple_response(exc.status, exc.reason.encode(), headers=exc.headers)
-            )
+            if exc.status == 403:
+                logger.info("WebSocket handshake from %s refused: %s", self.transport.client, exc)
+            try:
+                await self.transport.send_all(
+                    simple_response(exc.status, exc.reason.encode(), headers=exc.headers)
+                )
+            except TransportClosed:
+                pass
             return
         scope = server.base_scope(request, self.transport, "websocket")
         scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)

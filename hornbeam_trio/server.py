@@ -107,6 +107,8 @@ class Server:
         self.ssl_context = make_ssl_context(config)
         self.shutting_down = False
         self.connections: set[HTTPConnection] = set()
+        self.admitted = 0
+        """Connections counted against ``limit_concurrency`` (those not answered 503)."""
         self.lifespan = Lifespan(app, config.lifespan)
         self.connections_nursery: trio.Nursery | None = None
         self.app_error_hook: Callable[[BaseException], None] | None = None
@@ -175,8 +177,14 @@ class Server:
 
     async def handle_transport(self, transport: Transport) -> None:
         """Serve one client connection to its end (sockets, TLS, in-memory test streams)."""
-        conn = HTTPConnection(self, transport)
+        if self.ssl_context is not None and not await self._tls_handshake(transport):
+            return
+        limit = self.config.limit_concurrency
+        overloaded = limit is not None and self.admitted >= limit
+        conn = HTTPConnection(self, transport, overloaded=overloaded)
         self.connections.add(conn)
+        if not overloaded:
+            self.admitted += 1
         try:
             await conn.run()
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
@@ -185,7 +193,36 @@ class Server:
             logger.exception("connection handler failed")
         finally:
             self.connections.discard(conn)
+            if not overloaded:
+                self.admitted -= 1
             transport.abort()
+
+    async def _tls_handshake(self, transport: Transport) -> bool:
+        """Finish the TLS handshake within ``tls_handshake_timeout``; False: dropped.
+
+        Done before the connection counts for ``limit_concurrency`` or shutdown: a client
+        that opens TCP and never speaks TLS holds only its socket, and only this long.
+        """
+        stream = getattr(transport, "stream", None)
+        if not isinstance(stream, trio.SSLStream):
+            return True
+        timeout = self.config.tls_handshake_timeout or float("inf")
+        with trio.move_on_after(timeout) as timer:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                logger.debug("TLS handshake with %s failed: %r", transport.client, exc)
+                transport.abort()
+                return False
+        if timer.cancelled_caught:
+            logger.info(
+                "TLS handshake with %s not finished within %gs: dropped",
+                transport.client,
+                self.config.tls_handshake_timeout,
+            )
+            transport.abort()
+            return False
+        return True
 
     def report_app_error(self, exc: BaseException) -> None:
         hook = self.app_error_hook

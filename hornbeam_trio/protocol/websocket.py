@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import fnmatch
 import hashlib
 import struct
 import zlib
@@ -43,6 +44,7 @@ __all__ = [
     "ServerProtocol",
     "accept_response",
     "check_handshake",
+    "check_origin",
     "encode_binary",
     "encode_close",
     "encode_frame",
@@ -637,6 +639,28 @@ def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> bytes:
     if len(raw) != 16:
         raise HandshakeError(400, "Sec-WebSocket-Key is not 16 base64-encoded bytes")
     return key
+
+
+def check_origin(headers: Iterable[tuple[bytes, bytes]], allowed: Iterable[str]) -> None:
+    """Refuse (403) a handshake whose Origin matches none of ``allowed``.
+
+    ``allowed`` holds exact origins or fnmatch patterns (``https://*.example.com``),
+    compared case-insensitively; empty allows every origin.  A request without Origin
+    passes: browsers always send one (RFC 6454 7.2), so only non-browser clients omit it,
+    and they are not what cross-site WebSocket hijacking abuses.  Several Origin headers
+    are refused as ambiguous.
+    """
+    patterns = [p.lower() for p in allowed]
+    if not patterns:
+        return
+    origins = _header_values(headers, b"origin")
+    if not origins:
+        return
+    if len(origins) > 1:
+        raise HandshakeError(403, "more than one Origin header")
+    origin = origins[0].strip().lower()
+    if not any(fnmatch.fnmatchcase(origin, pattern) for pattern in patterns):
+        raise HandshakeError(403, "origin not allowed")
 
 
 def parse_subprotocols(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
