@@ -1,6 +1,7 @@
 """hornbeam_trio: a structured-concurrency ASGI and WebSocket server on Trio,
 with Hornbeam's pub/sub and shared state (``from hornbeam_erlang import ...``)."""
 
+from . import state
 from .api import (
     SlowConsumer,
     decr,
@@ -21,6 +22,7 @@ from .api import (
     subscription,
     unsubscribe,
 )
+from .backends.base import SyncUnavailable
 from .config import Config, ConfigError
 from .lifespan import StartupFailed
 from .server import serve
@@ -40,6 +42,7 @@ __all__ = [
     "ConfigError",
     "SlowConsumer",
     "StartupFailed",
+    "SyncUnavailable",
     "decr",
     "delete",
     "get",
@@ -48,6 +51,7 @@ __all__ = [
     "run",
     "serve",
     "set",
+    "state",
     "state_decr",
     "state_delete",
     "state_get",

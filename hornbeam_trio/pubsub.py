@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import trio
 
+from .backends.codec import EncodedJSON
 from .protocol.websocket import encode_binary, encode_text
 
 
@@ -31,7 +32,9 @@ class Delivery:
         self.message = message
         self._text: str | None = message if isinstance(message, str) else None
         self._frame: bytes | None = None
-        if not isinstance(message, (str, bytes)):
+        if isinstance(message, EncodedJSON):
+            self._text = message.text  # from another process: framed as it was encoded
+        elif not isinstance(message, (str, bytes)):
             # Validate (and encode) at publish time, so a bad value fails the publisher.
             self._text = json.dumps(message, separators=(",", ":"))
 
@@ -93,7 +96,7 @@ class Hub:
     def deliver_local(self, topic: str, message: Any) -> int:
         subscribers = self.topics.get(topic)
         if not subscribers:
-            if not isinstance(message, (str, bytes)):
+            if not isinstance(message, (str, bytes, EncodedJSON, Delivery)):
                 json.dumps(message)  # same TypeError with or without listeners
             return 0
         delivery = message if isinstance(message, Delivery) else Delivery(message)

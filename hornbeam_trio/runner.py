@@ -13,7 +13,7 @@ for anything.
 
 Exit codes: 0 clean shutdown; 1 forced by a second signal, or the listening sockets
 could not be opened; 2 bad usage, configuration or app reference (reported by the
-CLI); 3 the app failed its lifespan startup.
+CLI); 3 the app failed its lifespan startup, or the backend (Redis) was unreachable.
 
 Reload (``--reload``; for development only).  The parent process runs no server: it
 watches ``app_dir`` (recursively, ``*.py`` files) with ``watchfiles.run_process`` and
@@ -149,6 +149,7 @@ def raise_open_file_limit() -> None:
 async def _main(app: ASGIApp, config: Config) -> int:
     # Imported here, not at the top: the CLI's error paths and the reload parent never
     # need the server, and the import must not cost them its start-up time.
+    from hornbeam_trio.backends.base import BackendUnavailable
     from hornbeam_trio.server import StartupFailed, serve
 
     serve_scope = trio.CancelScope()
@@ -170,6 +171,10 @@ async def _main(app: ASGIApp, config: Config) -> int:
         failure = _only(exc, StartupFailed)
         if failure is not None:
             logger.error("Application startup failed: %s", failure)
+            return EXIT_STARTUP_FAILED
+        unavailable = _only(exc, BackendUnavailable)
+        if unavailable is not None:
+            logger.error("Backend unavailable: %s", unavailable)
             return EXIT_STARTUP_FAILED
         bind_error = None if listening else _only(exc, OSError)
         if bind_error is not None:

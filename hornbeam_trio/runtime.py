@@ -178,7 +178,7 @@ class ConnectionContext:
                 if delta is None:
                     backend.delete(key)
                 elif delta:
-                    backend.incr(key, -delta)
+                    backend.incr_nowait(key, -delta)
             except Exception:  # the release must go on for every other key
                 logger.exception("releasing owned state key %r failed", key)
         self.owned.clear()

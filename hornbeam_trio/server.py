@@ -21,7 +21,8 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -288,9 +289,29 @@ def _config_options(config: Config) -> dict[str, Any]:
 
 
 def _make_runtime(config: Config) -> Runtime:
+    """The process-wide runtime for ``memory``; a runtime of its own over Redis."""
     if config.backend == "memory":
         return default_runtime()
-    raise NotImplementedError("--backend redis:// is not available yet")
+    from .backends.redis import RedisBackend  # coredis is imported only when asked for
+
+    backend = RedisBackend(config.backend)
+    runtime = Runtime(backend)
+    topics = runtime.hub.topics
+    backend.count_local = lambda topic: len(topics.get(topic) or ())
+    return runtime
+
+
+@asynccontextmanager
+async def _backend_running(runtime: Runtime) -> AsyncIterator[None]:
+    """The backend's ``run()`` for the length of the block: it starts before lifespan and
+    the listeners (Redis down -> BackendUnavailable, nothing listens) and stops, flushing
+    queued writes, after lifespan shutdown and the last connection's release."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.backend.run, runtime.hub.deliver_local)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def _close_listener(listener: socket.socket) -> None:
@@ -316,7 +337,7 @@ async def _run_shielded(
     """Everything that must outlive the caller's cancellation for the grace period."""
     config = server.config
     with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as lifespan_nursery:
+        async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(server.lifespan.run)
             try:
                 server.lifespan.check_startup()

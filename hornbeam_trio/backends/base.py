@@ -25,6 +25,10 @@ class SyncUnavailable(RuntimeError):
     """A synchronous call that this backend can only answer by waiting on the network."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend could not be reached when the server started (one clear line)."""
+
+
 class Backend(Protocol):
     name: str
 
@@ -41,6 +45,11 @@ class Backend(Protocol):
     def set(self, key: str, value: Any) -> None: ...
     def delete(self, key: str) -> None: ...
     def incr(self, key: str, delta: int = 1) -> int: ...
+    def incr_nowait(self, key: str, delta: int) -> None:
+        """Add without waiting for the result (releasing an owned increment); never raises
+        SyncUnavailable."""
+        ...
+
     def get_multi(self, keys: Iterable[str]) -> dict[str, Any]: ...
     def keys(self, prefix: str | None = None) -> list[str]: ...
 

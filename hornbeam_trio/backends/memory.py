@@ -67,6 +67,9 @@ class MemoryBackend:
             self._data[key] = value
             return value
 
+    def incr_nowait(self, key: str, delta: int) -> None:
+        self.incr(key, delta)
+
     def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         data = self._data
         return {key: checked_copy(data.get(key)) for key in keys}

@@ -32,8 +32,7 @@ import trio.testing
 import trio_websocket
 
 from ..config import Config
-from ..runtime import default_runtime
-from ..server import Server, make_listeners, serve_server
+from ..server import Server, _make_runtime, make_listeners, serve_server
 from ..transport import StreamTransport
 from ..types import ASGIApp
 
@@ -392,7 +391,7 @@ async def run_server(
         config = Config.from_options(**options)
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
-    runtime = default_runtime()
+    runtime = _make_runtime(config)
     server = Server(app, config, runtime)
     handle = TestServer(server=server, transport=transport)
     server.app_error_hook = handle.app_errors.append

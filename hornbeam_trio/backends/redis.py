@@ -1,0 +1,449 @@
+"""The Redis backend: state and pub/sub shared by every process that names the same Redis.
+
+Built on coredis 6 (AnyIO, so it runs natively under Trio).  ``run()`` owns the
+client and three tasks, all inside one shielded scope so that cancelling ``run()``
+means "stop gracefully", never "drop what is queued":
+
+* the **writer** sends this process's synchronous writes and publishes, in the order
+  they were made, batched into one pipeline per wake-up;
+* the **subscription manager** keeps one Redis SUBSCRIBE per topic that has a local
+  subscriber (``topic_added`` / ``topic_removed``);
+* the **reader** hands every message Redis pushes to ``deliver_local``, which frames
+  it once for all of this process's subscribers.
+
+Decisions (README, "Redis backend"):
+
+* ``publish()`` stays synchronous and never blocks: the message is encoded at the
+  call (a bad value raises there), queued, and sent by the writer.  Every subscriber,
+  local or not, receives it from Redis, so all of them see one order per topic, and a
+  process never sees its own message twice.  It returns the number of subscribers
+  **in this process** (those it will reach through Redis): the count in other
+  processes is not known without waiting.  Before sending a publish to a topic whose
+  SUBSCRIBE is still in flight, the writer waits for it (at most
+  ``subscribe_timeout``), so "subscribe, then publish" reaches the publisher too.
+* Synchronous reads (``state_get``, ``state_get_multi``, ``state_keys``) and
+  ``state_incr`` (it returns the new value) raise :class:`SyncUnavailable` naming the
+  awaitable form (``await hornbeam_trio.state.get(key)``).  Synchronous ``state_set``
+  and ``state_delete`` are fire-and-forget, queued in order with the publishes.
+  Every awaitable operation first waits until what this process queued before it has
+  been written, so a process always reads its own writes.
+* Values round-trip exactly through a type-tagged codec (:mod:`.codec`); ints are
+  stored as plain decimals so INCRBY is atomic on them.  Keys are namespaced
+  (``hornbeam:state:<key>``, channels ``hornbeam:topic:<topic>``); ``keys(prefix)``
+  uses SCAN (never KEYS).
+* Redis unreachable while running: the writer keeps what is queued (at most
+  ``max_pending`` operations; beyond that new ones are dropped and counted) and
+  retries with exponential backoff; coredis reconnects the subscriber connection and
+  subscribes again.  One warning when Redis goes away, one when it is back, with the
+  number of publishes and writes lost.  A batch cut off mid-flight is sent again
+  (at-least-once across a failure).  Messages published by other processes while this
+  one was disconnected are not replayed (Redis pub/sub keeps nothing).
+* At shutdown the writer gets ``flush_timeout`` seconds to send what is queued
+  (owned keys released by the last connections included).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import coredis
+import trio
+from coredis.exceptions import RedisError, ResponseError
+
+from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
+from .codec import decode_message, decode_value, encode_message, encode_value
+
+logger = logging.getLogger("hornbeam_trio")
+
+_BATCH = 512
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+# (kind, name, argument): ("P", topic, payload) | ("S", key, payload) | ("D", key, None)
+# | ("I", key, delta)
+_Op = tuple[str, str, Any]
+
+_FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error lines."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "hornbeam",
+        max_pending: int = 100_000,
+        flush_timeout: float = 5.0,
+        subscribe_timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.max_pending = max_pending
+        self.flush_timeout = flush_timeout
+        self.subscribe_timeout = subscribe_timeout
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.count_local: Callable[[str], int] = lambda topic: 0
+        """topic -> subscribers in this process (set by the runtime that owns the hub)."""
+        self._state_prefix = f"{namespace}:state:"
+        self._topic_prefix = f"{namespace}:topic:"
+        self._deliver_local: LocalDeliver | None = None
+        self._client: coredis.Redis[bytes] | None = None
+        self._closed = False
+        # the writer's queue, and the counters awaitable operations wait on
+        self._queue: deque[_Op] = deque()
+        self._queued = 0
+        self._written = 0
+        self._progress = trio.lowlevel.ParkingLot()
+        self._work = trio.Event()
+        self._stop = trio.Event()
+        self._stop_deadline = float("inf")
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: int | None = None
+        # outage accounting
+        self._down_since: float | None = None
+        self._loss_logged = False
+        self.lost_publishes = 0
+        self.lost_writes = 0
+        # subscriptions: wanted (local subscribers exist) vs confirmed by Redis
+        self._wanted: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._pending_subs: dict[str, trio.Event] = {}
+        self._subs_changed = trio.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+    def attach(self, deliver_local: LocalDeliver) -> None:
+        self._deliver_local = deliver_local
+
+    async def run(
+        self, deliver_local: LocalDeliver, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect (BackendUnavailable if Redis does not answer), serve until cancelled,
+        then flush what is queued for at most ``flush_timeout`` seconds."""
+        self._deliver_local = deliver_local
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._stop_deadline = trio.current_time() + self.flush_timeout
+                self._stop.set()
+                self._work.set()
+
+    async def _serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope(shield=True):
+            client: coredis.Redis[bytes] = coredis.Redis.from_url(
+                self.url, decode_responses=False, connect_timeout=self.connect_timeout
+            )
+            async with client:
+                try:
+                    with trio.fail_after(self.connect_timeout + 1):
+                        await client.ping()
+                except _FAILURES as exc:
+                    raise BackendUnavailable(
+                        f"cannot reach Redis at {redact(self.url)}: {exc or type(exc).__name__}"
+                    ) from None
+                async with (
+                    client.pubsub(ignore_subscribe_messages=True) as pubsub,
+                    trio.open_nursery() as nursery,
+                ):
+                    self._client = client
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._thread = threading.get_ident()
+                    nursery.start_soon(self._read_loop, pubsub)
+                    nursery.start_soon(self._subscription_loop, pubsub)
+                    task_status.started()
+                    try:
+                        await self._write_loop(client)
+                    finally:
+                        self._closed = True
+                        self._client = None
+                        nursery.cancel_scope.cancel()
+
+    # -- the writer ------------------------------------------------------------
+    def _enqueue(self, op: _Op) -> None:
+        if self._closed:
+            self._lose(op, "the Redis backend has stopped")
+            return
+        if len(self._queue) >= self.max_pending:
+            self._lose(op, f"{self.max_pending} operations are already waiting for Redis")
+            return
+        self._queue.append(op)
+        self._queued += 1
+        if not self._work.is_set():
+            if self._thread is None or threading.get_ident() == self._thread:
+                self._work.set()
+            else:
+                assert self._token is not None
+                self._token.run_sync_soon(self._set_work)
+
+    def _set_work(self) -> None:
+        self._work.set()
+
+    def _lose(self, op: _Op, why: str) -> None:
+        if op[0] == "P":
+            self.lost_publishes += 1
+        else:
+            self.lost_writes += 1
+        if self._down_since is None or not self._loss_logged:
+            # during an outage: once, then the total when Redis is back
+            self._loss_logged = self._down_since is not None
+            logger.warning("Redis backend: dropping a %s: %s", _describe(op), why)
+
+    async def _write_loop(self, client: coredis.Redis[bytes]) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._stop.is_set():
+                    return
+                self._work = trio.Event()
+                await self._work.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
+            await self._await_subscriptions(batch)
+            await self._send(client, batch)
+            self._written += len(batch)
+            self._progress.unpark_all()
+
+    async def _await_subscriptions(self, batch: list[_Op]) -> None:
+        for kind, topic, _ in batch:
+            if kind == "P":
+                event = self._pending_subs.get(topic)
+                if event is not None:
+                    with trio.move_on_after(self.subscribe_timeout):
+                        await event.wait()
+
+    async def _send(self, client: coredis.Redis[bytes], batch: list[_Op]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                with trio.fail_after(self.command_timeout):
+                    requests = []
+                    async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                        for kind, name, argument in batch:
+                            if kind == "P":
+                                requests.append(
+                                    pipe.publish(self._topic_prefix + name, argument)
+                                )
+                            elif kind == "S":
+                                requests.append(pipe.set(self._state_prefix + name, argument))
+                            elif kind == "D":
+                                requests.append(pipe.delete([self._state_prefix + name]))
+                            else:
+                                requests.append(pipe.incrby(self._state_prefix + name, argument))
+            except _FAILURES as exc:
+                if self._stop.is_set() and trio.current_time() + delay > self._stop_deadline:
+                    for op in batch:
+                        self._lose(op, "Redis is unreachable and the server is stopping")
+                    return
+                if self._down_since is None:
+                    self._down_since = trio.current_time()
+                    logger.warning(
+                        "Redis at %s unreachable (%s); retrying with backoff, "
+                        "keeping at most %d publishes and writes queued",
+                        redact(self.url),
+                        exc or type(exc).__name__,
+                        self.max_pending,
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            break
+        if self._down_since is not None:
+            logger.warning(
+                "Redis at %s reachable again after %.1fs; lost while it was not: "
+                "%d publishes, %d writes",
+                redact(self.url),
+                trio.current_time() - self._down_since,
+                self.lost_publishes,
+                self.lost_writes,
+            )
+            self._down_since = None
+            self._loss_logged = False
+        for op, request in zip(batch, requests, strict=True):
+            try:
+                await request
+            except ResponseError as exc:
+                logger.error("Redis refused a %s: %s", _describe(op), exc)
+
+    async def _barrier(self) -> coredis.Redis[bytes]:
+        """Wait until everything this process queued so far is written; the client."""
+        target = self._queued
+        while self._written < target and not self._closed:
+            await self._progress.park()
+        client = self._client
+        if client is None:
+            raise RuntimeError(
+                "the Redis backend is not running (it runs while its server does)"
+            )
+        return client
+
+    # -- pub/sub -------------------------------------------------------------
+    def publish(self, topic: str, message: Any) -> int:
+        self._enqueue(("P", topic, encode_message(message)))
+        return self.count_local(topic)
+
+    def topic_added(self, topic: str) -> None:
+        self._wanted.add(topic)
+        if topic not in self._subscribed and topic not in self._pending_subs:
+            self._pending_subs[topic] = trio.Event()
+        self._subs_changed.set()
+
+    def topic_removed(self, topic: str) -> None:
+        self._wanted.discard(topic)
+        self._subs_changed.set()
+
+    async def _subscription_loop(self, pubsub: Any) -> None:
+        prefix = self._topic_prefix
+        delay = 0.05
+        while True:
+            await self._subs_changed.wait()
+            self._subs_changed = trio.Event()
+            add = [topic for topic in self._wanted if topic not in self._subscribed]
+            remove = [topic for topic in self._subscribed if topic not in self._wanted]
+            try:
+                if add:
+                    await pubsub.subscribe(*[prefix + topic for topic in add])
+                    self._subscribed.update(add)
+                if remove:
+                    self._subscribed.difference_update(remove)
+                    await pubsub.unsubscribe(*[prefix + topic for topic in remove])
+            except _FAILURES as exc:
+                logger.warning("Redis SUBSCRIBE/UNSUBSCRIBE failed (%s); retrying", exc)
+                self._subs_changed.set()
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                delay = 0.05
+            for topic in list(self._pending_subs):
+                if topic in self._subscribed or topic not in self._wanted:
+                    self._pending_subs.pop(topic).set()
+
+    async def _read_loop(self, pubsub: Any) -> None:
+        prefix = self._topic_prefix.encode()
+        deliver = self._deliver_local
+        assert deliver is not None
+        while True:
+            message = await pubsub.get_message()
+            if message is None or message["type"] != "message":
+                continue
+            channel = message["channel"]
+            if not channel.startswith(prefix):
+                continue
+            try:
+                payload = decode_message(message["data"])
+            except ValueError as exc:
+                logger.warning("ignoring a message on %r: %s", channel, exc)
+                continue
+            deliver(channel[len(prefix) :].decode(), payload)
+
+    # -- state, synchronous ----------------------------------------------------
+    def get(self, key: str) -> Any:
+        raise _sync_unavailable("state_get", "get(key)")
+
+    def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
+        raise _sync_unavailable("state_get_multi", "get_multi(keys)")
+
+    def keys(self, prefix: str | None = None) -> list[str]:
+        raise _sync_unavailable("state_keys", "keys(prefix)")
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        raise _sync_unavailable("state_incr", "incr(key, delta)")
+
+    def set(self, key: str, value: Any) -> None:
+        self._enqueue(("S", _checked_key(key), encode_value(value)))
+
+    def delete(self, key: str) -> None:
+        self._enqueue(("D", _checked_key(key), None))
+
+    def incr_nowait(self, key: str, delta: int) -> None:
+        self._enqueue(("I", _checked_key(key), _checked_delta(delta)))
+
+    # -- state, awaitable ------------------------------------------------------
+    async def aget(self, key: str) -> Any:
+        name = self._state_prefix + _checked_key(key)
+        client = await self._barrier()
+        return decode_value(await client.get(name))
+
+    async def aset(self, key: str, value: Any) -> None:
+        name = self._state_prefix + _checked_key(key)
+        payload = encode_value(value)
+        client = await self._barrier()
+        await client.set(name, payload)
+
+    async def adelete(self, key: str) -> None:
+        name = self._state_prefix + _checked_key(key)
+        client = await self._barrier()
+        await client.delete([name])
+
+    async def aincr(self, key: str, delta: int = 1) -> int:
+        name = self._state_prefix + _checked_key(key)
+        delta = _checked_delta(delta)
+        client = await self._barrier()
+        try:
+            return await client.incrby(name, delta)
+        except ResponseError as exc:
+            current = decode_value(await client.get(name))
+            if isinstance(current, int) and not isinstance(current, bool):
+                raise OverflowError(f"state key {key!r}: {exc}") from None
+            raise TypeError(
+                f"state key {key!r} holds a {type(current).__name__}, not an int"
+            ) from None
+
+    async def aget_multi(self, keys: Iterable[str]) -> dict[str, Any]:
+        wanted = [_checked_key(key) for key in keys]
+        client = await self._barrier()
+        if not wanted:
+            return {}
+        prefix = self._state_prefix
+        raw = await client.mget([prefix + key for key in wanted])
+        return {key: decode_value(value) for key, value in zip(wanted, raw, strict=True)}
+
+    async def akeys(self, prefix: str | None = None) -> list[str]:
+        client = await self._barrier()
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._state_prefix + (prefix or "")) + "*"
+        strip = len(self._state_prefix)
+        found: dict[str, None] = {}  # SCAN may return a key twice
+        async for name in client.scan_iter(match=pattern, count=1000):
+            found[name[strip:].decode("utf-8", "surrogateescape")] = None
+        return list(found)
+
+
+def _sync_unavailable(call: str, awaitable: str) -> SyncUnavailable:
+    return SyncUnavailable(
+        f"{call}() cannot answer without waiting for Redis (--backend redis://); "
+        f"use `await hornbeam_trio.state.{awaitable}` instead"
+    )
+
+
+def _checked_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"state keys must be str, got {type(key).__name__}")
+    return key
+
+
+def _checked_delta(delta: int) -> int:
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise TypeError(f"delta must be an int, got {type(delta).__name__}")
+    return delta
+
+
+def _describe(op: _Op) -> str:
+    kind, name = op[0], op[1]
+    if kind == "P":
+        return f"publish to {name!r}"
+    return {"S": "set", "D": "delete", "I": "increment"}[kind] + f" of state key {name!r}"

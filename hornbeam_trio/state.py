@@ -1,0 +1,75 @@
+"""The awaitable state API: ``from hornbeam_trio import state``, then ``await state.get(k)``.
+
+Same names and rules as the synchronous Hornbeam calls (``state_get``...), and it works
+on every backend.  Over Redis (``--backend redis://``) a read has to wait for the
+network, so the synchronous ``state_get``, ``state_get_multi``, ``state_keys`` and
+``state_incr`` raise ``SyncUnavailable`` there and these are the calls to use::
+
+    from hornbeam_trio import state
+
+    visits = await state.incr("visits")
+    await state.set("user:42", {"name": "Ada"}, owned=True)  # deleted when the connection ends
+    profile = await state.get("user:42")
+    names = await state.keys("user:")
+
+Each call waits until the state writes and publishes this process made before it
+(with the synchronous calls) have reached the store, so a process reads its own writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .runtime import ConnectionContext, current_connection, get_runtime
+
+__all__ = ["decr", "delete", "get", "get_multi", "incr", "keys", "set"]
+
+
+def _owner(call: str) -> ConnectionContext:
+    context = current_connection.get()
+    if context is None:
+        raise RuntimeError(
+            f"state.{call}(..., owned=True) must be called while handling a connection"
+        )
+    return context
+
+
+async def get(key: str) -> Any:
+    """The value, or None when absent (a copy: mutating it never changes the store)."""
+    return await get_runtime().backend.aget(key)
+
+
+async def set(key: str, value: Any, *, owned: bool = False) -> None:
+    context = _owner("set") if owned else None
+    await get_runtime().backend.aset(key, value)
+    if context is not None:
+        context.own_set(key)
+
+
+async def delete(key: str) -> None:
+    await get_runtime().backend.adelete(key)
+    context = current_connection.get()
+    if context is not None:
+        context.disown(key)
+
+
+async def incr(key: str, delta: int = 1, *, owned: bool = False) -> int:
+    """Atomic add; a missing key counts from 0; returns the new value."""
+    context = _owner("incr") if owned else None
+    value = await get_runtime().backend.aincr(key, delta)
+    if context is not None:
+        context.own_incr(key, delta)
+    return value
+
+
+async def decr(key: str, delta: int = 1, *, owned: bool = False) -> int:
+    return await incr(key, -delta, owned=owned)
+
+
+async def get_multi(keys: Iterable[str]) -> dict[str, Any]:
+    return await get_runtime().backend.aget_multi(list(keys))
+
+
+async def keys(prefix: str | None = None) -> list[str]:
+    return await get_runtime().backend.akeys(prefix)

@@ -1,0 +1,381 @@
+"""The Redis backend against a real redis-server (started by these tests on a free port).
+
+State through the awaitable façade (``hornbeam_trio.state``) and the synchronous one,
+pub/sub between WebSocket clients through Redis, connection-owned keys, the errors a
+user sees (SyncUnavailable, Redis down at startup), and the point of it all: two server
+processes sharing one Redis, a client on each in the same room.  Without redis-server
+these skip with the reason, or fail when HORNBEAM_CI is set (see tests/redis_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import trio
+from example_server import ROOT, eventually, example_server
+from redis_server import RedisServer, free_port, redis_server, skip_or_fail
+from trio_websocket import open_websocket_url
+
+import hornbeam_trio
+from hornbeam_erlang import (
+    publish,
+    state_delete,
+    state_get,
+    state_get_multi,
+    state_incr,
+    state_keys,
+    state_set,
+    subscribe,
+)
+from hornbeam_trio import state
+from hornbeam_trio.runtime import current_runtime
+from hornbeam_trio.testing import TestServer, run_server
+from hornbeam_trio.types import Receive, Scope, Send
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    skip_or_fail()
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis: RedisServer) -> str:
+    redis.command("FLUSHALL")
+    return redis.url
+
+
+# -- apps --------------------------------------------------------------------
+async def chat(scope: Scope, receive: Receive, send: Send) -> None:
+    """The README's chat room: sync subscribe/publish, unchanged for Redis."""
+    await send({"type": "websocket.accept"})
+    topic = "chat:" + scope["path"].rsplit("/", 1)[-1]
+    subscribe(topic)
+    while (message := await receive())["type"] == "websocket.receive":
+        if message.get("bytes") is not None:
+            publish(topic, message["bytes"])
+        else:
+            publish(topic, json.loads(message["text"]))
+
+
+async def presence(scope: Scope, receive: Receive, send: Send) -> None:
+    """Connection-owned keys over Redis: awaitable and synchronous forms."""
+    await send({"type": "websocket.accept"})
+    user = scope["path"].rsplit("/", 1)[-1]
+    await state.set(f"presence:{user}", {"user": user}, owned=True)
+    online = await state.incr("online", owned=True)
+    state_set(f"sync:{user}", True, owned=True)  # fire-and-forget, still owned
+    await send({"type": "websocket.send", "text": json.dumps({"online": online})})
+    while (await receive())["type"] == "websocket.receive":
+        pass
+
+
+@contextmanager
+def façade_of(server: TestServer) -> Iterator[None]:
+    """Make the Hornbeam calls in this test task use ``server``'s runtime."""
+    token = current_runtime.set(server.server.runtime)
+    try:
+        yield
+    finally:
+        current_runtime.reset(token)
+
+
+async def noop_app(scope: Scope, receive: Receive, send: Send) -> None:
+    pass
+
+
+# -- state -------------------------------------------------------------------
+ROUND_TRIP_VALUES: list[Any] = [
+    0,
+    -7,
+    2**63 - 1,
+    -(2**63),
+    2**80,
+    1.5,
+    -0.1,
+    1e308,
+    True,
+    False,
+    None,
+    "",
+    "héllo wörld ✓",
+    "42",
+    b"",
+    b"\x00\xff binary",
+    [],
+    {},
+    [1, "two", 3.0, None, True, [b"\x01"]],
+    {"user": "ann", "tags": ["a", "b"], "avatar": b"\x89PNG", "nested": {"$b": "not bytes"}},
+]
+
+
+async def test_state_values_round_trip_exactly(redis_url: str) -> None:
+    async with run_server(noop_app, backend=redis_url) as server:
+        with façade_of(server):
+            for index, value in enumerate(ROUND_TRIP_VALUES):
+                await state.set(f"v{index}", value)
+            for index, value in enumerate(ROUND_TRIP_VALUES):
+                got = await state.get(f"v{index}")
+                assert got == value and type(got) is type(value), (index, value, got)
+            assert await state.get("missing") is None
+            many = await state.get_multi(["v0", "missing", "v19"])
+            assert many == {"v0": 0, "missing": None, "v19": ROUND_TRIP_VALUES[19]}
+            await state.delete("v0")
+            await state.delete("never-there")  # not an error
+            assert await state.get("v0") is None
+            # a copy, as with the memory backend
+            value = await state.get("v19")
+            value["user"] = "changed"
+            assert (await state.get("v19"))["user"] == "ann"
+            with pytest.raises(TypeError, match="set"):
+                await state.set("bad", {1, 2})
+            with pytest.raises(TypeError, match="keys of stored"):
+                await state.set("bad", {1: "x"})
+
+
+async def test_incr_is_atomic_across_tasks_and_processes(redis_url: str) -> None:
+    async with (
+        run_server(noop_app, backend=redis_url) as one,
+        run_server(noop_app, backend=redis_url) as two,
+    ):
+        # two servers = two runtimes = two Redis clients, as two processes would have
+
+        async def hammer(server: TestServer) -> None:
+            with façade_of(server):
+                for _ in range(50):
+                    await state.incr("hits")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(hammer, one)
+                nursery.start_soon(hammer, two)
+        with façade_of(one):
+            assert await state.get("hits") == 1000
+            assert await state.incr("fresh", 5) == 5  # a missing key counts from 0
+            assert await state.decr("fresh", 7) == -2
+            await state.set("text", "abc")
+            with pytest.raises(TypeError, match="holds a str, not an int"):
+                await state.incr("text")
+            with pytest.raises(TypeError, match="delta must be an int"):
+                await state.incr("fresh", 1.5)  # type: ignore[arg-type]
+            await state.set("int", 40)  # a stored int is what INCRBY works on
+            assert await state.incr("int", 2) == 42
+
+
+async def test_keys_by_prefix_use_scan_and_escape_glob_characters(
+    redis_url: str, redis: RedisServer
+) -> None:
+    async with run_server(noop_app, backend=redis_url) as server:
+        with façade_of(server):
+            for key in ["user:1", "user:2", "user:*", "us?r:3", "room:1"]:
+                await state.set(key, 1)
+            for n in range(1500):  # more than one SCAN page
+                await state.set(f"bulk:{n}", n)
+            assert sorted(await state.keys("user:")) == ["user:*", "user:1", "user:2"]
+            assert await state.keys("user:*") == ["user:*"]
+            assert await state.keys("us?") == ["us?r:3"]
+            assert len(await state.keys("bulk:")) == 1500
+            assert len(await state.keys()) == 1505
+            assert await state.keys("nothing:") == []
+    # stored under a namespace, never with KEYS
+    assert redis.command("EXISTS", "hornbeam:state:user:1") == 1
+
+
+async def test_sync_reads_raise_sync_unavailable_naming_the_awaitable_form(
+    redis_url: str,
+) -> None:
+    async with run_server(noop_app, backend=redis_url) as server:
+        with façade_of(server):
+            cases = [
+                (lambda: state_get("k"), "state_get", "await hornbeam_trio.state.get(key)"),
+                (lambda: state_incr("k"), "state_incr", "await hornbeam_trio.state.incr("),
+                (lambda: state_keys("k"), "state_keys", "await hornbeam_trio.state.keys("),
+                (
+                    lambda: state_get_multi(["k"]),
+                    "state_get_multi",
+                    "await hornbeam_trio.state.get_multi(",
+                ),
+            ]
+            for call, name, hint in cases:
+                with pytest.raises(hornbeam_trio.SyncUnavailable) as info:
+                    call()
+                assert str(info.value).startswith(f"{name}() cannot answer without waiting")
+                assert hint in str(info.value)
+
+
+async def test_sync_writes_are_queued_in_order_and_read_back_by_the_same_process(
+    redis_url: str, redis: RedisServer
+) -> None:
+    async with run_server(noop_app, backend=redis_url) as server:
+        with façade_of(server):
+            for n in range(100):
+                state_set("counter", n)  # fire-and-forget
+            state_set("gone", "soon")
+            state_delete("gone")
+            # an awaitable call first waits for this process's queued writes
+            assert await state.get("counter") == 99
+            assert await state.get("gone") is None
+            with pytest.raises(TypeError):
+                state_set("bad", object())  # refused at the call, not later
+    assert redis.command("GET", "hornbeam:state:counter") == b"99"
+
+
+# -- pub/sub -----------------------------------------------------------------
+async def test_pubsub_between_two_websocket_clients_through_redis(
+    redis_url: str, redis: RedisServer
+) -> None:
+    async with run_server(chat, backend=redis_url) as server:
+        async with server.websocket("/chat/lobby") as ann, server.websocket("/chat/lobby") as bob:
+            await eventually(
+                _numsub(redis, "chat:lobby"), lambda n: n == 1, what="one SUBSCRIBE"
+            )
+            await ann.send_json({"user": "ann", "text": "hi"})
+            assert await bob.receive_json() == {"user": "ann", "text": "hi"}
+            assert await ann.receive_json() == {"user": "ann", "text": "hi"}  # exactly once
+            await bob.send(b"\x00\x01")
+            assert await ann.receive() == b"\x00\x01"
+            assert await bob.receive() == b"\x00\x01"
+            for n in range(50):
+                await ann.send_json({"n": n})
+            assert [(await bob.receive_json())["n"] for _ in range(50)] == list(range(50))
+            assert [(await ann.receive_json())["n"] for _ in range(50)] == list(range(50))
+            # one Redis subscription for the process, however many local subscribers
+            assert redis.command("PUBSUB", "NUMSUB", "hornbeam:topic:chat:lobby")[1] == 1
+            with façade_of(server):
+                assert publish("chat:lobby", "local count") == 2
+                assert publish("chat:nobody", "x") == 0
+            assert await bob.receive() == "local count"
+    # the last local subscriber gone: the process unsubscribed from Redis
+    await eventually(_numsub(redis, "chat:lobby"), lambda n: n == 0, what="UNSUBSCRIBE")
+
+
+async def test_publish_reaches_a_subscriber_of_another_runtime(
+    redis_url: str, redis: RedisServer
+) -> None:
+    async with (
+        run_server(chat, backend=redis_url) as one,
+        run_server(chat, backend=redis_url) as two,
+        one.websocket("/chat/room") as ann,
+        two.websocket("/chat/room") as bob,
+    ):
+        await eventually(_numsub(redis, "chat:room"), lambda n: n == 2, what="two SUBSCRIBEs")
+        await ann.send_json({"from": "one"})
+        await bob.send_json({"from": "two"})
+        got_ann = [await ann.receive_json(), await ann.receive_json()]
+        got_bob = [await bob.receive_json(), await bob.receive_json()]
+        assert got_ann == got_bob  # one order per topic, whoever published
+        assert sorted(m["from"] for m in got_ann) == ["one", "two"]
+        with pytest.raises(TypeError):
+            with façade_of(one):
+                publish("chat:room", {"not json": {1, 2}})  # refused at the publisher
+
+
+async def test_subscribe_then_publish_reaches_the_publisher_itself(redis_url: str) -> None:
+    """The writer waits for a pending SUBSCRIBE before sending a publish to its topic."""
+
+    async def join_and_announce(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        subscribe(f"other:{scope['path']}")
+        await trio.sleep(0)  # the subscription manager is now waiting for that SUBSCRIBE
+        subscribe("room")
+        publish("room", {"joined": True})  # would overtake the SUBSCRIBE of "room"
+        while (await receive())["type"] == "websocket.receive":
+            pass
+
+    async with run_server(join_and_announce, backend=redis_url) as server:
+        for n in range(5):
+            async with server.websocket(f"/{n}") as ws:
+                assert await ws.receive_json() == {"joined": True}
+
+
+async def test_connection_owned_keys_are_released_through_redis(
+    redis_url: str, redis: RedisServer
+) -> None:
+    async with run_server(presence, backend=redis_url) as server:
+        async with server.websocket("/p/ann") as ann:
+            assert await ann.receive_json() == {"online": 1}
+            async with server.websocket("/p/bob") as bob:
+                assert await bob.receive_json() == {"online": 2}
+                with façade_of(server):
+                    assert sorted(await state.keys("presence:")) == [
+                        "presence:ann",
+                        "presence:bob",
+                    ]
+            await ann.abort()  # an abrupt exit path too
+        with façade_of(server):
+
+            async def snapshot() -> Any:
+                return (
+                    await state.get("online"),
+                    await state.keys("presence:"),
+                    await state.keys("sync:"),
+                )
+
+            await eventually(snapshot, lambda s: s == (0, [], []), what="owned keys released")
+
+
+# -- errors and processes ----------------------------------------------------
+def test_redis_down_at_startup_is_one_clear_line_and_exit_code_3() -> None:
+    skip_or_fail()
+    port = free_port()  # nothing listens there
+    completed = subprocess.run(
+        [sys.executable, "-m", "hornbeam_trio", "tests.apps.simple:hello", "--bind",
+         "127.0.0.1:0", "--backend", f"redis://:secret@127.0.0.1:{port}/0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    output = (completed.stdout + completed.stderr).strip()
+    assert completed.returncode == 3, output
+    lines = output.splitlines()
+    assert len(lines) == 1, output
+    assert "Backend unavailable: cannot reach Redis at redis://:***@127.0.0.1:" in lines[0]
+    assert "secret" not in output and "Listening" not in output
+
+
+async def test_two_server_processes_share_a_room_through_one_redis(
+    redis_url: str, redis: RedisServer
+) -> None:
+    flags = ("--backend", redis_url)
+    async with (
+        example_server("examples.chat:application", *flags) as first,
+        example_server("examples.chat:application", *flags) as second,
+        open_websocket_url(first.ws_url("/chat/lobby")) as ann,
+        open_websocket_url(second.ws_url("/chat/lobby")) as bob,
+        open_websocket_url(second.ws_url("/chat/kitchen")) as cat,
+    ):
+        assert first.port != second.port
+        await eventually(_numsub(redis, "chat:lobby"), lambda n: n == 2, what="both processes")
+        await ann.send_message(json.dumps({"user": "ann", "text": "from the first"}))
+        expected = {"type": "message", "user": "ann", "text": "from the first"}
+        assert await _receive_json(bob) == expected
+        assert await _receive_json(ann) == expected
+        await bob.send_message(json.dumps({"user": "bob", "text": "from the second"}))
+        expected = {"type": "message", "user": "bob", "text": "from the second"}
+        assert await _receive_json(ann) == expected
+        assert await _receive_json(bob) == expected
+        await cat.send_message(json.dumps({"user": "cat", "text": "kitchen only"}))
+        assert (await _receive_json(cat))["text"] == "kitchen only"
+        await ann.send_message(json.dumps({"user": "ann", "text": "last"}))
+        assert (await _receive_json(bob))["text"] == "last"  # nothing of the kitchen before
+
+
+def _numsub(redis: RedisServer, topic: str) -> Any:
+    async def probe() -> int:
+        reply = redis.command("PUBSUB", "NUMSUB", f"hornbeam:topic:{topic}")
+        return int(reply[1])
+
+    return probe
+
+
+async def _receive_json(ws: Any, timeout: float = 5.0) -> Any:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())
