@@ -28,3 +28,26 @@ def bench(session: nox.Session) -> None:
     """Peers side by side, one core each (see benchmarks/README.md)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """atheris over the protocol cores, bounded; ``nox -s fuzz -- -runs=100000`` to change it.
+
+    New inputs go to a temporary corpus (the seeds in fuzz/corpus stay as committed);
+    a crash is saved as fuzz/artifacts/<harness>-crash-* and fails the session.
+    """
+    session.install("-e", ".[fuzz]")
+    args = session.posargs or ["-max_total_time=120"]
+    tmp = session.create_tmp()
+    session.run("mkdir", "-p", "fuzz/artifacts", external=True)
+    for harness in ("http_request", "websocket_frames"):
+        session.run("mkdir", "-p", f"{tmp}/{harness}", external=True)
+        session.run(
+            "python",
+            f"fuzz/{harness}.py",
+            *args,
+            f"-artifact_prefix=fuzz/artifacts/{harness}-",
+            f"{tmp}/{harness}",
+            f"fuzz/corpus/{harness}",
+        )
