@@ -146,32 +146,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-PF_KTHREAD = 0x00200000
+def machine_cpu() -> float:
+    """CPU seconds all cores spent in user, system and steal time. Interrupt time is left out:
+    on loopback it is mostly our own packets."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, fields)
+    return (user + nice + system + steal) / CLK_TCK
 
 
-def cpu_by_process() -> dict[int, int]:
-    """CPU ticks (utime + stime) of every user-space process, by pid."""
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[6]) & PF_KTHREAD:
-            continue
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
-def foreign_cpu(
-    before: dict[int, int], after: dict[int, int], ours: set[int], seconds: float
-) -> float:
-    """Cores' worth of CPU used by processes other than ours between two snapshots:
-    other engineers' tests on this 2-core machine distort a measurement."""
-    used = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
-    return used / CLK_TCK / seconds
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def process_tree(pid: int) -> list[int]:
@@ -342,20 +327,25 @@ class Interval:
 
 
 class IntervalClock:
-    def __init__(self, server: ServerProcess, client_pid: int) -> None:
+    """CPU use between two mark()s: the server's, and everything that is not ours ("others":
+    other engineers' tests on this 2-core machine, short-lived or not, and steal time)."""
+
+    def __init__(self, server: ServerProcess, client_cpu: Callable[[], float]) -> None:
         self.server = server
-        self.ours = {os.getpid(), client_pid}
-        self.start: tuple[float, float, dict[int, int]] | None = None
+        self.client_cpu = client_cpu
+        self.start: tuple[float, float, float, float] | None = None
         self.result = Interval()
 
     def mark(self) -> None:
-        now = (time.monotonic(), cpu_seconds(self.server.pid), cpu_by_process())
+        server = cpu_seconds(self.server.pid)
+        ours = server + self.client_cpu() + own_cpu()
+        now = (time.monotonic(), server, ours, machine_cpu())
         if self.start is None:
             self.start = now
             return
-        (w0, c0, p0), (w1, c1, p1) = self.start, now
-        ours = self.ours | set(process_tree(self.server.pid))
-        self.result = Interval((c1 - c0) / (w1 - w0), foreign_cpu(p0, p1, ours, w1 - w0))
+        (w0, s0, o0, m0), (w1, s1, o1, m1) = self.start, now
+        others = max(0.0, (m1 - m0) - (o1 - o0))
+        self.result = Interval((s1 - s0) / (w1 - w0), others / (w1 - w0))
 
 
 def loadgen(
@@ -363,7 +353,7 @@ def loadgen(
 ) -> tuple[dict[str, Any], Interval]:
     """Run one loadgen measurement; returns its result and the CPU use over t0..t1."""
     run = LoadgenRun(args, timeout)
-    clock = IntervalClock(server, run.proc.pid)
+    clock = IntervalClock(server, lambda: cpu_seconds(run.proc.pid))
     result: dict[str, Any] | None = None
     try:
         for msg in run.lines():
@@ -395,6 +385,11 @@ class Measurement:
     client_cpu: float = math.nan
     foreign_cpu: float = math.nan
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def ws_url(server: ServerProcess, path: str = "/") -> str:
@@ -437,7 +432,7 @@ def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement
     seconds = max(1, round(opts.duration))
     argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", "-c100", f"-d{seconds}s", url]
     wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    clock = IntervalClock(server, wrk.pid)
+    clock = IntervalClock(server, children_cpu)  # wrk is reaped before the second mark
     clock.mark()
     try:
         out, _ = wrk.communicate(timeout=seconds + 30)
@@ -610,6 +605,7 @@ def run_cell(
         attempts: list[Measurement] = []
         for attempt in range(1 + opts.retries):
             log = log_dir / f"{workload_key}-{server.name}-{app}-{repeat}.{attempt}.log"
+            wait_for_quiet(opts)
             try:
                 with running(server, app, log) as proc:
                     attempts.append(measure(proc, opts))
@@ -620,6 +616,22 @@ def run_cell(
             print("(busy machine, again)", end=" ", flush=True)
         samples.append(min(attempts, key=lambda m: _or(m.foreign_cpu, 0.0)))
     return median_measurement(samples)
+
+
+def wait_for_quiet(opts: argparse.Namespace) -> None:
+    """Wait (up to --quiet-wait s) until other processes use at most --max-foreign cores."""
+    deadline = time.monotonic() + opts.quiet_wait
+    announced = False
+    while True:
+        m0, o0, w0 = machine_cpu(), own_cpu() + children_cpu(), time.monotonic()
+        time.sleep(1.0)
+        used = (machine_cpu() - m0) - (own_cpu() + children_cpu() - o0)
+        load = used / (time.monotonic() - w0)
+        if load <= opts.max_foreign or time.monotonic() >= deadline:
+            return
+        if not announced:
+            print(f"(waiting for a quiet machine: others use {load:.0%})", end=" ", flush=True)
+            announced = True
 
 
 def _or(value: float, default: float) -> float:
@@ -864,6 +876,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.10,
         help="cores other processes may use during a measurement before it is taken again",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait before each cell for other processes to calm down",
     )
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measurements of a disturbed cell"
