@@ -86,7 +86,9 @@ class HTTPConnection:
         self.scope = None
         if upgrade is not None:
             # Outside the idle-close scope: a WebSocket is shut down with close 1001.
-            await self._upgrade(upgrade)
+            ws = await self._upgrade(upgrade)
+            if ws is not None:
+                await ws.run()  # from here, not inside _upgrade: one frame fewer per idle socket
         if self.websocket is None:
             await self.transport.close()
 
@@ -173,7 +175,8 @@ class HTTPConnection:
                 return None
         return None
 
-    async def _upgrade(self, request: Request) -> None:
+    async def _upgrade(self, request: Request) -> WebSocketConnection | None:
+        """Validate the handshake; the connection to run, or None once refused."""
         server = self.server
         try:
             key = wsproto.check_handshake(request.method, request.headers)
@@ -187,7 +190,7 @@ class HTTPConnection:
                 )
             except TransportClosed:
                 pass
-            return
+            return None
         scope = server.base_scope(request, self.transport, "websocket")
         scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
         scope["extensions"] = {"websocket.http.response": {}}
@@ -207,7 +210,7 @@ class HTTPConnection:
         self.websocket = ws
         if server.shutting_down:
             ws.begin_shutdown()
-        await ws.run()
+        return ws
 
 
 class RequestCycle:

@@ -43,6 +43,7 @@ logger = logging.getLogger("hornbeam_trio")
 __all__ = ["Server", "StartupFailed", "serve"]
 
 ACCEPTS_PER_CHECKPOINT = 32
+_CONN_TASK = "hornbeam_trio connection"
 
 
 def make_listeners(config: Config) -> list[socket.socket]:
@@ -156,14 +157,15 @@ class Server:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(self.handle_connection, sock)
+            # A constant task name: Trio would otherwise format one string per connection.
+            nursery.start_soon(self.handle_transport, self.make_transport(sock), name=_CONN_TASK)
             accepted += 1
             if accepted >= ACCEPTS_PER_CHECKPOINT:
                 accepted = 0
                 await trio.lowlevel.checkpoint()
 
-    async def handle_connection(self, sock: socket.socket) -> None:
-        transport: Transport
+    def make_transport(self, sock: socket.socket) -> Transport:
+        """The raw-socket fast path, or TLS over a Trio stream (handshake on first read)."""
         if self.ssl_context is not None:
             raw = SocketTransport(sock)  # only for the addresses
             stream = trio.SSLStream(
@@ -171,10 +173,8 @@ class Server:
                 self.ssl_context,
                 server_side=True,
             )
-            transport = StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
-        else:
-            transport = SocketTransport(sock)
-        await self.handle_transport(transport)
+            return StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
+        return SocketTransport(sock)
 
     async def handle_transport(self, transport: Transport) -> None:
         """Serve one client connection to its end (sockets, TLS, in-memory test streams)."""
