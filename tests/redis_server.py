@@ -92,8 +92,19 @@ def redis_server(port: int | None = None) -> Iterator[RedisServer]:
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="hornbeam-redis-") as tmp:
         process = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -233,9 +233,7 @@ async def test_pubsub_between_two_websocket_clients_through_redis(
 ) -> None:
     async with run_server(chat, backend=redis_url) as server:
         async with server.websocket("/chat/lobby") as ann, server.websocket("/chat/lobby") as bob:
-            await eventually(
-                _numsub(redis, "chat:lobby"), lambda n: n == 1, what="one SUBSCRIBE"
-            )
+            await eventually(_numsub(redis, "chat:lobby"), lambda n: n == 1, what="one SUBSCRIBE")
             await ann.send_json({"user": "ann", "text": "hi"})
             assert await bob.receive_json() == {"user": "ann", "text": "hi"}
             assert await ann.receive_json() == {"user": "ann", "text": "hi"}  # exactly once
@@ -326,8 +324,16 @@ def test_redis_down_at_startup_is_one_clear_line_and_exit_code_3() -> None:
     skip_or_fail()
     port = free_port()  # nothing listens there
     completed = subprocess.run(
-        [sys.executable, "-m", "hornbeam_trio", "tests.apps.simple:hello", "--bind",
-         "127.0.0.1:0", "--backend", f"redis://:secret@127.0.0.1:{port}/0"],
+        [
+            sys.executable,
+            "-m",
+            "hornbeam_trio",
+            "tests.apps.simple:hello",
+            "--bind",
+            "127.0.0.1:0",
+            "--backend",
+            f"redis://:secret@127.0.0.1:{port}/0",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -379,3 +385,34 @@ def _numsub(redis: RedisServer, topic: str) -> Any:
 async def _receive_json(ws: Any, timeout: float = 5.0) -> Any:
     with trio.fail_after(timeout):
         return json.loads(await ws.get_message())
+
+
+async def test_redis_restart_reconnects_resubscribes_and_delivers_what_was_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    skip_or_fail()
+    port = free_port()
+    with redis_server(port) as redis:
+        async with run_server(chat, backend=redis.url) as server:
+            async with server.websocket("/chat/r") as ann, server.websocket("/chat/r") as bob:
+                await eventually(_numsub(redis, "chat:r"), lambda n: n == 1, what="SUBSCRIBE")
+                await ann.send_json({"n": 1})
+                assert (await bob.receive_json())["n"] == 1
+                redis.process.terminate()
+                redis.process.wait()
+                await ann.send_json({"n": 2})  # queued while Redis is away
+                await trio.sleep(0.3)
+                backend = server.server.runtime.backend
+                with redis_server(port) as again:
+                    # a new, empty Redis on the same address
+                    assert (await bob.receive_json(timeout=10))["n"] == 2
+                    assert (await ann.receive_json())["n"] == 1
+                    assert (await ann.receive_json())["n"] == 2
+                    await bob.send_json({"n": 3})
+                    assert (await ann.receive_json())["n"] == 3
+                    assert (await bob.receive_json())["n"] == 3
+                    assert again.command("PUBSUB", "NUMSUB", "hornbeam:topic:chat:r")[1] == 1
+                    assert backend.lost_publishes == 0  # type: ignore[attr-defined]
+    text = caplog.text
+    assert "unreachable" in text and "reachable again" in text
+    assert "lost while it was not: 0 publishes, 0 writes" in text

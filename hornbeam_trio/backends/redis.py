@@ -53,7 +53,9 @@ from typing import Any
 
 import coredis
 import trio
+from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, ResponseError
+from coredis.retry import ExponentialBackoffRetryPolicy
 
 from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
 from .codec import decode_message, decode_value, encode_message, encode_value
@@ -68,6 +70,10 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _Op = tuple[str, str, Any]
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
+_RECONNECT = ExponentialBackoffRetryPolicy(
+    (RedisConnectionError,), retries=None, base_delay=0.05, max_delay=1.0, jitter=True
+)
+"""The subscriber connection's: back within a second of Redis (coredis' default: 16 s)."""
 
 
 def redact(url: str) -> str:
@@ -105,6 +111,7 @@ class RedisBackend:
         self._closed = False
         # the writer's queue, and the counters awaitable operations wait on
         self._queue: deque[_Op] = deque()
+        self._lock = threading.Lock()
         self._queued = 0
         self._written = 0
         self._progress = trio.lowlevel.ParkingLot()
@@ -157,33 +164,39 @@ class RedisBackend:
                     raise BackendUnavailable(
                         f"cannot reach Redis at {redact(self.url)}: {exc or type(exc).__name__}"
                     ) from None
-                async with (
-                    client.pubsub(ignore_subscribe_messages=True) as pubsub,
-                    trio.open_nursery() as nursery,
-                ):
-                    self._client = client
-                    self._token = trio.lowlevel.current_trio_token()
-                    self._thread = threading.get_ident()
-                    nursery.start_soon(self._read_loop, pubsub)
-                    nursery.start_soon(self._subscription_loop, pubsub)
-                    task_status.started()
-                    try:
-                        await self._write_loop(client)
-                    finally:
-                        self._closed = True
-                        self._client = None
-                        nursery.cancel_scope.cancel()
+                # Cancelled when the writer is done: coredis' subscriber reconnects
+                # forever, so leaving its block while Redis is down would never end.
+                with trio.CancelScope() as connected:
+                    async with (
+                        client.pubsub(
+                            ignore_subscribe_messages=True, retry_policy=_RECONNECT
+                        ) as pubsub,
+                        trio.open_nursery() as nursery,
+                    ):
+                        self._client = client
+                        self._token = trio.lowlevel.current_trio_token()
+                        self._thread = threading.get_ident()
+                        nursery.start_soon(self._read_loop, pubsub)
+                        nursery.start_soon(self._subscription_loop, pubsub)
+                        task_status.started()
+                        try:
+                            await self._write_loop(client)
+                        finally:
+                            self._closed = True
+                            self._client = None
+                            connected.cancel()
 
     # -- the writer ------------------------------------------------------------
     def _enqueue(self, op: _Op) -> None:
-        if self._closed:
-            self._lose(op, "the Redis backend has stopped")
-            return
-        if len(self._queue) >= self.max_pending:
-            self._lose(op, f"{self.max_pending} operations are already waiting for Redis")
-            return
-        self._queue.append(op)
-        self._queued += 1
+        with self._lock:  # the façade may be called from trio.to_thread workers too
+            if self._closed:
+                self._lose(op, "the Redis backend has stopped")
+                return
+            if len(self._queue) >= self.max_pending:
+                self._lose(op, f"{self.max_pending} operations are already waiting for Redis")
+                return
+            self._queue.append(op)
+            self._queued += 1
         if not self._work.is_set():
             if self._thread is None or threading.get_ident() == self._thread:
                 self._work.set()
@@ -214,7 +227,6 @@ class RedisBackend:
                 await self._work.wait()
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
-            await self._await_subscriptions(batch)
             await self._send(client, batch)
             self._written += len(batch)
             self._progress.unpark_all()
@@ -230,15 +242,14 @@ class RedisBackend:
     async def _send(self, client: coredis.Redis[bytes], batch: list[_Op]) -> None:
         delay = 0.05
         while True:
+            await self._await_subscriptions(batch)
             try:
                 with trio.fail_after(self.command_timeout):
                     requests = []
                     async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
                         for kind, name, argument in batch:
                             if kind == "P":
-                                requests.append(
-                                    pipe.publish(self._topic_prefix + name, argument)
-                                )
+                                requests.append(pipe.publish(self._topic_prefix + name, argument))
                             elif kind == "S":
                                 requests.append(pipe.set(self._state_prefix + name, argument))
                             elif kind == "D":
@@ -252,6 +263,12 @@ class RedisBackend:
                     return
                 if self._down_since is None:
                     self._down_since = trio.current_time()
+                    # Redis may be a new one when it is back: subscribe again before
+                    # sending what is queued (coredis would too, on its own schedule).
+                    self._subscribed.clear()
+                    for topic in self._wanted:
+                        self._pending_subs.setdefault(topic, trio.Event())
+                    self._subs_changed.set()
                     logger.warning(
                         "Redis at %s unreachable (%s); retrying with backoff, "
                         "keeping at most %d publishes and writes queued",
@@ -287,9 +304,7 @@ class RedisBackend:
             await self._progress.park()
         client = self._client
         if client is None:
-            raise RuntimeError(
-                "the Redis backend is not running (it runs while its server does)"
-            )
+            raise RuntimeError("the Redis backend is not running (it runs while its server does)")
         return client
 
     # -- pub/sub -------------------------------------------------------------
