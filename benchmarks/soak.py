@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -94,6 +95,10 @@ class Second:
     connections: int = 0
     tasks: int = 0
     subscribers: int = 0
+    server_cpu: float = 0.0
+    """Percent of one core the server process used in this second."""
+    loadgen_cpu: float = 0.0
+    """The same for this process: near 100, the latencies measure the load generator."""
     p99_ms: dict[str, float] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -121,7 +126,9 @@ class Recorder:
 async def paced(rate: float, stop: trio.Event) -> Any:
     """Yields ``rate`` times a second (on a fixed schedule, so a slow step is not repeated)."""
     interval = 1 / rate
-    next_at = trio.current_time()
+    # A random phase: clients paced in step would arrive in bursts and measure the queue.
+    next_at = trio.current_time() + random.random() * interval
+    await trio.sleep_until(next_at)
     while not stop.is_set():
         yield
         next_at = max(next_at + interval, trio.current_time() - interval)
@@ -215,13 +222,34 @@ async def churner(port: int, rate: float, rec: Recorder, stop: trio.Event) -> No
             nursery.start_soon(one)
 
 
-async def sample(port: int, rec: Recorder, start: float) -> Second:
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CPU:
+    """CPU percent of a process between two calls."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.last = (time.monotonic(), cpu_seconds(pid))
+
+    def percent(self) -> float:
+        now = (time.monotonic(), cpu_seconds(self.pid))
+        (t0, c0), self.last = self.last, now
+        return 100 * (now[1] - c0) / max(now[0] - t0, 1e-9)
+
+
+async def sample(port: int, rec: Recorder, start: float, cpus: tuple[CPU, CPU]) -> Second:
     client = await HTTPClient.connect(port)
     async with client.stream:
         stats = json.loads(await client.get("/stats"))
     p99, counts = rec.take()
     return Second(
         t=round(trio.current_time() - start, 2),
+        server_cpu=cpus[0].percent(),
+        loadgen_cpu=cpus[1].percent(),
         rss_mib=stats["rss"] / 2**20,
         connections=stats["connections"],
         tasks=stats["tasks"],
@@ -273,15 +301,17 @@ async def soak(opts: argparse.Namespace) -> tuple[list[Second], int, str]:
             load.start_soon(publisher, port, opts.publish_rate, stop)
             load.start_soon(churner, port, opts.churn, rec, stop)
             start = trio.current_time()
+            cpus = (CPU(process.pid), CPU(os.getpid()))
             for n in range(1, int(opts.duration) + 1):
                 await trio.sleep_until(start + n)
-                second = await sample(port, rec, start)
+                second = await sample(port, rec, start, cpus)
                 seconds.append(second)
                 if n % 10 == 0 or n == 1:
                     p99 = ", ".join(f"{k} {v:.1f}" for k, v in second.p99_ms.items())
                     print(
                         f"{second.t:6.0f} s  RSS {second.rss_mib:6.1f} MiB  "
-                        f"conns {second.connections:5d}  p99 ms: {p99}",
+                        f"conns {second.connections:5d}  CPU server {second.server_cpu:3.0f}% "
+                        f"loadgen {second.loadgen_cpu:3.0f}%  p99 ms: {p99}",
                         flush=True,
                     )
             stop.set()
@@ -303,13 +333,13 @@ def plot(seconds: list[Second], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     t = [s.t for s in seconds]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(10, 13), sharex=True)
     axes[0].plot(t, [s.rss_mib for s in seconds], color="tab:red")
     axes[0].set_ylabel("server RSS (MiB)")
     axes[0].set_ylim(bottom=0)
     axes[1].plot(t, [s.connections for s in seconds], label="connections")
     axes[1].plot(t, [s.subscribers for s in seconds], label="subscribers")
-    axes[1].plot(t, [s.tasks for s in seconds], label="connection tasks", alpha=0.6)
+    axes[1].plot(t, [s.tasks for s in seconds], label="connection tasks", linestyle="--")
     axes[1].set_ylabel("live (server's stats())")
     axes[1].set_ylim(bottom=0)
     axes[1].legend(loc="upper left")
@@ -323,8 +353,13 @@ def plot(seconds: list[Second], path: Path, title: str) -> None:
     axes[3].set_ylabel("per second")
     axes[3].set_yscale("log")
     axes[3].legend(loc="upper left")
-    axes[3].set_xlabel("seconds")
-    fig.suptitle(title)
+    axes[4].plot(t, [s.server_cpu for s in seconds], label="server")
+    axes[4].plot(t, [s.loadgen_cpu for s in seconds], label="load generator")
+    axes[4].set_ylabel("CPU (% of a core)")
+    axes[4].set_ylim(0, 110)
+    axes[4].legend(loc="upper left")
+    axes[4].set_xlabel("seconds")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -363,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("echo", "http", "broadcast")
     }
     title = (
-        f"hornbeam_trio soak, {opts.duration:g} s: RSS {settled:.1f} -> {rss[-1]:.1f} MiB "
-        f"(after 10 s -> end), worst p99 " + ", ".join(f"{k} {v:.0f} ms" for k, v in worst.items())
+        f"hornbeam_trio soak, {opts.duration:g} s: server RSS {settled:.1f} MiB at 10 s, "
+        f"{rss[-1]:.1f} MiB at the end\nworst p99 "
+        + ", ".join(f"{k} {v:.0f} ms" for k, v in worst.items())
     )
     print(title)
     print(f"churn errors: {seconds[-1].errors}; server exit code {code}")

@@ -91,11 +91,14 @@ class RawWebSocket:
         return opcode, payload
 
     async def receive_text(self) -> str:
+        """The next text message; pings are answered on the way, as a real client does."""
         while True:
             opcode, payload = await self.receive_frame()
             if opcode == 0x1:
                 return payload.decode()
-            if opcode == 0x8:
+            if opcode == 0x9:
+                await self.stream.send_all(masked(0xA, payload))
+            elif opcode == 0x8:
                 raise EOFError(f"closed by the server: {payload!r}")
 
     async def receive_close(self) -> int:

@@ -350,3 +350,31 @@ async def test_many_slowloris_connections_do_not_starve_a_normal_client(
             assert (await client.read_response()).status == 408
         assert trio.current_time() - start < 5.5  # all cut off at their own deadline
     assert app.calls == ["http"]
+
+
+# -- broken WebSocket handshakes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "key", "status"),
+    [
+        pytest.param(b"8", b"dGhlIHNhbXBsZSBub25jZQ==", 426, id="version-8"),
+        pytest.param(b"13", b"short", 400, id="bad-key"),
+    ],
+)
+async def test_broken_websocket_handshake_gets_an_http_error_before_the_app_runs(
+    version: bytes, key: bytes, status: int
+) -> None:
+    app = CountingApp()
+    async with run_server(app) as server:
+        client = RawHTTP(await server.open_stream())
+        await client.send(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n\r\n" % (key, version)
+        )
+        response = await client.read_response()
+        await client.assert_closed()
+    assert response.status == status
+    if status == 426:
+        assert response.header("sec-websocket-version") == "13"
+    assert app.calls == []
