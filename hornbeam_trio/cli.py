@@ -33,7 +33,7 @@ PROG = "hornbeam-trio"
 HELP: dict[str, str] = {
     "bind": "address to listen on: host:port, [v6]:port or unix:/path; repeat for several",
     "backlog": "listen() backlog of each listening socket",
-    "workers": "worker processes (more than 1 is not supported yet)",
+    "workers": "worker processes sharing the listening sockets (more than 1 needs --backend redis://)",
     "root_path": "ASGI root_path, for an app mounted below a URL prefix",
     "certfile": "TLS certificate chain (PEM); with --keyfile serves https and wss",
     "keyfile": "TLS private key (PEM)",

@@ -90,8 +90,10 @@ def run_config(app: str | ASGIApp, config: Config) -> None:
 
 def check_supported(app: str | ASGIApp, config: Config) -> None:
     """Refuse, before anything starts, what Config accepts but this version cannot run."""
-    if config.workers > 1:
-        raise ConfigError("workers", "not supported yet")
+    if config.workers > 1 and config.reload:
+        raise ConfigError("workers", "--reload runs one server process: drop --workers or --reload")
+    if config.workers > 1 and not hasattr(os, "fork"):
+        raise ConfigError("workers", "needs os.fork (Linux, macOS)")
     if isinstance(app, str) and not os.path.isdir(config.app_dir):
         raise ConfigError("app_dir", f"{config.app_dir!r} is not a directory")
     if config.reload:
@@ -123,6 +125,10 @@ def resolve_app(app: str | ASGIApp, config: Config) -> ASGIApp:
 
 def serve_app(app: ASGIApp, config: Config) -> int:
     """Set up the process, serve until a signal, and return the exit code."""
+    if config.workers > 1:  # a supervisor and forked workers (hornbeam_trio/workers.py)
+        from hornbeam_trio.workers import serve_workers
+
+        return serve_workers(app, config)
     setup_logging(config.log_level, config.access_log)
     raise_open_file_limit()
     return trio.run(_main, app, config)

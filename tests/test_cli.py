@@ -99,9 +99,10 @@ ERROR_CASES = [
         ["tests.apps.simple:hello", "--workers", "2"], "--workers", id="workers-memory-backend"
     ),
     pytest.param(
-        ["tests.apps.simple:hello", "--workers", "2", "--backend", "redis://localhost:6379/0"],
-        "--workers: not supported yet",
-        id="workers-redis-backend",
+        ["tests.apps.simple:hello", "--workers", "2", "--backend", "redis://localhost:6379/0",
+         "--reload"],
+        "--workers: --reload runs one server process",
+        id="workers-with-reload",
     ),
     pytest.param(
         ["tests.apps.simple:hello", "--app-dir", "/no/such/dir"], "--app-dir", id="bad-app-dir"

@@ -10,15 +10,17 @@ these skip with the reason, or fail when HORNBEAM_CI is set (see tests/redis_ser
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import pytest
 import trio
-from example_server import ROOT, eventually, example_server
+from example_server import ROOT, eventually, example_server, http_get
 from redis_server import RedisServer, free_port, redis_server, skip_or_fail
 from trio_websocket import open_websocket_url
 
@@ -416,3 +418,75 @@ async def test_redis_restart_reconnects_resubscribes_and_delivers_what_was_queue
     text = caplog.text
     assert "unreachable" in text and "reachable again" in text
     assert "lost while it was not: 0 publishes, 0 writes" in text
+
+
+# -- --workers N -------------------------------------------------------------
+async def test_workers_share_the_port_and_their_clients_share_rooms(
+    redis_url: str, redis: RedisServer
+) -> None:
+    flags = ("--workers", "3", "--backend", redis_url)
+    async with example_server("tests.apps.workers_app:app", *flags) as server:
+        pids: set[int] = set()
+
+        async def worker_pids() -> set[int]:
+            pids.add(int((await http_get(server, "/")).text))
+            return pids
+
+        # each new connection goes to one of the workers that share the socket
+        await eventually(worker_pids, lambda p: len(p) == 3, timeout=15, what="3 workers")
+        assert server.process.pid not in pids
+
+        async with AsyncExitStack() as stack:
+            by_pid: dict[int, Any] = {}
+            for _ in range(60):
+                ws = await stack.enter_async_context(open_websocket_url(server.ws_url("/r/x")))
+                by_pid.setdefault((await _receive_json(ws))["pid"], ws)
+                if len(by_pid) == 2:
+                    break
+            assert len(by_pid) == 2, "60 connections, all on one worker"
+            ann, bob = by_pid.values()
+            await eventually(_numsub(redis, "room:x"), lambda n: n >= 2, what="2 workers")
+            await ann.send_message(json.dumps({"from": "ann"}))
+            assert await _receive_json(bob) == {"from": "ann"}
+            await bob.send_message(json.dumps({"from": "bob"}))
+            assert await _receive_json(ann) == {"from": "ann"}
+            assert await _receive_json(ann) == {"from": "bob"}
+    log = server.log()
+    assert log.count("Listening on") == 1
+    assert log.count("Started worker") == 3
+
+
+async def test_a_worker_that_dies_is_replaced(redis_url: str) -> None:
+    flags = ("--workers", "2", "--backend", redis_url)
+    async with example_server("tests.apps.workers_app:app", *flags, expect_errors=True) as server:
+        victim = int((await http_get(server, "/")).text)
+        os.kill(victim, signal.SIGKILL)
+        pids: set[int] = set()
+
+        async def worker_pids() -> set[int]:
+            pids.add(int((await http_get(server, "/")).text))
+            return pids - {victim}
+
+        await eventually(worker_pids, lambda p: len(p) == 2, timeout=15, what="a new worker")
+    assert f"(pid {victim}) exited with -9: starting another" in server.log()
+
+
+def test_workers_with_redis_down_is_one_line_and_exit_code_3() -> None:
+    skip_or_fail()
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "hornbeam_trio", "tests.apps.workers_app:app",
+            "--bind", "127.0.0.1:0", "--workers", "2",
+            "--backend", f"redis://127.0.0.1:{free_port()}/0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    output = (completed.stdout + completed.stderr).strip()
+    assert completed.returncode == 3, output
+    assert (
+        output.splitlines() == [output.splitlines()[0]]
+        and "Backend unavailable: cannot reach Redis" in output
+    ), output

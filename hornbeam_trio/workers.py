@@ -1,0 +1,217 @@
+"""``--workers N``: N server processes sharing the listening sockets (pub/sub over Redis).
+
+The parent binds every ``--bind`` address once, logs ``Listening on ...`` once, then
+forks N workers; each inherits the listening sockets and runs its own Trio loop,
+server and backend connection, and the kernel hands each new connection to one of them.
+The parent runs no Trio and no app code: it only supervises.
+
+* **Signals.**  Workers live in their own process group, so a Ctrl-C in the terminal
+  reaches the parent only.  The first SIGINT/SIGTERM to the parent is forwarded as one
+  SIGTERM to every worker (each then shuts down gracefully: close 1001, grace period);
+  a second one is forwarded too, which makes the workers exit at once.
+* **A worker that cannot start** (exit 3: app startup failed, Redis unreachable; exit 2)
+  stops the whole server with that exit code.  A worker that dies otherwise (crash,
+  SIGKILL, out of memory) is logged and replaced, so one crash never takes the port
+  down; one that dies within a second of its start is replaced a second later.
+* Exit code: 0 when every worker stopped cleanly after a signal, else the first
+  non-zero worker code.
+
+Fork is used (not spawn) so the app is imported once, in the parent, before the
+workers exist (like gunicorn's ``--preload``): import errors are reported once, with
+exit code 2, by the CLI.  POSIX only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import trio
+
+from .backends.base import BackendUnavailable
+from .config import Config
+from .logs import logger, setup_logging
+from .runner import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_OK,
+    EXIT_STARTUP_FAILED,
+    EXIT_USAGE,
+    _only,
+    _stop_on_signals,
+    describe_address,
+    raise_open_file_limit,
+)
+from .server import (
+    Server,
+    StartupFailed,
+    _make_runtime,
+    bound_address,
+    make_listeners,
+    serve_server,
+)
+
+if TYPE_CHECKING:
+    from .types import ASGIApp
+
+RESTART_DELAY = 1.0
+"""A worker that dies sooner than this after its start is replaced only this much later."""
+
+
+def serve_workers(app: ASGIApp, config: Config) -> int:
+    """Bind, fork ``config.workers`` workers, supervise them; the exit code."""
+    setup_logging(config.log_level, config.access_log)
+    raise_open_file_limit()
+    problem = trio.run(_check_backend, config)  # one line, not one per worker
+    if problem is not None:
+        logger.error("Backend unavailable: %s", problem)
+        return EXIT_STARTUP_FAILED
+    try:
+        listeners = make_listeners(config)
+    except OSError as exc:
+        logger.error("Cannot listen: %s", exc)
+        return EXIT_CANNOT_LISTEN
+    for sock in listeners:
+        logger.info("Listening on %s", describe_address(bound_address(sock), config))
+    supervisor = _Supervisor(app, config, listeners)
+    try:
+        code = supervisor.run()
+    finally:
+        for sock in listeners:
+            if sock.family == socket.AF_UNIX:
+                try:
+                    os.unlink(sock.getsockname())
+                except OSError:
+                    pass
+            sock.close()
+    if code == EXIT_OK:
+        logger.info("Server stopped")
+    return code
+
+
+class _Supervisor:
+    def __init__(self, app: ASGIApp, config: Config, listeners: list[socket.socket]) -> None:
+        self.app = app
+        self.config = config
+        self.listeners = listeners
+        self.workers: dict[int, tuple[int, float]] = {}
+        """pid -> (worker number, start time)."""
+        self.signals = 0
+        self.code: int | None = None
+
+    def run(self) -> int:
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            for number in range(1, self.config.workers + 1):
+                self._start(number)
+            while self.workers:
+                try:
+                    pid, status = os.wait()
+                except ChildProcessError:
+                    break
+                if pid not in self.workers:
+                    continue
+                number, started = self.workers.pop(pid)
+                code = os.waitstatus_to_exitcode(status)
+                self._exited(number, pid, code, started)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.code or 0
+
+    def _exited(self, number: int, pid: int, code: int, started: float) -> None:
+        if self.signals:  # shutting down: collect the codes
+            if code != 0 and self.code is None:
+                self.code = code if code > 0 else 1
+            return
+        if code in (EXIT_USAGE, EXIT_STARTUP_FAILED):  # it says it cannot start: stop all
+            logger.error(
+                "Worker %d (pid %d) could not start (exit %d): stopping", number, pid, code
+            )
+            self.code = code
+            self.signals = 1
+            self._forward(signal.SIGTERM)
+            return
+        logger.error("Worker %d (pid %d) exited with %d: starting another", number, pid, code)
+        if time.monotonic() - started < RESTART_DELAY:
+            time.sleep(RESTART_DELAY)  # no hot loop of a worker that dies at once
+            if self.signals:
+                return
+        self._start(number)
+
+    def _start(self, number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.setpgrp()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_DFL)
+                code = trio.run(_worker_main, self.app, self.config, self.listeners)
+            except BaseException:
+                logger.exception("Worker %d failed", number)
+            finally:
+                os._exit(code)
+        self.workers[pid] = (number, time.monotonic())
+        logger.info("Started worker %d (pid %d)", number, pid)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            logger.info("Received %s: stopping %d workers gracefully", name, len(self.workers))
+        else:
+            logger.warning("Received %s again: stopping the workers now", name)
+        self._forward(signal.SIGTERM)
+
+    def _forward(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+async def _check_backend(config: Config) -> str | None:
+    """Connect to the backend once, in the parent, before any worker exists."""
+    runtime = _make_runtime(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.backend.run, runtime.hub.deliver_local)
+            nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        unavailable = _only(exc, BackendUnavailable)
+        if unavailable is None:
+            raise
+        return str(unavailable)
+    return None
+
+
+async def _worker_main(app: ASGIApp, config: Config, listeners: list[socket.socket]) -> int:
+    """One worker: serve on the inherited listeners until SIGINT/SIGTERM."""
+    server = Server(app, config, _make_runtime(config))
+    serve_scope = trio.CancelScope()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signals, signals, serve_scope)
+                with serve_scope:
+                    await serve_server(server, listeners)
+                nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        failure = _only(exc, StartupFailed)
+        if failure is not None:
+            logger.error("Application startup failed: %s", failure)
+            return EXIT_STARTUP_FAILED
+        unavailable = _only(exc, BackendUnavailable)
+        if unavailable is not None:
+            logger.error("Backend unavailable: %s", unavailable)
+            return EXIT_STARTUP_FAILED
+        raise
+    return EXIT_OK
