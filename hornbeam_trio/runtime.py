@@ -136,13 +136,17 @@ class ConnectionContext:
 
     def own_set(self, key: str) -> None:
         self.owned[key] = None
+        self.runtime.backend.note_owned(self.id, key, None)
 
     def own_incr(self, key: str, delta: int) -> None:
         previous = self.owned.get(key, 0)
-        self.owned[key] = None if previous is None else previous + delta
+        self.owned[key] = owned = None if previous is None else previous + delta
+        self.runtime.backend.note_owned(self.id, key, owned)
 
     def disown(self, key: str) -> None:
-        self.owned.pop(key, None)
+        if key in self.owned:
+            del self.owned[key]
+            self.runtime.backend.note_released(self.id, [key])
 
     def task_count(self) -> int:
         nursery = self.nursery
@@ -181,5 +185,10 @@ class ConnectionContext:
                     backend.incr_nowait(key, -delta)
             except Exception:  # the release must go on for every other key
                 logger.exception("releasing owned state key %r failed", key)
+        if self.owned:
+            try:
+                backend.note_released(self.id, list(self.owned))
+            except Exception:
+                logger.exception("releasing the lease of owned state keys failed")
         self.owned.clear()
         runtime.connections.pop(self.id, None)

@@ -14,13 +14,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from example_server import ROOT, eventually, example_server, http_get
+from example_server import (
+    LISTENING,
+    ROOT,
+    ExampleServer,
+    eventually,
+    example_server,
+    http_get,
+    server_command,
+)
 from redis_server import RedisServer, free_port, redis_server, skip_or_fail
 from trio_websocket import open_websocket_url
 
@@ -319,6 +329,7 @@ async def test_connection_owned_keys_are_released_through_redis(
                 )
 
             await eventually(snapshot, lambda s: s == (0, [], []), what="owned keys released")
+        assert redis.command("KEYS", "hornbeam:owned:*") == []  # lease records gone too
 
 
 # -- errors and processes ----------------------------------------------------
@@ -490,3 +501,66 @@ def test_workers_with_redis_down_is_one_line_and_exit_code_3() -> None:
         output.splitlines() == [output.splitlines()[0]]
         and "Backend unavailable: cannot reach Redis" in output
     ), output
+
+
+async def test_owned_keys_of_a_killed_process_are_released_when_its_lease_expires(
+    redis_url: str, redis: RedisServer
+) -> None:
+    url = redis_url + "?lease_ttl=1"
+    async with run_server(noop_app, backend=url) as survivor:
+        async with _killable_server("tests.apps.workers_app:app", "--backend", url) as doomed:
+            async with (
+                open_websocket_url(doomed.ws_url("/own/ann")) as ann,
+                open_websocket_url(doomed.ws_url("/own/bob")) as bob,
+            ):
+                await _receive_json(ann)
+                await _receive_json(bob)
+                with façade_of(survivor):
+                    await state.incr("online")  # the survivor's own, not owned
+                    assert await state.get("online") == 3
+                    await eventually(
+                        lambda: state.keys("presence:"),
+                        lambda keys: len(keys) == 2,
+                        what="lease records written",
+                    )
+                doomed.process.kill()  # no release, no goodbye
+                await doomed.process.wait()
+                with façade_of(survivor):
+
+                    async def snapshot() -> Any:
+                        return await state.get("online"), await state.keys("presence:")
+
+                    await eventually(
+                        snapshot, lambda s: s == (1, []), timeout=5, what="keys released"
+                    )
+        assert redis.command("ZCARD", "hornbeam:leases") == 1  # the survivor's only
+    assert redis.command("ZCARD", "hornbeam:leases") == 0  # a clean stop leaves none
+    assert redis.command("KEYS", "hornbeam:owned:*") == []
+
+
+@asynccontextmanager
+async def _killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServer]:
+    """Like example_server, for a test that kills the server itself (no exit checks)."""
+    with tempfile.TemporaryDirectory(prefix="hornbeam-killable-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                server_command(spec, *flags),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        server = ExampleServer(process, log_path)
+        try:
+            with trio.fail_after(30):
+                while not (match := LISTENING.search(server.log())):
+                    assert process.poll() is None, server.log()
+                    await trio.sleep(0.02)
+            server.port = int(match.group(1))
+            yield server
+        finally:
+            if process.poll() is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()

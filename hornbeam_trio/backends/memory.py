@@ -70,6 +70,13 @@ class MemoryBackend:
     def incr_nowait(self, key: str, delta: int) -> None:
         self.incr(key, delta)
 
+    # A process that dies takes its memory store along: nothing to record.
+    def note_owned(self, connection: int, key: str, give_back: int | None) -> None:
+        pass
+
+    def note_released(self, connection: int, keys: Iterable[str]) -> None:
+        pass
+
     def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         data = self._data
         return {key: checked_copy(data.get(key)) for key in keys}

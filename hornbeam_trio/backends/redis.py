@@ -47,6 +47,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import urllib.parse
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -94,8 +96,17 @@ class RedisBackend:
         subscribe_timeout: float = 2.0,
         connect_timeout: float = 2.0,
         command_timeout: float = 10.0,
+        lease_ttl: float = 10.0,
     ) -> None:
+        url, options = _split_options(url)
         self.url = url
+        self.lease_ttl = float(options.get("lease_ttl", lease_ttl))
+        """Seconds after which the owned keys of a process that stopped refreshing its
+        lease (killed, frozen, cut off) are released by any other process."""
+        if not self.lease_ttl > 0:
+            raise ValueError(f"lease_ttl must be > 0 seconds, got {self.lease_ttl!r}")
+        self.token = uuid.uuid4().hex
+        """This process's name in the lease registry."""
         self.namespace = namespace
         self.max_pending = max_pending
         self.flush_timeout = flush_timeout
@@ -105,6 +116,9 @@ class RedisBackend:
         self.count_local: Callable[[str], int] = lambda topic: 0
         """topic -> subscribers in this process (set by the runtime that owns the hub)."""
         self._state_prefix = f"{namespace}:state:"
+        self._leases = f"{namespace}:leases"
+        self._owned_prefix = f"{namespace}:owned:"
+        self._owned = self._owned_prefix + self.token
         self._topic_prefix = f"{namespace}:topic:"
         self._deliver_local: LocalDeliver | None = None
         self._client: coredis.Redis[bytes] | None = None
@@ -148,6 +162,7 @@ class RedisBackend:
                 await trio.sleep_forever()
             finally:
                 self._stop_deadline = trio.current_time() + self.flush_timeout
+                self._enqueue(("E", self.token, None))  # a clean exit: drop our lease
                 self._stop.set()
                 self._work.set()
 
@@ -178,6 +193,7 @@ class RedisBackend:
                         self._thread = threading.get_ident()
                         nursery.start_soon(self._read_loop, pubsub)
                         nursery.start_soon(self._subscription_loop, pubsub)
+                        nursery.start_soon(self._lease_loop, client)
                         task_status.started()
                         try:
                             await self._write_loop(client)
@@ -254,6 +270,13 @@ class RedisBackend:
                                 requests.append(pipe.set(self._state_prefix + name, argument))
                             elif kind == "D":
                                 requests.append(pipe.delete([self._state_prefix + name]))
+                            elif kind == "L":
+                                requests.append(pipe.hset(self._owned, {name: argument}))
+                            elif kind == "U":
+                                requests.append(pipe.hdel(self._owned, argument))
+                            elif kind == "E":
+                                requests.append(pipe.delete([self._owned]))
+                                requests.append(pipe.zrem(self._leases, [name]))
                             else:
                                 requests.append(pipe.incrby(self._state_prefix + name, argument))
             except _FAILURES as exc:
@@ -291,11 +314,11 @@ class RedisBackend:
             )
             self._down_since = None
             self._loss_logged = False
-        for op, request in zip(batch, requests, strict=True):
+        for request in requests:
             try:
                 await request
             except ResponseError as exc:
-                logger.error("Redis refused a %s: %s", _describe(op), exc)
+                logger.error("Redis refused a command: %s", exc)
 
     async def _barrier(self) -> coredis.Redis[bytes]:
         """Wait until everything this process queued so far is written; the client."""
@@ -365,6 +388,44 @@ class RedisBackend:
                 logger.warning("ignoring a message on %r: %s", channel, exc)
                 continue
             deliver(channel[len(prefix) :].decode(), payload)
+
+    # -- connection-owned keys: a lease per process ----------------------------
+    def note_owned(self, connection: int, key: str, give_back: int | None) -> None:
+        field = f"{connection}:{key}"
+        self._enqueue(("L", field, "s" if give_back is None else str(give_back)))
+
+    def note_released(self, connection: int, keys: Iterable[str]) -> None:
+        fields = [f"{connection}:{key}" for key in keys]
+        if fields:
+            self._enqueue(("U", fields[0], fields))
+
+    async def _lease_loop(self, client: coredis.Redis[bytes]) -> None:
+        """Refresh this process's lease, and release the keys of processes whose lease
+        ran out (at most a third of ``lease_ttl`` late)."""
+        while True:
+            try:
+                with trio.fail_after(self.command_timeout):
+                    reclaimed = await client.eval(
+                        _LEASE_SCRIPT,
+                        keys=[self._leases],
+                        args=[
+                            self.token,
+                            int(self.lease_ttl * 1000),
+                            self._owned_prefix,
+                            self._state_prefix,
+                            100,
+                        ],
+                    )
+            except _FAILURES as exc:
+                logger.debug("lease refresh failed: %s", exc)  # the writer reports outages
+            else:
+                if reclaimed:
+                    logger.warning(
+                        "released the owned state keys of %s server process(es) whose "
+                        "lease expired",
+                        reclaimed,
+                    )
+            await trio.sleep(self.lease_ttl / 3)
 
     # -- state, synchronous ----------------------------------------------------
     def get(self, key: str) -> Any:
@@ -461,4 +522,47 @@ def _describe(op: _Op) -> str:
     kind, name = op[0], op[1]
     if kind == "P":
         return f"publish to {name!r}"
+    if kind in "LUE":
+        return "lease record"
     return {"S": "set", "D": "delete", "I": "increment"}[kind] + f" of state key {name!r}"
+
+
+def _split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Our own query options (``?lease_ttl=5``) out of the URL; the rest goes to coredis."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ours = {name: value for name, value in query if name in _OUR_OPTIONS}
+    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in _OUR_OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
+
+
+_OUR_OPTIONS = {"lease_ttl"}
+
+_LEASE_SCRIPT = """
+-- Refresh this process's lease; release what dead processes owned.  Atomic, so two
+-- processes sweeping at once never give a key back twice.
+-- KEYS[1] lease registry (sorted set: process token -> expiry, Redis clock, ms)
+-- ARGV: token, lease ms, owned-hash prefix, state-key prefix, most to reclaim per call
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, token in ipairs(dead) do
+  local owned = ARGV[3] .. token
+  local fields = redis.call('HGETALL', owned)
+  for i = 1, #fields, 2 do
+    local field = fields[i]
+    local key = ARGV[4] .. string.sub(field, string.find(field, ':', 1, true) + 1)
+    local give_back = fields[i + 1]
+    if give_back == 's' then
+      redis.call('DEL', key)
+    elseif give_back ~= '0' then
+      redis.call('DECRBY', key, give_back)
+    end
+  end
+  redis.call('DEL', owned)
+  redis.call('ZREM', KEYS[1], token)
+end
+return #dead
+"""
