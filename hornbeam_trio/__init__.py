@@ -22,7 +22,7 @@ from .api import (
     subscription,
     unsubscribe,
 )
-from .backends.base import SyncUnavailable
+from .backends.base import BackendUnavailable, SyncUnavailable
 from .config import Config, ConfigError
 from .lifespan import StartupFailed
 from .server import serve
@@ -38,6 +38,7 @@ def run(app: object, **options: object) -> None:
 
 
 __all__ = [
+    "BackendUnavailable",
     "Config",
     "ConfigError",
     "SlowConsumer",

@@ -46,6 +46,7 @@ from hornbeam_erlang import (
     subscribe,
 )
 from hornbeam_trio import state
+from hornbeam_trio.backends.base import BackendUnavailable
 from hornbeam_trio.runtime import current_runtime
 from hornbeam_trio.testing import TestServer, run_server
 from hornbeam_trio.types import Receive, Scope, Send
@@ -413,6 +414,8 @@ async def test_redis_restart_reconnects_resubscribes_and_delivers_what_was_queue
                 assert (await bob.receive_json())["n"] == 1
                 redis.process.terminate()
                 redis.process.wait()
+                with façade_of(server), pytest.raises(BackendUnavailable, match=r"state\.get"):
+                    await state.get("anything")  # a read cannot wait for Redis to return
                 await ann.send_json({"n": 2})  # queued while Redis is away
                 await trio.sleep(0.3)
                 backend = server.server.runtime.backend

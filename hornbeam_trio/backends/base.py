@@ -26,7 +26,8 @@ class SyncUnavailable(RuntimeError):
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend could not be reached when the server started (one clear line)."""
+    """The backend cannot be reached: at startup (one line, exit 3), or by an awaitable
+    state call (``await hornbeam_trio.state.get(...)``) while Redis is away."""
 
 
 class Backend(Protocol):

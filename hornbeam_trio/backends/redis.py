@@ -50,7 +50,8 @@ import threading
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import coredis
@@ -450,52 +451,70 @@ class RedisBackend:
         self._enqueue(("I", _checked_key(key), _checked_delta(delta)))
 
     # -- state, awaitable ------------------------------------------------------
+    @contextmanager
+    def _network(self, call: str) -> Iterator[None]:
+        """Bound a call by ``command_timeout``; Redis unreachable -> BackendUnavailable."""
+        try:
+            with trio.fail_after(self.command_timeout):
+                yield
+        except (RedisConnectionError, OSError, TimeoutError, trio.TooSlowError) as exc:
+            raise BackendUnavailable(
+                f"state.{call}: Redis at {redact(self.url)} did not answer "
+                f"({exc or type(exc).__name__})"
+            ) from exc
+
     async def aget(self, key: str) -> Any:
         name = self._state_prefix + _checked_key(key)
-        client = await self._barrier()
-        return decode_value(await client.get(name))
+        with self._network("get"):
+            client = await self._barrier()
+            return decode_value(await client.get(name))
 
     async def aset(self, key: str, value: Any) -> None:
         name = self._state_prefix + _checked_key(key)
         payload = encode_value(value)
-        client = await self._barrier()
-        await client.set(name, payload)
+        with self._network("set"):
+            client = await self._barrier()
+            await client.set(name, payload)
 
     async def adelete(self, key: str) -> None:
         name = self._state_prefix + _checked_key(key)
-        client = await self._barrier()
-        await client.delete([name])
+        with self._network("delete"):
+            client = await self._barrier()
+            await client.delete([name])
 
     async def aincr(self, key: str, delta: int = 1) -> int:
         name = self._state_prefix + _checked_key(key)
         delta = _checked_delta(delta)
-        client = await self._barrier()
-        try:
-            return await client.incrby(name, delta)
-        except ResponseError as exc:
-            current = decode_value(await client.get(name))
-            if isinstance(current, int) and not isinstance(current, bool):
-                raise OverflowError(f"state key {key!r}: {exc}") from None
-            raise TypeError(
-                f"state key {key!r} holds a {type(current).__name__}, not an int"
-            ) from None
+        with self._network("incr"):
+            client = await self._barrier()
+            try:
+                return await client.incrby(name, delta)
+            except ResponseError as exc:
+                current = decode_value(await client.get(name))
+                if isinstance(current, int) and not isinstance(current, bool):
+                    raise OverflowError(f"state key {key!r}: {exc}") from None
+                raise TypeError(
+                    f"state key {key!r} holds a {type(current).__name__}, not an int"
+                ) from None
 
     async def aget_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         wanted = [_checked_key(key) for key in keys]
-        client = await self._barrier()
-        if not wanted:
-            return {}
-        prefix = self._state_prefix
-        raw = await client.mget([prefix + key for key in wanted])
+        with self._network("get_multi"):
+            client = await self._barrier()
+            if not wanted:
+                return {}
+            prefix = self._state_prefix
+            raw = await client.mget([prefix + key for key in wanted])
         return {key: decode_value(value) for key, value in zip(wanted, raw, strict=True)}
 
     async def akeys(self, prefix: str | None = None) -> list[str]:
-        client = await self._barrier()
         pattern = _GLOB_SPECIAL.sub(r"\\\1", self._state_prefix + (prefix or "")) + "*"
         strip = len(self._state_prefix)
         found: dict[str, None] = {}  # SCAN may return a key twice
-        async for name in client.scan_iter(match=pattern, count=1000):
-            found[name[strip:].decode("utf-8", "surrogateescape")] = None
+        with self._network("keys"):
+            client = await self._barrier()
+            async for name in client.scan_iter(match=pattern, count=1000):
+                found[name[strip:].decode("utf-8", "surrogateescape")] = None
         return list(found)
 
 
