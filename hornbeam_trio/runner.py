@@ -94,6 +94,17 @@ def check_supported(app: str | ASGIApp, config: Config) -> None:
         raise ConfigError("workers", "--reload runs one server process: drop --workers or --reload")
     if config.workers > 1 and not hasattr(os, "fork"):
         raise ConfigError("workers", "needs os.fork (Linux, macOS)")
+    if config.backend != "memory":
+        try:
+            from hornbeam_trio.backends.redis import RedisBackend
+        except ImportError:
+            raise ConfigError(
+                "backend", "redis:// needs the coredis package: pip install 'hornbeam_trio[redis]'"
+            ) from None
+        try:
+            RedisBackend(config.backend)  # no I/O: checks the URL's own options
+        except ValueError as exc:
+            raise ConfigError("backend", str(exc)) from None
     if isinstance(app, str) and not os.path.isdir(config.app_dir):
         raise ConfigError("app_dir", f"{config.app_dir!r} is not a directory")
     if config.reload:

@@ -567,3 +567,19 @@ async def _killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServe
                 process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("redis://127.0.0.1:1/0?lease_ttl=soon", "lease_ttl must be a number of seconds"),
+        ("redis://127.0.0.1:1/0?lease_ttl=0", "lease_ttl must be > 0 seconds"),
+    ],
+)
+def test_a_bad_redis_option_is_a_usage_error(
+    backend: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hornbeam_trio.cli import main
+
+    assert main(["tests.apps.simple:hello", "--backend", backend]) == 2
+    assert f"hornbeam-trio: error: --backend: {message}" in capsys.readouterr().err

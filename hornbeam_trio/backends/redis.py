@@ -101,7 +101,12 @@ class RedisBackend:
     ) -> None:
         url, options = _split_options(url)
         self.url = url
-        self.lease_ttl = float(options.get("lease_ttl", lease_ttl))
+        try:
+            self.lease_ttl = float(options.get("lease_ttl", lease_ttl))
+        except ValueError:
+            raise ValueError(
+                f"lease_ttl must be a number of seconds, got {options['lease_ttl']!r}"
+            ) from None
         """Seconds after which the owned keys of a process that stopped refreshing its
         lease (killed, frozen, cut off) are released by any other process."""
         if not self.lease_ttl > 0:
