@@ -61,6 +61,7 @@ class HTTPConnection:
         self.idle = True
         """Between requests: shutdown may close us at once."""
         self.scope: trio.CancelScope | None = None
+        self.context: ConnectionContext | None = None
         self.websocket: WebSocketConnection | None = None
         self.eof = False
         # Fix (tests/test_http.py): a parse error found after complete pipelined
@@ -78,12 +79,30 @@ class HTTPConnection:
 
     async def run(self) -> None:
         upgrade: Request | None = None
-        with trio.CancelScope() as self.scope:
-            try:
-                upgrade = await self._serve_requests()
-            except TransportClosed:
-                pass
-        self.scope = None
+        # One context per connection, not per request: what an HTTP request owns
+        # (owned=True state) is released when its connection closes.
+        self.context = ConnectionContext(self.server.runtime, "http", self.server.config)
+        token = current_connection.set(self.context)
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                try:
+                    upgrade = await self._serve_requests()
+                except TransportClosed:
+                    pass
+            self.scope = None
+            # The deadline on that scope is the wait for a request head (see
+            # _next_request): quiet between requests, 408 for a half-sent head.
+            if (
+                scope.cancelled_caught
+                and not self.server.shutting_down
+                and not self.parser.at_message_boundary
+            ):
+                await self._reject(HTTPError(408, "request timeout"))
+        finally:
+            current_connection.reset(token)
+            self.context.release()
+            self.context = None
         if upgrade is not None:
             # Outside the idle-close scope: a WebSocket is shut down with close 1001.
             ws = await self._upgrade(upgrade)
@@ -91,6 +110,25 @@ class HTTPConnection:
                 await ws.run()  # from here, not inside _upgrade: one frame fewer per idle socket
         if self.websocket is None:
             await self.transport.close()
+
+    async def _next_request(self, timeout: float | None) -> Any:
+        """The next request head, waiting at most ``timeout`` seconds.
+
+        The hot path of keep-alive: instead of a new cancel scope per wait, the
+        deadline goes on the connection's own scope and is lifted once the head is
+        in; when it fires, run() answers (or not) and closes.
+        """
+        event = self.parser.next_event()
+        if event is not NEED_DATA:
+            return event
+        scope = self.scope
+        assert scope is not None
+        if timeout:
+            scope.deadline = trio.current_time() + timeout
+        try:
+            return await self._next_event(None)
+        finally:
+            scope.deadline = float("inf")
 
     async def _next_event(self, timeout: float | None) -> Any:
         """The parser's next event, reading the socket as needed (None: connection over)."""
@@ -153,7 +191,7 @@ class HTTPConnection:
         first = True
         while not server.shutting_down or first:
             self.idle = True
-            event = await self._next_event(head_timeout if first else keepalive)
+            event = await self._next_request(head_timeout if first else keepalive)
             first = False
             if event is None:
                 return None
@@ -232,9 +270,6 @@ class RequestCycle:
         server = conn.server
         scope = server.base_scope(self.request, conn.transport, "http")
         scope["method"] = self.request.method
-        runtime = server.runtime
-        context = ConnectionContext(runtime, "http", server.config)
-        token = current_connection.set(context)
         try:
             await server.app(scope, self.receive, self.send)
         except ClientDisconnected:
@@ -247,9 +282,6 @@ class RequestCycle:
                 await self._write(simple_response(500, b"Internal Server Error"))
                 self.status = 500
                 return
-        finally:
-            current_connection.reset(token)
-            context.release()
         if not self.encoder.complete:
             if not self.written and not conn.rejected:  # no 500 after our own 408/400
                 logger.error(
