@@ -51,3 +51,10 @@ def fuzz(session: nox.Session) -> None:
             f"{tmp}/{harness}",
             f"fuzz/corpus/{harness}",
         )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """benchmarks/soak.py: echo, broadcast, HTTP and churn at once, plotted (default 5 min)."""
+    session.install("-e", ".[soak]")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
