@@ -45,7 +45,10 @@ HELP: dict[str, str] = {
     "app_dir": "directory put first on sys.path before APP is imported",
     "reload": "development: restart when a *.py file under --app-dir changes",
     "keepalive": "seconds an idle keep-alive HTTP connection is held open",
-    "timeout": "ms to receive a request head, and between body chunks (0: no limit)",
+    "timeout": (
+        "ms to receive a request head, between body chunks, and for a client to take"
+        " any of its response (0: no limit)"
+    ),
     "max_request_line_size": "longest request line accepted, in bytes",
     "max_header_size": "longest single header accepted, in bytes",
     "max_headers": "most headers accepted in one request",

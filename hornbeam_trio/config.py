@@ -59,7 +59,8 @@ class Config:
     keepalive: float = 2.0
     """Seconds an idle keep-alive connection is held open (Hornbeam: 2 s)."""
     timeout: int = 30000
-    """Milliseconds to receive a complete request head, and between body chunks."""
+    """Milliseconds to receive a complete request head, and between body chunks; also how
+    long a client may take none of its response (it stopped reading) before it is dropped."""
     max_request_line_size: int = 4094
     max_header_size: int = 8190
     max_headers: int = 100

@@ -53,6 +53,8 @@ class HTTPConnection:
         self.overloaded = overloaded
         """Accepted beyond ``limit_concurrency``: its first request gets 503, then it closes."""
         config = server.config
+        # A client that stops reading its response is dropped after ``timeout`` (slow read).
+        transport.stall_timeout = config.request_timeout_s
         self.parser = HTTPParser(
             max_request_line_size=config.max_request_line_size,
             max_header_size=config.max_header_size,
@@ -229,6 +231,9 @@ class HTTPConnection:
             except TransportClosed:
                 pass
             return None
+        # A WebSocket has its own bounds on a peer that stops reading (slow-consumer
+        # policy, pings and the idle timeout), and its writes are not per response.
+        self.transport.stall_timeout = None
         scope = server.base_scope(request, self.transport, "websocket")
         scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
         scope["extensions"] = {"websocket.http.response": {}}

@@ -34,6 +34,9 @@ class Transport(Protocol):
     client: tuple[str, int] | None
     server: tuple[str, int] | None
     scheme_secure: bool
+    stall_timeout: float | None
+    """Seconds ``send_all`` waits for the peer to take more bytes before it gives up with
+    TransportClosed (a client that stopped reading); None waits as long as it takes."""
 
     async def recv(self) -> bytes: ...
     def try_send(self, data: bytes | memoryview) -> int: ...
@@ -66,6 +69,7 @@ class SocketTransport:
         "scheme_secure",
         "server",
         "sock",
+        "stall_timeout",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -73,6 +77,7 @@ class SocketTransport:
         self.client = _address(sock, peer=True)
         self.server = _address(sock, peer=False)
         self.scheme_secure = False
+        self.stall_timeout: float | None = None
         self._unyielded = 0
         self._closed = False
         self._likely_empty = False
@@ -126,7 +131,14 @@ class SocketTransport:
         sent = self.try_send(view)
         while sent < total:
             try:
-                await trio.lowlevel.wait_writable(self.sock)
+                if self.stall_timeout is None:
+                    await trio.lowlevel.wait_writable(self.sock)
+                else:
+                    # Only here, where the kernel refused bytes: the fast path pays nothing.
+                    with trio.move_on_after(self.stall_timeout) as timer:
+                        await trio.lowlevel.wait_writable(self.sock)
+                    if timer.cancelled_caught:
+                        raise TransportClosed(f"peer took no bytes for {self.stall_timeout:g}s")
             except trio.ClosedResourceError:
                 raise TransportClosed("closed locally") from None
             sent += self.try_send(view[sent:])
@@ -161,7 +173,15 @@ class SocketTransport:
 class StreamTransport:
     """Any ``trio.abc.Stream`` (``trio.SSLStream``, in-memory test streams)."""
 
-    __slots__ = ("_closed", "_send_lock", "client", "scheme_secure", "server", "stream")
+    __slots__ = (
+        "_closed",
+        "_send_lock",
+        "client",
+        "scheme_secure",
+        "server",
+        "stall_timeout",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -175,6 +195,7 @@ class StreamTransport:
         self.client = client
         self.server = server
         self.scheme_secure = secure
+        self.stall_timeout: float | None = None
         self._closed = False
         self._send_lock = trio.StrictFIFOLock()
 
@@ -192,7 +213,16 @@ class StreamTransport:
     async def send_all(self, data: bytes | memoryview) -> None:
         try:
             async with self._send_lock:
-                await self.stream.send_all(data)
+                if self.stall_timeout is None:
+                    await self.stream.send_all(data)
+                    return
+                # A stream shows no partial progress: each 64 KiB must go within the timeout.
+                view = memoryview(data)
+                for start in range(0, len(view), RECV_SIZE):
+                    with trio.move_on_after(self.stall_timeout) as timer:
+                        await self.stream.send_all(view[start : start + RECV_SIZE])
+                    if timer.cancelled_caught:
+                        raise TransportClosed(f"peer took no bytes for {self.stall_timeout:g}s")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed(str(exc)) from None
 

@@ -6,6 +6,7 @@ Each test names the answer a client gets; README "What bad input gets" points he
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,71 @@ async def test_broken_websocket_handshake_gets_an_http_error_before_the_app_runs
     if status == 426:
         assert response.header("sec-websocket-version") == "13"
     assert app.calls == []
+
+
+# -- slow readers: a client that stops taking its response ---------------------------------------
+
+
+class BigResponse:
+    """Streams ``size`` bytes in 1 MiB messages; records how sending ended."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.outcome: str | None = None
+        self.done = trio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunk = b"x" * (1 << 20)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(self.size // len(chunk) - 1):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": chunk})
+            self.outcome = "sent"
+        except Exception as exc:
+            self.outcome = type(exc).__name__
+            raise
+        finally:
+            self.done.set()
+
+
+async def small_window_client(server: TestServer) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    await sock.connect((server.host, server.port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(get())
+    return stream
+
+
+async def test_a_client_that_stops_reading_its_response_is_dropped_after_the_timeout() -> None:
+    app = BigResponse(64 << 20)
+    async with run_server(app, timeout=300) as server:
+        stream = await small_window_client(server)  # ... and it never reads
+        start = trio.current_time()
+        with trio.fail_after(10):
+            await app.done.wait()
+        waited = trio.current_time() - start
+        await wait_until(lambda: not server.server.connections)
+        await stream.aclose()
+    assert app.outcome == "ClientDisconnected"
+    assert 0.3 <= waited < 5
+
+
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_response() -> None:
+    app = BigResponse(16 << 20)
+    async with run_server(app, timeout=500) as server:
+        stream = await small_window_client(server)
+        received = 0
+        with trio.fail_after(20):
+            while True:
+                await trio.sleep(0.15)  # pauses shorter than the timeout, then reads all there is
+                with trio.move_on_after(0.05):
+                    while chunk := await stream.receive_some(1 << 20):
+                        received += len(chunk)
+                if app.done.is_set() and received > 16 << 20:
+                    break
+        await stream.aclose()
+    assert app.outcome == "sent"
