@@ -145,9 +145,13 @@ class HTTPConnection:
                 return None
             if self.eof:
                 return None
-            with trio.move_on_at(deadline) as timer:
+            if timeout is None:  # the caller's scope carries the deadline (_next_request)
                 data = await self.transport.recv()
-            if timer.cancelled_caught:
+                timer = None
+            else:
+                with trio.move_on_at(deadline) as timer:
+                    data = await self.transport.recv()
+            if timer is not None and timer.cancelled_caught:
                 if parser.at_message_boundary:
                     return None  # keep-alive expired quietly
                 await self._reject(HTTPError(408, "request timeout"))
