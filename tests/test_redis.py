@@ -417,8 +417,12 @@ async def test_redis_restart_reconnects_resubscribes_and_delivers_what_was_queue
                 with façade_of(server), pytest.raises(BackendUnavailable, match=r"state\.get"):
                     await state.get("anything")  # a read cannot wait for Redis to return
                 await ann.send_json({"n": 2})  # queued while Redis is away
-                await trio.sleep(0.3)
+                await trio.sleep(0.3)  # the writer holds it, retrying
                 backend = server.server.runtime.backend
+                backend.max_pending = 3  # type: ignore[attr-defined]
+                with façade_of(server):
+                    for n in range(5):
+                        publish("chat:elsewhere", n)  # 3 queued, 2 dropped and counted
                 with redis_server(port) as again:
                     # a new, empty Redis on the same address
                     assert (await bob.receive_json(timeout=10))["n"] == 2
@@ -428,10 +432,10 @@ async def test_redis_restart_reconnects_resubscribes_and_delivers_what_was_queue
                     assert (await ann.receive_json())["n"] == 3
                     assert (await bob.receive_json())["n"] == 3
                     assert again.command("PUBSUB", "NUMSUB", "hornbeam:topic:chat:r")[1] == 1
-                    assert backend.lost_publishes == 0  # type: ignore[attr-defined]
+                    assert backend.lost_publishes == 2  # type: ignore[attr-defined]
     text = caplog.text
     assert "unreachable" in text and "reachable again" in text
-    assert "lost while it was not: 0 publishes, 0 writes" in text
+    assert "lost while it was not: 2 publishes, 0 writes" in text
 
 
 # -- --workers N -------------------------------------------------------------
@@ -521,11 +525,14 @@ async def test_owned_keys_of_a_killed_process_are_released_when_its_lease_expire
                 with façade_of(survivor):
                     await state.incr("online")  # the survivor's own, not owned
                     assert await state.get("online") == 3
-                    await eventually(
-                        lambda: state.keys("presence:"),
-                        lambda keys: len(keys) == 2,
-                        what="lease records written",
-                    )
+                    assert len(await state.keys("presence:")) == 2
+
+                async def lease_records() -> int:
+                    hashes = redis.command("KEYS", "hornbeam:owned:*")
+                    return sum(redis.command("HLEN", name) for name in hashes)
+
+                # the doomed process records each ownership right after the write itself
+                await eventually(lease_records, lambda n: n == 4, what="lease records")
                 doomed.process.kill()  # no release, no goodbye
                 await doomed.process.wait()
                 with façade_of(survivor):

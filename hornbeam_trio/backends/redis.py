@@ -143,6 +143,7 @@ class RedisBackend:
         # outage accounting
         self._down_since: float | None = None
         self._loss_logged = False
+        self._lost_before = (0, 0)
         self.lost_publishes = 0
         self.lost_writes = 0
         # subscriptions: wanted (local subscribers exist) vs confirmed by Redis
@@ -254,11 +255,12 @@ class RedisBackend:
             self._progress.unpark_all()
 
     async def _await_subscriptions(self, batch: list[_Op]) -> None:
-        for kind, topic, _ in batch:
-            if kind == "P":
-                event = self._pending_subs.get(topic)
-                if event is not None:
-                    with trio.move_on_after(self.subscribe_timeout):
+        """Let pending SUBSCRIBEs of the batch's topics go first (one bound per batch)."""
+        with trio.move_on_after(self.subscribe_timeout):
+            for kind, topic, _ in batch:
+                if kind == "P":
+                    event = self._pending_subs.get(topic)
+                    if event is not None:
                         await event.wait()
 
     async def _send(self, client: coredis.Redis[bytes], batch: list[_Op]) -> None:
@@ -292,6 +294,7 @@ class RedisBackend:
                     return
                 if self._down_since is None:
                     self._down_since = trio.current_time()
+                    self._lost_before = (self.lost_publishes, self.lost_writes)
                     # Redis may be a new one when it is back: subscribe again before
                     # sending what is queued (coredis would too, on its own schedule).
                     self._subscribed.clear()
@@ -315,8 +318,8 @@ class RedisBackend:
                 "%d publishes, %d writes",
                 redact(self.url),
                 trio.current_time() - self._down_since,
-                self.lost_publishes,
-                self.lost_writes,
+                self.lost_publishes - self._lost_before[0],
+                self.lost_writes - self._lost_before[1],
             )
             self._down_since = None
             self._loss_logged = False
