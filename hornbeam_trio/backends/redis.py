@@ -1,15 +1,20 @@
 """The Redis backend: state and pub/sub shared by every process that names the same Redis.
 
-Built on coredis 6 (AnyIO, so it runs natively under Trio).  ``run()`` owns the
-client and three tasks, all inside one shielded scope so that cancelling ``run()``
-means "stop gracefully", never "drop what is queued":
+Commands go through coredis 6 (AnyIO, so it runs natively under Trio).  ``run()``
+owns the client and four tasks, all inside one shielded scope so that cancelling
+``run()`` means "stop gracefully", never "drop what is queued":
 
 * the **writer** sends this process's synchronous writes and publishes, in the order
   they were made, batched into one pipeline per wake-up;
 * the **subscription manager** keeps one Redis SUBSCRIBE per topic that has a local
   subscriber (``topic_added`` / ``topic_removed``);
-* the **reader** hands every message Redis pushes to ``deliver_local``, which frames
-  it once for all of this process's subscribers.
+* the **subscriber** is a connection of our own (Trio stream + hiredis' parser, not
+  coredis' PubSub): every message in a read is parsed and handed to ``deliver_local``
+  at once, which frames it once for all of this process's subscribers.  No task
+  switch per message: 800k messages/s parsed and delivered, against 24k through
+  coredis' PubSub (measured here);
+* the **lease keeper** refreshes this process's lease on its connection-owned keys
+  and releases those of processes whose lease ran out.
 
 Decisions (README, "Redis backend"):
 
@@ -33,11 +38,14 @@ Decisions (README, "Redis backend"):
   uses SCAN (never KEYS).
 * Redis unreachable while running: the writer keeps what is queued (at most
   ``max_pending`` operations; beyond that new ones are dropped and counted) and
-  retries with exponential backoff; coredis reconnects the subscriber connection and
-  subscribes again.  One warning when Redis goes away, one when it is back, with the
-  number of publishes and writes lost.  A batch cut off mid-flight is sent again
-  (at-least-once across a failure).  Messages published by other processes while this
-  one was disconnected are not replayed (Redis pub/sub keeps nothing).
+  retries with exponential backoff; the subscriber reconnects (backoff up to 1 s),
+  subscribes again, and until it has, publishes to its topics wait (at most
+  ``subscribe_timeout``), so what was queued reaches this process's subscribers too.
+  A silent subscriber connection is PINGed after ``keepalive`` seconds.  One warning
+  when Redis goes away, one when it is back, with the number of publishes and writes
+  lost.  A batch cut off mid-flight is sent again (at-least-once across a failure).
+  Messages published by other processes while this one was disconnected are not
+  replayed (Redis pub/sub keeps nothing).
 * At shutdown the writer gets ``flush_timeout`` seconds to send what is queued
   (owned keys released by the last connections included).
 """
@@ -50,15 +58,15 @@ import threading
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import coredis
+import hiredis
 import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, ResponseError
-from coredis.retry import ExponentialBackoffRetryPolicy
 
 from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
 from .codec import decode_message, decode_value, encode_message, encode_value
@@ -73,10 +81,6 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _Op = tuple[str, str, Any]
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
-_RECONNECT = ExponentialBackoffRetryPolicy(
-    (RedisConnectionError,), retries=None, base_delay=0.05, max_delay=1.0, jitter=True
-)
-"""The subscriber connection's: back within a second of Redis (coredis' default: 16 s)."""
 
 
 def redact(url: str) -> str:
@@ -151,6 +155,12 @@ class RedisBackend:
         self._subscribed: set[str] = set()
         self._pending_subs: dict[str, trio.Event] = {}
         self._subs_changed = trio.Event()
+        self._requested: set[str] = set()
+        """Topics SUBSCRIBEd on the current subscriber connection (acknowledged or not)."""
+        self._subscriber_send: Callable[[bytes], Awaitable[None]] | None = None
+        self.keepalive = 15.0
+        """Seconds of silence on the subscriber connection before a PING (and as long
+        again for its answer before reconnecting)."""
 
     # -- lifecycle -----------------------------------------------------------
     def attach(self, deliver_local: LocalDeliver) -> None:
@@ -186,28 +196,20 @@ class RedisBackend:
                     raise BackendUnavailable(
                         f"cannot reach Redis at {redact(self.url)}: {exc or type(exc).__name__}"
                     ) from None
-                # Cancelled when the writer is done: coredis' subscriber reconnects
-                # forever, so leaving its block while Redis is down would never end.
-                with trio.CancelScope() as connected:
-                    async with (
-                        client.pubsub(
-                            ignore_subscribe_messages=True, retry_policy=_RECONNECT
-                        ) as pubsub,
-                        trio.open_nursery() as nursery,
-                    ):
-                        self._client = client
-                        self._token = trio.lowlevel.current_trio_token()
-                        self._thread = threading.get_ident()
-                        nursery.start_soon(self._read_loop, pubsub)
-                        nursery.start_soon(self._subscription_loop, pubsub)
-                        nursery.start_soon(self._lease_loop, client)
-                        task_status.started()
-                        try:
-                            await self._write_loop(client)
-                        finally:
-                            self._closed = True
-                            self._client = None
-                            connected.cancel()
+                async with trio.open_nursery() as nursery:
+                    self._client = client
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._thread = threading.get_ident()
+                    nursery.start_soon(self._subscriber, client.connection_pool)
+                    nursery.start_soon(self._subscription_loop)
+                    nursery.start_soon(self._lease_loop, client)
+                    task_status.started()
+                    try:
+                        await self._write_loop(client)
+                    finally:
+                        self._closed = True
+                        self._client = None
+                        nursery.cancel_scope.cancel()
 
     # -- the writer ------------------------------------------------------------
     def _enqueue(self, op: _Op) -> None:
@@ -295,12 +297,6 @@ class RedisBackend:
                 if self._down_since is None:
                     self._down_since = trio.current_time()
                     self._lost_before = (self.lost_publishes, self.lost_writes)
-                    # Redis may be a new one when it is back: subscribe again before
-                    # sending what is queued (coredis would too, on its own schedule).
-                    self._subscribed.clear()
-                    for topic in self._wanted:
-                        self._pending_subs.setdefault(topic, trio.Event())
-                    self._subs_changed.set()
                     logger.warning(
                         "Redis at %s unreachable (%s); retrying with backoff, "
                         "keeping at most %d publishes and writes queued",
@@ -354,49 +350,135 @@ class RedisBackend:
         self._wanted.discard(topic)
         self._subs_changed.set()
 
-    async def _subscription_loop(self, pubsub: Any) -> None:
+    async def _subscription_loop(self) -> None:
+        """SUBSCRIBE/UNSUBSCRIBE as local topics come and go (acknowledged in the reader)."""
         prefix = self._topic_prefix
-        delay = 0.05
         while True:
             await self._subs_changed.wait()
             self._subs_changed = trio.Event()
-            add = [topic for topic in self._wanted if topic not in self._subscribed]
-            remove = [topic for topic in self._subscribed if topic not in self._wanted]
-            try:
-                if add:
-                    await pubsub.subscribe(*[prefix + topic for topic in add])
-                    self._subscribed.update(add)
-                if remove:
-                    self._subscribed.difference_update(remove)
-                    await pubsub.unsubscribe(*[prefix + topic for topic in remove])
-            except _FAILURES as exc:
-                logger.warning("Redis SUBSCRIBE/UNSUBSCRIBE failed (%s); retrying", exc)
-                self._subs_changed.set()
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            else:
-                delay = 0.05
+            send = self._subscriber_send
+            if send is not None:
+                add = [topic for topic in self._wanted if topic not in self._requested]
+                remove = [topic for topic in self._requested if topic not in self._wanted]
+                self._requested.update(add)
+                self._requested.difference_update(remove)
+                self._subscribed.difference_update(remove)
+                commands = []
+                for chunk in _chunks(add):
+                    commands.append(_command(b"SUBSCRIBE", *[prefix + t for t in chunk]))
+                for chunk in _chunks(remove):
+                    commands.append(_command(b"UNSUBSCRIBE", *[prefix + t for t in chunk]))
+                if commands:
+                    try:
+                        await send(b"".join(commands))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass  # the session ends; the next one subscribes to all that is wanted
+            # else: not connected; the next session subscribes to all that is wanted
             for topic in list(self._pending_subs):
-                if topic in self._subscribed or topic not in self._wanted:
+                if topic not in self._wanted:
                     self._pending_subs.pop(topic).set()
 
-    async def _read_loop(self, pubsub: Any) -> None:
-        prefix = self._topic_prefix.encode()
+    # -- the subscriber connection -------------------------------------------------
+    async def _subscriber(self, pool: Any) -> None:
+        """Our own connection in subscribed mode: reconnects with backoff (at most 1 s)
+        and subscribes to every wanted topic again each time."""
+        delay = 0.05
+        while True:
+            try:
+                with trio.fail_after(self.connect_timeout):
+                    stream = await _open_stream(pool)
+            except _FAILURES as exc:
+                logger.debug("Redis subscriber: cannot connect: %s", exc)
+            else:
+                try:
+                    await self._subscriber_session(stream, pool.connection_kwargs)
+                    delay = 0.05
+                except (*_FAILURES, trio.BrokenResourceError, hiredis.ProtocolError) as exc:
+                    logger.debug("Redis subscriber connection lost: %s", exc)
+                    delay = 0.05
+                finally:
+                    self._subscriber_send = None
+                    self._requested.clear()
+                    self._subscribed.clear()
+                    # until subscribed again, a publish to these waits (subscribe_timeout)
+                    for topic in self._wanted:
+                        self._pending_subs.setdefault(topic, trio.Event())
+                    await trio.aclose_forcefully(stream)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _subscriber_session(self, stream: trio.abc.Stream, options: Any) -> None:
+        reader: Any = hiredis.Reader()  # feeds on bytearray too (its stub says bytes)
+        lock = trio.Lock()
+
+        async def send(data: bytes) -> None:
+            async with lock:
+                await stream.send_all(data)
+
+        if options.get("password"):
+            credentials = [options["password"]]
+            if options.get("username"):
+                credentials.insert(0, options["username"])
+            await send(_command(b"AUTH", *credentials))
+            with trio.fail_after(self.command_timeout):
+                while (reply := reader.gets()) is False:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise RedisConnectionError("Redis closed the connection during AUTH")
+                    reader.feed(data)
+            if isinstance(reply, hiredis.ReplyError):
+                raise RedisConnectionError(f"Redis refused AUTH: {reply}")
+        prefix = self._topic_prefix
+        wanted = list(self._wanted)
+        self._requested = set(wanted)
+        for chunk in _chunks(wanted):
+            await send(_command(b"SUBSCRIBE", *[prefix + topic for topic in chunk]))
+        self._subscriber_send = send
+        self._subs_changed.set()  # whatever changed while we were connecting
+        await self._read_pushes(stream, reader, send)
+
+    async def _read_pushes(
+        self, stream: trio.abc.Stream, reader: Any, send: Callable[[bytes], Any]
+    ) -> None:
+        """Every message is delivered as soon as its bytes are parsed: many per read, no
+        task switch per message."""
+        cut = len(self._topic_prefix.encode())
         deliver = self._deliver_local
         assert deliver is not None
+        pinged = False
         while True:
-            message = await pubsub.get_message()
-            if message is None or message["type"] != "message":
+            with trio.move_on_after(self.keepalive) as quiet:
+                data = await stream.receive_some(65536)
+            if quiet.cancelled_caught:
+                if pinged:
+                    raise TimeoutError(f"no answer to PING within {self.keepalive:g}s")
+                pinged = True
+                await send(_command(b"PING"))
                 continue
-            channel = message["channel"]
-            if not channel.startswith(prefix):
-                continue
-            try:
-                payload = decode_message(message["data"])
-            except ValueError as exc:
-                logger.warning("ignoring a message on %r: %s", channel, exc)
-                continue
-            deliver(channel[len(prefix) :].decode(), payload)
+            pinged = False
+            if not data:
+                raise RedisConnectionError("Redis closed the subscriber connection")
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                if not isinstance(reply, list) or not reply:
+                    if isinstance(reply, hiredis.ReplyError):
+                        logger.warning("Redis subscriber connection: %s", reply)
+                    continue
+                kind = reply[0]
+                if kind == b"message":
+                    try:
+                        payload = decode_message(reply[2])
+                    except ValueError as exc:
+                        logger.warning("ignoring a message on %r: %s", reply[1], exc)
+                        continue
+                    deliver(reply[1][cut:].decode(), payload)
+                elif kind == b"subscribe":
+                    topic = reply[1][cut:].decode()
+                    if topic in self._requested:
+                        self._subscribed.add(topic)
+                    event = self._pending_subs.pop(topic, None)
+                    if event is not None:
+                        event.set()
 
     # -- connection-owned keys: a lease per process ----------------------------
     def note_owned(self, connection: int, key: str, give_back: int | None) -> None:
@@ -593,3 +675,30 @@ for _, token in ipairs(dead) do
 end
 return #dead
 """
+
+
+def _command(*args: str | bytes) -> bytes:
+    """One RESP command (an array of bulk strings)."""
+    parts = [arg.encode() if isinstance(arg, str) else arg for arg in args]
+    return b"*%d\r\n" % len(parts) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in parts
+    )
+
+
+def _chunks(items: list[str], size: int = 1000) -> list[list[str]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+async def _open_stream(pool: Any) -> trio.abc.Stream:
+    """A connection to where ``pool`` (coredis' parsed URL) points: TCP, TLS or Unix."""
+    location = pool.location
+    path = getattr(location, "path", None)
+    if path is not None:
+        return await trio.open_unix_socket(path)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(location.host, location.port)
+    ssl_context = pool.connection_kwargs.get("ssl_context")
+    if ssl_context is not None:
+        tls = trio.SSLStream(stream, ssl_context, server_hostname=location.host)
+        await tls.do_handshake()
+        stream = tls
+    return stream
