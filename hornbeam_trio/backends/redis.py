@@ -32,8 +32,11 @@ Decisions (README, "Redis backend"):
   ``state_incr`` (it returns the new value) raise :class:`SyncUnavailable` naming the
   awaitable form (``await hornbeam_trio.state.get(key)``).  Synchronous ``state_set``
   and ``state_delete`` are fire-and-forget, queued in order with the publishes.
-  Every awaitable operation first waits until what this process queued before it has
-  been written, so a process always reads its own writes.
+  Every awaitable operation goes through the writer's queue too, after what this
+  process queued before it, so a process always reads its own writes, and calls from
+  many tasks share one write.  One that cannot be sent fails at once (a queued write
+  would be retried); one abandoned by its caller (timeout, cancellation) before it was
+  sent is never sent.
 * Values round-trip exactly through a type-tagged codec (:mod:`.codec`); ints are
   stored as plain decimals so INCRBY is atomic on them.  Keys are namespaced
   (``hornbeam:state:<key>``, channels ``hornbeam:topic:<topic>``); ``keys(prefix)``
@@ -135,12 +138,9 @@ class RedisBackend:
         self._deliver_local: LocalDeliver | None = None
         self._client: coredis.Redis[bytes] | None = None
         self._closed = False
-        # the writer's queue, and the counters awaitable operations wait on
+        # the writer's queue: writes, publishes and awaited calls, in the order made
         self._queue: deque[_Op] = deque()
         self._lock = threading.Lock()
-        self._queued = 0
-        self._written = 0
-        self._progress = trio.lowlevel.ParkingLot()
         self._work = trio.Event()
         self._stop = trio.Event()
         self._stop_deadline = float("inf")
@@ -228,7 +228,6 @@ class RedisBackend:
                 self._lose(op, f"{self.max_pending} operations are already waiting for Redis")
                 return
             self._queue.append(op)
-            self._queued += 1
         if not self._work.is_set():
             if self._thread is None or threading.get_ident() == self._thread:
                 self._work.set()
@@ -240,6 +239,9 @@ class RedisBackend:
         self._work.set()
 
     def _lose(self, op: _Op, why: str) -> None:
+        if op[0] == "Q":  # someone awaits it: tell them, count nothing
+            op[2].fail(BackendUnavailable(f"state.{op[1]}: {why}"))
+            return
         if op[0] == "P":
             self.lost_publishes += 1
         else:
@@ -260,8 +262,6 @@ class RedisBackend:
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
             await self._send(client, batch)
-            self._written += len(batch)
-            self._progress.unpark_all()
 
     async def _await_subscriptions(self, batch: list[_Op]) -> None:
         """Let pending SUBSCRIBEs of the batch's topics go first (one bound per batch)."""
@@ -274,7 +274,8 @@ class RedisBackend:
 
     async def _send(self, client: coredis.Redis[bytes], batch: list[_Op]) -> None:
         delay = 0.05
-        while True:
+        replies: list[Any] | None = None
+        while batch:
             await self._await_subscriptions(batch)
             try:
                 with trio.fail_after(self.command_timeout):
@@ -283,6 +284,11 @@ class RedisBackend:
                 connection, self._writer_connection = self._writer_connection, None
                 if connection is not None:
                     await trio.aclose_forcefully(connection[0])
+                # Awaited calls fail now (their caller decides); the queued rest is retried.
+                for op in batch:
+                    if op[0] == "Q":
+                        op[2].fail(exc)
+                batch = [op for op in batch if op[0] != "Q"]
                 if self._stop.is_set() and trio.current_time() + delay > self._stop_deadline:
                     for op in batch:
                         self._lose(op, "Redis is unreachable and the server is stopping")
@@ -301,6 +307,8 @@ class RedisBackend:
                 delay = min(delay * 2, 2.0)
                 continue
             break
+        if replies is None:  # nothing left to send
+            return
         if self._down_since is not None:
             logger.warning(
                 "Redis at %s reachable again after %.1fs; lost while it was not: "
@@ -317,11 +325,17 @@ class RedisBackend:
                 logger.error("Redis refused a command: %s", reply)
 
     async def _pipeline(self, pool: Any, batch: list[_Op]) -> list[Any]:
-        """Send the batch as one write on the writer's own connection; its replies."""
-        commands = []
+        """Send the batch as one write on the writer's own connection; hand awaited
+        calls their replies, return the others'."""
+        commands: list[bytes] = []
+        queries: list[tuple[_Query, int]] = []
         state, channel = self._state_prefix, self._topic_prefix
         for kind, name, argument in batch:
-            if kind == "P":
+            if kind == "Q":
+                if not argument.abandoned:
+                    queries.append((argument, len(commands)))
+                    commands.extend(argument.commands)
+            elif kind == "P":
                 commands.append(_command(b"PUBLISH", channel + name, argument))
             elif kind == "S":
                 commands.append(_command(b"SET", state + name, argument))
@@ -357,17 +371,10 @@ class RedisBackend:
                 reader.feed(data)
             else:
                 replies.append(reply)
-        return replies
-
-    async def _barrier(self) -> coredis.Redis[bytes]:
-        """Wait until everything this process queued so far is written; the client."""
-        target = self._queued
-        while self._written < target and not self._closed:
-            await self._progress.park()
-        client = self._client
-        if client is None:
-            raise RuntimeError("the Redis backend is not running (it runs while its server does)")
-        return client
+        for query, start in reversed(queries):
+            query.succeed(replies[start : start + len(query.commands)])
+            del replies[start : start + len(query.commands)]
+        return replies  # those of the queued operations
 
     # -- pub/sub -------------------------------------------------------------
     def publish(self, topic: str, message: Any) -> int:
@@ -576,59 +583,100 @@ class RedisBackend:
                 f"({exc or type(exc).__name__})"
             ) from exc
 
+    async def _query(self, call: str, *commands: bytes) -> list[Any]:
+        """Run ``commands`` through the writer, in order with everything this process
+        queued before (so it reads its own writes); their replies."""
+        query = _Query(commands)
+        self._enqueue(("Q", call, query))
+        try:
+            with self._network(call):
+                await query.done.wait()
+                if query.error is not None:
+                    raise query.error
+        except BaseException:
+            query.abandoned = True  # not sent yet: it never will be
+            raise
+        return query.replies
+
     async def aget(self, key: str) -> Any:
         name = self._state_prefix + _checked_key(key)
-        with self._network("get"):
-            client = await self._barrier()
-            return decode_value(await client.get(name))
+        (raw,) = await self._query("get", _command(b"GET", name))
+        return decode_value(_ok(raw))
 
     async def aset(self, key: str, value: Any) -> None:
         name = self._state_prefix + _checked_key(key)
-        payload = encode_value(value)
-        with self._network("set"):
-            client = await self._barrier()
-            await client.set(name, payload)
+        (reply,) = await self._query("set", _command(b"SET", name, encode_value(value)))
+        _ok(reply)
 
     async def adelete(self, key: str) -> None:
         name = self._state_prefix + _checked_key(key)
-        with self._network("delete"):
-            client = await self._barrier()
-            await client.delete([name])
+        (reply,) = await self._query("delete", _command(b"DEL", name))
+        _ok(reply)
 
     async def aincr(self, key: str, delta: int = 1) -> int:
         name = self._state_prefix + _checked_key(key)
         delta = _checked_delta(delta)
-        with self._network("incr"):
-            client = await self._barrier()
-            try:
-                return await client.incrby(name, delta)
-            except ResponseError as exc:
-                current = decode_value(await client.get(name))
-                if isinstance(current, int) and not isinstance(current, bool):
-                    raise OverflowError(f"state key {key!r}: {exc}") from None
-                raise TypeError(
-                    f"state key {key!r} holds a {type(current).__name__}, not an int"
-                ) from None
+        (reply,) = await self._query("incr", _command(b"INCRBY", name, str(delta)))
+        if not isinstance(reply, hiredis.ReplyError):
+            return int(reply)
+        (raw,) = await self._query("incr", _command(b"GET", name))
+        current = decode_value(_ok(raw))
+        if isinstance(current, int) and not isinstance(current, bool):
+            raise OverflowError(f"state key {key!r}: {reply}")
+        raise TypeError(f"state key {key!r} holds a {type(current).__name__}, not an int")
 
     async def aget_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         wanted = [_checked_key(key) for key in keys]
-        with self._network("get_multi"):
-            client = await self._barrier()
-            if not wanted:
-                return {}
-            prefix = self._state_prefix
-            raw = await client.mget([prefix + key for key in wanted])
-        return {key: decode_value(value) for key, value in zip(wanted, raw, strict=True)}
+        if not wanted:
+            await self._query("get_multi", _command(b"PING"))  # still in order, still a wait
+            return {}
+        prefix = self._state_prefix
+        (raw,) = await self._query(
+            "get_multi", _command(b"MGET", *[prefix + key for key in wanted])
+        )
+        return {key: decode_value(value) for key, value in zip(wanted, _ok(raw), strict=True)}
 
     async def akeys(self, prefix: str | None = None) -> list[str]:
         pattern = _GLOB_SPECIAL.sub(r"\\\1", self._state_prefix + (prefix or "")) + "*"
         strip = len(self._state_prefix)
         found: dict[str, None] = {}  # SCAN may return a key twice
-        with self._network("keys"):
-            client = await self._barrier()
-            async for name in client.scan_iter(match=pattern, count=1000):
+        cursor = b"0"
+        while True:
+            (reply,) = await self._query(
+                "keys", _command(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", b"1000")
+            )
+            cursor, names = _ok(reply)
+            for name in names:
                 found[name[strip:].decode("utf-8", "surrogateescape")] = None
-        return list(found)
+            if cursor == b"0":
+                return list(found)
+
+
+class _Query:
+    """Commands an awaitable call sent through the writer, and their replies."""
+
+    __slots__ = ("abandoned", "commands", "done", "error", "replies")
+
+    def __init__(self, commands: tuple[bytes, ...]) -> None:
+        self.commands = commands
+        self.replies: list[Any] = []
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.done = trio.Event()
+
+    def succeed(self, replies: list[Any]) -> None:
+        self.replies = replies
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+def _ok(reply: Any) -> Any:
+    if isinstance(reply, hiredis.ReplyError):
+        raise ResponseError(str(reply))
+    return reply
 
 
 def _sync_unavailable(call: str, awaitable: str) -> SyncUnavailable:
