@@ -237,6 +237,10 @@ async def test_sync_writes_are_queued_in_order_and_read_back_by_the_same_process
             assert await state.get("gone") is None
             with pytest.raises(TypeError):
                 state_set("bad", object())  # refused at the call, not later
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await state.set("abandoned", 1)  # cancelled before it was sent...
+            assert await state.get("abandoned") is None  # ...so never sent
     assert redis.command("GET", "hornbeam:state:counter") == b"99"
 
 

@@ -586,6 +586,7 @@ class RedisBackend:
     async def _query(self, call: str, *commands: bytes) -> list[Any]:
         """Run ``commands`` through the writer, in order with everything this process
         queued before (so it reads its own writes); their replies."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: send nothing
         query = _Query(commands)
         self._enqueue(("Q", call, query))
         try:
