@@ -29,7 +29,7 @@ from .protocol import websocket as wsproto
 from .protocol.http11 import simple_response
 from .pubsub import Delivery
 from .runtime import ConnectionContext, current_connection
-from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
+from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
 from .types import ClientDisconnected
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Writer:
         "_drained",
         "_flushing",
         "_nursery",
+        "_streamed",
         "_unyielded",
         "pending",
         "pending_bytes",
@@ -86,6 +87,7 @@ class Writer:
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
         self._unyielded = 0
+        self._streamed = isinstance(transport, StreamTransport)
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -153,6 +155,12 @@ class Writer:
 
     async def write(self, data: bytes) -> None:
         """The app's send(): waits only when too much is queued (backpressure)."""
+        if not self.pending and self._streamed:
+            # TLS / in-memory: no non-blocking send, so write from the app's own task
+            # rather than spawn a flusher per message (the stream's lock keeps order
+            # with deliveries queued meanwhile).
+            await self.transport.send_all(data)
+            return
         self.write_nowait(data)
         if self.pending_bytes > SEND_HIGH_WATER:
             while self.pending_bytes > SEND_HIGH_WATER // 2 and self._flushing:
