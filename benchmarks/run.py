@@ -569,10 +569,8 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) >= 1 else f"{value:.2f}"
 
 
-def ratio_of(value: float, base: float | None) -> str:
-    if base is None or base == 0 or math.isnan(base):
-        return "n/a"
-    return f"{value / base:.2f}"
+def ratio_text(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
 
 
 def median_measurement(samples: list[Measurement]) -> Measurement:
@@ -589,33 +587,79 @@ def median_measurement(samples: list[Measurement]) -> Measurement:
 Cell = Measurement | Failure | None  # None: not applicable
 
 
-def run_cell(
-    server: Server,
-    app: str,
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One column (or broadcast row): a label, the server, the app it runs."""
+
+    label: str
+    server: Server
+    app: str
+
+
+def measure_once(
+    entry: Entry,
     workload_key: str,
     measure: Callable[..., Measurement],
     opts: argparse.Namespace,
     log_dir: Path,
-) -> Cell:
-    """Measure `opts.repeat` times on fresh servers; a sample taken while other processes
-    used more than `opts.max_foreign` cores is measured again (up to `opts.retries` times)
-    and the least disturbed attempt is kept."""
-    samples = []
+    repeat: int,
+) -> Measurement:
+    """One sample on a fresh server. A sample taken while other processes used more than
+    `opts.max_foreign` cores is taken again (up to `opts.retries` times); the least
+    disturbed attempt is kept. Raises Failure."""
+    attempts: list[Measurement] = []
+    for attempt in range(1 + opts.retries):
+        name = f"{workload_key}-{entry.server.name}-{entry.app}-{repeat}.{attempt}.log"
+        wait_for_quiet(opts)
+        with running(entry.server, entry.app, log_dir / name) as proc:
+            attempts.append(measure(proc, opts))
+        if not attempts[-1].foreign_cpu > opts.max_foreign:  # NaN: not measured
+            break
+        print("(busy machine, again)", end=" ", flush=True)
+    return min(attempts, key=lambda m: _or(m.foreign_cpu, 0.0))
+
+
+def measure_row(
+    entries: list[Entry],
+    workload_key: str,
+    measure: Callable[..., Measurement],
+    opts: argparse.Namespace,
+    log_dir: Path,
+) -> tuple[dict[str, Cell], dict[str, float | None]]:
+    """Measure every entry `opts.repeat` times, repeats outermost: the samples of one
+    repeat are taken minutes apart at most, so each repeat gives a ratio to the baseline
+    that the machine's drift hardly touches. Returns the median value of each entry and
+    the median of its per-repeat ratios."""
+    samples: dict[str, list[Measurement]] = {e.label: [] for e in entries}
+    failed: dict[str, Failure] = {}
     for repeat in range(opts.repeat):
-        attempts: list[Measurement] = []
-        for attempt in range(1 + opts.retries):
-            log = log_dir / f"{workload_key}-{server.name}-{app}-{repeat}.{attempt}.log"
-            wait_for_quiet(opts)
+        for entry in entries:
+            if entry.label in failed:
+                continue
+            tag = f"#{repeat + 1}" if opts.repeat > 1 else ""
+            print(f"  {workload_key:<9} {entry.label:<26} {tag}", end=" ", flush=True)
             try:
-                with running(server, app, log) as proc:
-                    attempts.append(measure(proc, opts))
+                sample = measure_once(entry, workload_key, measure, opts, log_dir, repeat)
             except Failure as failure:
-                return failure
-            if not attempts[-1].foreign_cpu > opts.max_foreign:  # NaN: not measured
-                break
-            print("(busy machine, again)", end=" ", flush=True)
-        samples.append(min(attempts, key=lambda m: _or(m.foreign_cpu, 0.0)))
-    return median_measurement(samples)
+                failed[entry.label] = failure
+                print("fail", flush=True)
+                continue
+            samples[entry.label].append(sample)
+            print(fmt(sample.value), flush=True)
+    cells: dict[str, Cell] = {
+        e.label: failed.get(e.label) or median_measurement(samples[e.label]) for e in entries
+    }
+    base = samples.get(BASELINE) if BASELINE not in failed else None
+    ratios: dict[str, float | None] = {}
+    for entry in entries:
+        mine = samples[entry.label]
+        if entry.label in failed or not base or len(base) != len(mine):
+            ratios[entry.label] = None
+            continue
+        ratios[entry.label] = statistics.median(
+            m.value / b.value for m, b in zip(mine, base, strict=True)
+        )
+    return cells, ratios
 
 
 def wait_for_quiet(opts: argparse.Namespace) -> None:
@@ -667,22 +711,11 @@ def main_table(
         return None
     rows, notes, cpu_rows = [], [], []
     for workload in chosen:
-        cells: dict[str, Cell] = {}
-        for name in names:
-            server = SERVERS[name]
-            if workload.http and not server.http:
-                cells[name] = None
-                continue
-            app = "echo"
-            print(f"  {workload.key:<6} {name:<14}", end=" ", flush=True)
-            cell = run_cell(server, app, workload.key, workload.measure, opts, log_dir)
-            print(
-                "fail" if isinstance(cell, Failure) else fmt(cell.value) if cell else "—",
-                flush=True,
-            )
-            cells[name] = cell
-        base_cell = cells.get(BASELINE)
-        base = base_cell.value if isinstance(base_cell, Measurement) else None
+        entries = [
+            Entry(n, SERVERS[n], "echo") for n in names if SERVERS[n].http or not workload.http
+        ]
+        measured, ratios = measure_row(entries, workload.key, workload.measure, opts, log_dir)
+        cells: dict[str, Cell] = {n: measured.get(n) for n in names}  # None: not applicable
         row = [workload.title, workload.unit]
         cpu_row = [workload.key]
         for name in names:
@@ -695,9 +728,8 @@ def main_table(
                 cpu_row.append("—")
                 notes.append(f"- {workload.key} / {name}: {cell}")
             else:
-                row.append(
-                    f"{fmt(cell.value)} ({ratio_of(cell.value, base)}){_disturbed(cell, opts)}"
-                )
+                ratio = ratio_text(ratios.get(name))
+                row.append(f"{fmt(cell.value)} ({ratio}){_disturbed(cell, opts)}")
                 cpu_row.append(_cpu_pair(cell))
         rows.append(row)
         if workload.key != "idle":  # no CPU interval there: memory only
@@ -707,14 +739,14 @@ def main_table(
             "unit": workload.unit,
             "lower_is_better": workload.lower_is_better,
             "servers": {
-                n: describe(c) | {"ratio_to_uvicorn": _ratio_value(c, base)}
-                for n, c in cells.items()
+                n: describe(c) | {"ratio_to_uvicorn": ratios.get(n)} for n, c in cells.items()
             },
         }
     table = markdown_table(["workload", "unit", *names], rows)
     text = (
-        f"{table}\n\nCells: absolute (ratio to {BASELINE} in this run); ⚠: other processes "
-        f"used > {opts.max_foreign:.0%} of a core meanwhile."
+        f"{table}\n\nCells: absolute, median of {opts.repeat} (ratio to {BASELINE}: median of the "
+        f"per-repeat ratios); ⚠: other processes used > {opts.max_foreign:.0%} of a core "
+        "meanwhile."
     )
     if cpu_rows:
         text += "\n\n" + markdown_table(["CPU, cores: server / loadgen / others", *names], cpu_rows)
@@ -734,37 +766,24 @@ def _disturbed(cell: Measurement, opts: argparse.Namespace) -> str:
     return " ⚠" if cell.foreign_cpu > opts.max_foreign else ""
 
 
-def _ratio_value(cell: Cell, base: float | None) -> float | None:
-    if isinstance(cell, Measurement) and base:
-        return cell.value / base
-    return None
-
-
 def broadcast_table(
     opts: argparse.Namespace, names: list[str], log_dir: Path, report: dict[str, Any]
 ) -> str | None:
     if "broadcast" not in opts.only:
         return None
-    entries = [e for e in BROADCAST_ENTRIES if e[1] in names]
-    cells: dict[str, Cell] = {}
-    for label, name, app in entries:
-        print(f"  broadcast {label:<26}", end=" ", flush=True)
-        cell = run_cell(SERVERS[name], app, "broadcast", measure_broadcast, opts, log_dir)
-        print("fail" if isinstance(cell, Failure) else fmt(cell.value) if cell else "—", flush=True)
-        cells[label] = cell
-    base_cell = cells.get(BASELINE)
-    base = base_cell.value if isinstance(base_cell, Measurement) else None
+    entries = [Entry(label, SERVERS[n], app) for label, n, app in BROADCAST_ENTRIES if n in names]
+    cells, ratios = measure_row(entries, "broadcast", measure_broadcast, opts, log_dir)
     rows, notes = [], []
-    for label, _name, app in entries:
-        cell = cells[label]
+    for entry in entries:
+        cell = cells[entry.label]
         if isinstance(cell, Measurement):
             peak, paced = cell.details["max"], cell.details.get("paced", {})
             rows.append(
                 [
-                    label,
-                    f"`{app}`",
+                    entry.label,
+                    f"`{entry.app}`",
                     fmt(cell.value),
-                    ratio_of(cell.value, base),
+                    ratio_text(ratios[entry.label]),
                     fmt(peak["p50_ms"]),
                     fmt(peak["p99_ms"]),
                     fmt(paced.get("p50_ms", math.nan)),
@@ -773,15 +792,14 @@ def broadcast_table(
                 ]
             )
         else:
-            rows.append([label, f"`{app}`", "fail", "", "", "", "", "", ""])
-            notes.append(f"- broadcast / {label}: {cell}")
+            rows.append([entry.label, f"`{entry.app}`", "fail", "", "", "", "", "", ""])
+            notes.append(f"- broadcast / {entry.label}: {cell}")
     report["broadcast"] = {
         "subscribers": opts.subscribers,
         "window": opts.window,
         "rate": opts.rate,
         "servers": {
-            label: describe(c) | {"ratio_to_uvicorn": _ratio_value(c, base)}
-            for label, c in cells.items()
+            label: describe(c) | {"ratio_to_uvicorn": ratios[label]} for label, c in cells.items()
         },
     }
     header = [
