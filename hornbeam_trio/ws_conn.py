@@ -186,11 +186,65 @@ class Writer:
         self.pending_deliveries = 0
 
 
+class _Batcher:
+    """Coalesces pub/sub deliveries: one send() per connection per scheduler pass.
+
+    A publisher that publishes several messages before yielding (a burst read in
+    one recv) would otherwise cost one syscall per message per subscriber; the
+    syscall, not Python, is the price of a delivery.  Deliveries wait at most until
+    the batcher's next turn, which comes right after the publishing task yields.
+    """
+
+    def __init__(self) -> None:
+        self.dirty: list[WebSocketConnection] = []
+        self.task: trio.lowlevel.Task | None = None
+        self.parked = False
+
+    def mark(self, conn: WebSocketConnection) -> None:
+        self.dirty.append(conn)
+        if self.parked:
+            self.parked = False
+            assert self.task is not None
+            trio.lowlevel.reschedule(self.task)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self.parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def run(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        while True:
+            while self.dirty:
+                dirty, self.dirty = self.dirty, []
+                for conn in dirty:
+                    try:
+                        conn.flush_batch()
+                    except Exception:  # a system task must not die: log, go on
+                        logger.exception("flushing pub/sub deliveries failed")
+            self.parked = True
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+
+_BATCHER: trio.lowlevel.RunVar[_Batcher] = trio.lowlevel.RunVar("hornbeam_trio.batcher")
+
+
+def _batcher() -> _Batcher:
+    """This Trio run's batcher, started on first use as a system task."""
+    try:
+        return _BATCHER.get()
+    except LookupError:
+        batcher = _Batcher()
+        _BATCHER.set(batcher)
+        trio.lowlevel.spawn_system_task(batcher.run, name="hornbeam_trio pub/sub batcher")
+        return batcher
+
+
 class WebSocketConnection:
     """ASGI ``receive``/``send`` for one WebSocket, and its pub/sub push target."""
 
     __slots__ = (
         "_app_waiter",
+        "_batch",
         "_close_deadline",
         "_denial",
         "_events",
@@ -254,6 +308,8 @@ class WebSocketConnection:
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
+        self._batch: list[bytes] | None = None
+        """Deliveries of the current scheduler pass, sent together by the batcher."""
 
         self.accepted = False
         self.response_started = False  # HTTP denial response or 101 sent
@@ -304,6 +360,7 @@ class WebSocketConnection:
         protocol = self.protocol
         if protocol is None or protocol.close_sent:
             return
+        self._batch = None
         self.writer.drop_queued_deliveries()
         self._write_nowait(protocol.send_close(code, reason))
         self._start_close_timer()
@@ -421,6 +478,8 @@ class WebSocketConnection:
                 if data is None:
                     raise TypeError("websocket.send needs 'text' or 'bytes'")
                 frame = protocol.send_message(bytes(data))
+            if self._batch:
+                self.flush_batch()
             try:
                 await self.writer.write(frame)
             except TransportClosed:
@@ -617,6 +676,8 @@ class WebSocketConnection:
                 self._write_nowait(protocol.send_ping(b"hb"))
 
     def _write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
+        if self._batch:
+            self.flush_batch()
         try:
             self.writer.write_nowait(data, delivery=delivery)
         except TransportClosed:
@@ -638,18 +699,38 @@ class WebSocketConnection:
             self._pre_accept.append(delivery.frame)
             return True
         writer = self.writer
-        if writer.pending_deliveries >= self.config.subscriber_queue_size:
+        batch = self._batch
+        limit = self.config.subscriber_queue_size
+        if writer.pending_deliveries + (len(batch) if batch else 0) >= limit:
             if self.config.slow_consumer == "drop-oldest":
-                writer.drop_queued_deliveries(keep_newest=self.config.subscriber_queue_size - 1)
+                if batch:
+                    del batch[0]
+                else:
+                    writer.drop_queued_deliveries(keep_newest=limit - 1)
             else:
                 logger.info(
                     "closing WebSocket: slow consumer (%d queued)", writer.pending_deliveries
                 )
                 self.close_now(1013, "slow consumer")
                 return False
+        if batch is None:
+            self._batch = [delivery.frame]
+            _batcher().mark(self)
+        else:
+            batch.append(delivery.frame)
+        return True
+
+    def flush_batch(self) -> None:
+        """Write the deliveries of this scheduler pass in one send() (the batcher calls this)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = None
+        if self.disconnect_code is not None:
+            return
         try:
-            writer.write_nowait(delivery.frame, delivery=True)
+            self.writer.write_nowait(
+                batch[0] if len(batch) == 1 else b"".join(batch), delivery=True
+            )
         except TransportClosed:
             self._transport_lost()
-            return False
-        return True
