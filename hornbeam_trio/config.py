@@ -11,7 +11,7 @@ trust every value.  This module imports nothing of ours.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 LifespanMode = Literal["auto", "on", "off"]
@@ -212,7 +212,6 @@ __all__ = [
     "BindAddress",
     "Config",
     "ConfigError",
-    "field",
     "flag_name",
     "parse_bind",
 ]
