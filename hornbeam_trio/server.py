@@ -30,6 +30,7 @@ import trio
 from .config import BindAddress, Config, parse_bind
 from .http_conn import HTTPConnection
 from .lifespan import Lifespan, StartupFailed
+from .readiness import ReadinessHub
 from .runtime import Runtime, current_runtime, default_runtime
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
@@ -113,6 +114,8 @@ class Server:
         """Connections counted against ``limit_concurrency`` (those not answered 503)."""
         self.lifespan = Lifespan(app, config.lifespan)
         self.connections_nursery: trio.Nursery | None = None
+        self.readiness: ReadinessHub | None = None
+        """Read-readiness for every plain-TCP connection of this server (Linux epoll)."""
         self.app_error_hook: Callable[[BaseException], None] | None = None
         """Called with every exception an app raises (the testing toolkit re-raises them)."""
         self._scheme = "https" if self.ssl_context else "http"
@@ -174,7 +177,7 @@ class Server:
                 server_side=True,
             )
             return StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
-        return SocketTransport(sock)
+        return SocketTransport(sock, hub=self.readiness)
 
     async def handle_transport(self, transport: Transport) -> None:
         """Serve one client connection to its end (sockets, TLS, in-memory test streams)."""
@@ -338,6 +341,10 @@ async def _run_shielded(
     config = server.config
     with trio.CancelScope(shield=True):
         async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
+            if ReadinessHub.available():
+                # Outlives every connection: this nursery closes after the connections'.
+                server.readiness = ReadinessHub()
+                lifespan_nursery.start_soon(server.readiness.run)
             await lifespan_nursery.start(server.lifespan.run)
             try:
                 server.lifespan.check_startup()

@@ -21,6 +21,8 @@ from typing import Protocol
 
 import trio
 
+from .readiness import ReadinessHub
+
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 16
 """Operations completed without blocking before we yield to the scheduler anyway."""
@@ -63,6 +65,8 @@ class SocketTransport:
 
     __slots__ = (
         "_closed",
+        "_fd",
+        "_hub",
         "_likely_empty",
         "_unyielded",
         "client",
@@ -72,7 +76,7 @@ class SocketTransport:
         "stall_timeout",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, hub: ReadinessHub | None = None) -> None:
         self.sock = sock
         self.client = _address(sock, peer=True)
         self.server = _address(sock, peer=False)
@@ -81,6 +85,17 @@ class SocketTransport:
         self._unyielded = 0
         self._closed = False
         self._likely_empty = False
+        self._fd = sock.fileno()
+        self._hub = hub
+        if hub is not None:
+            hub.register(self._fd)
+
+    async def _wait_readable(self) -> None:
+        hub = self._hub
+        if hub is not None:
+            await hub.wait_readable(self._fd)
+        else:
+            await trio.lowlevel.wait_readable(self.sock)
 
     async def recv(self) -> bytes:
         """Next bytes from the peer; ``b""`` at EOF.  Raises TransportClosed on reset."""
@@ -90,7 +105,7 @@ class SocketTransport:
             self._likely_empty = False
             self._unyielded = 0
             try:
-                await trio.lowlevel.wait_readable(self.sock)
+                await self._wait_readable()
             except trio.ClosedResourceError:
                 raise TransportClosed("closed locally") from None
         while True:
@@ -99,7 +114,7 @@ class SocketTransport:
             except BlockingIOError:
                 self._unyielded = 0
                 try:
-                    await trio.lowlevel.wait_readable(self.sock)
+                    await self._wait_readable()
                 except trio.ClosedResourceError:
                     raise TransportClosed("closed locally") from None
                 continue
@@ -166,6 +181,8 @@ class SocketTransport:
                 )
             except OSError:
                 pass
+        if self._hub is not None:
+            self._hub.unregister(self._fd)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
