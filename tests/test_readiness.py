@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -13,30 +15,36 @@ from hornbeam_trio.readiness import ReadinessHub
 pytestmark = pytest.mark.skipif(not ReadinessHub.available(), reason="needs Linux epoll")
 
 
-async def test_edge_while_nobody_waits_is_kept_for_the_next_wait() -> None:
+@asynccontextmanager
+async def running_hub() -> AsyncIterator[
+    tuple[ReadinessHub, socket.socket, socket.socket, trio.Nursery]
+]:
+    """A running hub with one registered socket (a) whose peer (b) the test writes to."""
     hub = ReadinessHub()
     a, b = socket.socketpair()
     a.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.run)
-        hub.register(a.fileno())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            hub.register(a.fileno())
+            yield hub, a, b, nursery
+            nursery.cancel_scope.cancel()
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_edge_while_nobody_waits_is_kept_for_the_next_wait() -> None:
+    async with running_hub() as (hub, a, b, _):
         b.send(b"x")  # the edge fires now; nobody is waiting yet
         await trio.testing.wait_all_tasks_blocked()
         with trio.fail_after(1):
             await hub.wait_readable(a.fileno())  # returns at once: the edge was kept
         assert a.recv(10) == b"x"
-        nursery.cancel_scope.cancel()
-    a.close()
-    b.close()
 
 
 async def test_waiter_is_woken_by_data() -> None:
-    hub = ReadinessHub()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.run)
-        hub.register(a.fileno())
+    async with running_hub() as (hub, a, b, nursery):
         woke = trio.Event()
 
         async def reader() -> None:
@@ -49,18 +57,10 @@ async def test_waiter_is_woken_by_data() -> None:
         b.send(b"y")
         with trio.fail_after(1):
             await woke.wait()
-        nursery.cancel_scope.cancel()
-    a.close()
-    b.close()
 
 
 async def test_unregister_fails_the_waiter_with_closed_resource_error() -> None:
-    hub = ReadinessHub()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.run)
-        hub.register(a.fileno())
+    async with running_hub() as (hub, a, _, nursery):
         failed = trio.Event()
 
         async def reader() -> None:
@@ -73,21 +73,10 @@ async def test_unregister_fails_the_waiter_with_closed_resource_error() -> None:
         hub.unregister(a.fileno())
         with trio.fail_after(1):
             await failed.wait()
-        nursery.cancel_scope.cancel()
-    a.close()
-    b.close()
 
 
 async def test_cancelled_wait_leaves_no_waiter_behind() -> None:
-    hub = ReadinessHub()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.run)
-        hub.register(a.fileno())
+    async with running_hub() as (hub, a, _, _):
         with trio.move_on_after(0.01):
             await hub.wait_readable(a.fileno())
         assert a.fileno() not in hub.waiters
-        nursery.cancel_scope.cancel()
-    a.close()
-    b.close()
