@@ -249,6 +249,7 @@ class HTTPConnection:
             config=server.config,
             runtime=server.runtime,
             on_app_error=server.report_app_error,
+            batcher=server.batcher,
             key=key,
             tail=self.parser.upgrade_tail,
         )

@@ -34,6 +34,7 @@ from .readiness import ReadinessHub
 from .runtime import Runtime, current_runtime, default_runtime
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
+from .ws_conn import DeliveryBatcher
 
 if TYPE_CHECKING:
     from .protocol.http11 import Request
@@ -114,6 +115,8 @@ class Server:
         """Connections counted against ``limit_concurrency`` (those not answered 503)."""
         self.lifespan = Lifespan(app, config.lifespan)
         self.connections_nursery: trio.Nursery | None = None
+        self.batcher = DeliveryBatcher()
+        """Coalesces this server's pub/sub deliveries (one send per connection per pass)."""
         self.readiness: ReadinessHub | None = None
         """Read-readiness for every plain-TCP connection of this server (Linux epoll)."""
         self.app_error_hook: Callable[[BaseException], None] | None = None
@@ -341,6 +344,7 @@ async def _run_shielded(
     config = server.config
     with trio.CancelScope(shield=True):
         async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
+            lifespan_nursery.start_soon(server.batcher.run)
             if ReadinessHub.available():
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()

@@ -186,13 +186,14 @@ class Writer:
         self.pending_deliveries = 0
 
 
-class _Batcher:
+class DeliveryBatcher:
     """Coalesces pub/sub deliveries: one send() per connection per scheduler pass.
 
     A publisher that publishes several messages before yielding (a burst read in
     one recv) would otherwise cost one syscall per message per subscriber; the
     syscall, not Python, is the price of a delivery.  Deliveries wait at most until
     the batcher's next turn, which comes right after the publishing task yields.
+    One per server: serve() runs it in its own nursery, so it ends with the server.
     """
 
     def __init__(self) -> None:
@@ -225,26 +226,13 @@ class _Batcher:
             await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
-_BATCHER: trio.lowlevel.RunVar[_Batcher] = trio.lowlevel.RunVar("hornbeam_trio.batcher")
-
-
-def _batcher() -> _Batcher:
-    """This Trio run's batcher, started on first use as a system task."""
-    try:
-        return _BATCHER.get()
-    except LookupError:
-        batcher = _Batcher()
-        _BATCHER.set(batcher)
-        trio.lowlevel.spawn_system_task(batcher.run, name="hornbeam_trio pub/sub batcher")
-        return batcher
-
-
 class WebSocketConnection:
     """ASGI ``receive``/``send`` for one WebSocket, and its pub/sub push target."""
 
     __slots__ = (
         "_app_waiter",
         "_batch",
+        "_batcher",
         "_close_deadline",
         "_denial",
         "_events",
@@ -285,6 +273,7 @@ class WebSocketConnection:
         config: Config,
         runtime: Runtime,
         on_app_error: Callable[[BaseException], None],
+        batcher: DeliveryBatcher,
         key: bytes,
         tail: bytes,
     ) -> None:
@@ -299,6 +288,7 @@ class WebSocketConnection:
         self.context = ConnectionContext(runtime, "websocket", config)
         self.context.pusher = self
         self._key = key
+        self._batcher = batcher
         self._on_app_error = on_app_error
         self._tail = tail
         self._timer: trio.CancelScope | None = None
@@ -715,7 +705,7 @@ class WebSocketConnection:
                 return False
         if batch is None:
             self._batch = [delivery.frame]
-            _batcher().mark(self)
+            self._batcher.mark(self)
         else:
             batch.append(delivery.frame)
         return True
