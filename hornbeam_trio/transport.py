@@ -23,7 +23,8 @@ import trio
 
 from .readiness import ReadinessHub
 
-RECV_SIZE = 65536
+RECV_SIZE = 65536 + 1024
+"""A 64 KiB message plus its frame header fits one recv(); still under malloc's mmap threshold."""
 CHECKPOINT_EVERY = 16
 """Operations completed without blocking before we yield to the scheduler anyway."""
 
