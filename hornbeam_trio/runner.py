@@ -166,8 +166,7 @@ def raise_open_file_limit() -> None:
 async def _main(app: ASGIApp, config: Config) -> int:
     # Imported here, not at the top: the CLI's error paths and the reload parent never
     # need the server, and the import must not cost them its start-up time.
-    from hornbeam_trio.backends.base import BackendUnavailable
-    from hornbeam_trio.server import StartupFailed, serve
+    from hornbeam_trio.server import serve
 
     serve_scope = trio.CancelScope()
     listening = False
@@ -185,14 +184,9 @@ async def _main(app: ASGIApp, config: Config) -> int:
                             logger.info("Listening on %s", describe_address(address, config))
                 nursery.cancel_scope.cancel()  # serve is done: stop watching signals
     except BaseException as exc:
-        failure = _only(exc, StartupFailed)
-        if failure is not None:
-            logger.error("Application startup failed: %s", failure)
-            return EXIT_STARTUP_FAILED
-        unavailable = _only(exc, BackendUnavailable)
-        if unavailable is not None:
-            logger.error("Backend unavailable: %s", unavailable)
-            return EXIT_STARTUP_FAILED
+        code = startup_failure_code(exc)
+        if code is not None:
+            return code
         bind_error = None if listening else _only(exc, OSError)
         if bind_error is not None:
             logger.error("Cannot listen: %s", bind_error)
@@ -220,6 +214,22 @@ def describe_address(address: BindAddress, config: Config) -> str:
     host = f"[{address.host}]" if ":" in address.host else address.host
     scheme = "https" if config.ssl_enabled else "http"
     return f"{scheme}://{host}:{address.port}"
+
+
+def startup_failure_code(exc: BaseException) -> int | None:
+    """Log a failed startup (app lifespan or backend) in one line; its exit code, else None."""
+    from hornbeam_trio.backends.base import BackendUnavailable
+    from hornbeam_trio.server import StartupFailed
+
+    failure = _only(exc, StartupFailed)
+    if failure is not None:
+        logger.error("Application startup failed: %s", failure)
+        return EXIT_STARTUP_FAILED
+    unavailable = _only(exc, BackendUnavailable)
+    if unavailable is not None:
+        logger.error("Backend unavailable: %s", unavailable)
+        return EXIT_STARTUP_FAILED
+    return None
 
 
 def _only(exc: BaseException, kind: type[E]) -> E | None:

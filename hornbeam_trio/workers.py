@@ -44,10 +44,10 @@ from .runner import (
     _stop_on_signals,
     describe_address,
     raise_open_file_limit,
+    startup_failure_code,
 )
 from .server import (
     Server,
-    StartupFailed,
     _make_runtime,
     bound_address,
     make_listeners,
@@ -205,13 +205,8 @@ async def _worker_main(app: ASGIApp, config: Config, listeners: list[socket.sock
                     await serve_server(server, listeners)
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
-        failure = _only(exc, StartupFailed)
-        if failure is not None:
-            logger.error("Application startup failed: %s", failure)
-            return EXIT_STARTUP_FAILED
-        unavailable = _only(exc, BackendUnavailable)
-        if unavailable is not None:
-            logger.error("Backend unavailable: %s", unavailable)
-            return EXIT_STARTUP_FAILED
+        code = startup_failure_code(exc)
+        if code is not None:
+            return code
         raise
     return EXIT_OK
