@@ -31,12 +31,12 @@ from .protocol.http11 import (
 )
 from .runtime import ConnectionContext, current_connection
 from .transport import Transport, TransportClosed
-from .types import ClientDisconnected
+from .types import ASGI_VERSION, ClientDisconnected
 from .ws_conn import WebSocketConnection
 
 if TYPE_CHECKING:
     from .server import Server
-    from .types import Message
+    from .types import Message, Scope
 
 logger = logging.getLogger("hornbeam_trio")
 access_logger = logging.getLogger("hornbeam_trio.access")
@@ -71,6 +71,11 @@ class HTTPConnection:
         # an error itself (400/408...), nothing else may follow on the wire.
         self.parse_error: HTTPError | None = None
         self.rejected = False
+        # Read once per connection, not per request (RequestCycle's hot path).
+        self.request_timeout = config.request_timeout_s
+        self.access_log = config.access_log
+        self.root_path = config.root_path
+        self.scheme = server.http_scheme
 
     def begin_shutdown(self) -> None:
         ws = self.websocket
@@ -278,8 +283,27 @@ class RequestCycle:
     async def run(self) -> None:
         conn = self.conn
         server = conn.server
-        scope = server.base_scope(self.request, conn.transport, "http")
-        scope["method"] = self.request.method
+        request = self.request
+        transport = conn.transport
+        root_path = conn.root_path
+        # Server.base_scope, inlined: one dict literal per request.
+        scope: Scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "scheme": conn.scheme,
+            "path": root_path + request.path if root_path else request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "root_path": root_path,
+            "headers": request.headers,
+            "client": transport.client,
+            "server": transport.server,
+            "method": request.method,
+        }
+        lifespan = server.lifespan
+        if lifespan.supported:
+            scope["state"] = lifespan.state.copy()
         try:
             await server.app(scope, self.receive, self.send)
         except ClientDisconnected:
@@ -307,10 +331,12 @@ class RequestCycle:
                 # Fix (tests/test_http.py): no "100 Continue" was sent, so the client may
                 # never send the body; waiting to skip it stalled into a stray 408.
                 self.keep_alive = False
+            elif conn.parser.skip_end_of_message():
+                self.body_done = True  # no body (or all read): no coroutine to drain it
             else:
                 # Skip the unread body so the next request parses; a large one is not worth it.
                 self.keep_alive = await self._drain_body(limit=65536)
-        if server.config.access_log:
+        if conn.access_log:
             client = conn.transport.client
             access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
@@ -324,7 +350,7 @@ class RequestCycle:
     async def _drain_body(self, limit: int) -> bool:
         seen = 0
         while True:
-            event = await self.conn._next_event(self.conn.server.config.request_timeout_s)
+            event = await self.conn._next_event(self.conn.request_timeout)
             if event is None:
                 return False
             if event is END_OF_MESSAGE:
@@ -353,7 +379,7 @@ class RequestCycle:
         if request.expect_continue and not self.encoder.started:
             request.expect_continue = False
             await self._write(CONTINUE_RESPONSE)
-        event = await self.conn._next_event(self.conn.server.config.request_timeout_s)
+        event = await self.conn._next_event(self.conn.request_timeout)
         if event is None:
             self.body_done = True
             self.keep_alive = False

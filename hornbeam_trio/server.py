@@ -121,16 +121,17 @@ class Server:
         """Read-readiness for every plain-TCP connection of this server (Linux epoll)."""
         self.app_error_hook: Callable[[BaseException], None] | None = None
         """Called with every exception an app raises (the testing toolkit re-raises them)."""
-        self._scheme = "https" if self.ssl_context else "http"
+        self.http_scheme = "https" if self.ssl_context else "http"
         self._ws_scheme = "wss" if self.ssl_context else "ws"
 
     def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:
+        """The scope of a request; HTTP requests build theirs inline (RequestCycle.run)."""
         root_path = self.config.root_path
         scope: Scope = {
             "type": kind,
             "asgi": ASGI_VERSION,
             "http_version": request.http_version,
-            "scheme": self._ws_scheme if kind == "websocket" else self._scheme,
+            "scheme": self._ws_scheme if kind == "websocket" else self.http_scheme,
             "path": root_path + request.path,
             "raw_path": request.raw_path,
             "query_string": request.query_string,

@@ -237,6 +237,14 @@ class HTTPParser:
             return self._events.popleft()
         return NEED_DATA
 
+    def skip_end_of_message(self) -> bool:
+        """Pop ``END_OF_MESSAGE`` if it is the next event (a request without a body)."""
+        events = self._events
+        if events and events[0] is END_OF_MESSAGE:
+            events.popleft()
+            return True
+        return False
+
     @property
     def upgrade_tail(self) -> bytes:
         """Bytes after the head of an upgrade request (e.g. the first WebSocket frames)."""
