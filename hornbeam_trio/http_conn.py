@@ -13,7 +13,9 @@ followed its head, to :class:`~hornbeam_trio.ws_conn.WebSocketConnection`.
 
 from __future__ import annotations
 
+import heapq
 import logging
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -42,6 +44,97 @@ logger = logging.getLogger("hornbeam_trio")
 access_logger = logging.getLogger("hornbeam_trio.access")
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _HeadTimer:
+    """A connection's entry in :class:`HeadTimeouts` (small: it may outlive the connection)."""
+
+    __slots__ = ("at", "deadline", "scope", "seq")
+
+    def __init__(self) -> None:
+        self.deadline = inf
+        """When the current wait for a request head times out; inf when not waiting."""
+        self.seq = 0
+        """The sequence number of this timer's live heap entry; 0: none."""
+        self.at = inf
+        """The deadline of that heap entry."""
+        self.scope: trio.CancelScope | None = None
+        """The connection's scope, cancelled on time-out; None once the connection ended."""
+
+
+class HeadTimeouts:
+    """The wait-for-a-request-head time-outs of every HTTP connection of a server.
+
+    Setting a Trio cancel scope's deadline costs a context manager per change, and
+    keep-alive needed two changes per request: arm the time-out, then lift it before
+    the app runs.  Here a connection only writes :attr:`_HeadTimer.deadline`.  Each
+    timer has at most one heap entry; when it comes due this task cancels the
+    connection's scope if the connection is still waiting past its deadline, or
+    moves the entry to the connection's current deadline.  So a keep-alive
+    connection costs a heap operation once per time-out period, not per request,
+    and a wait times out at its deadline as a scope deadline would.  One task per
+    server, run in serve()'s own nursery (outliving every connection).
+    """
+
+    __slots__ = ("_dead", "_heap", "_seq", "_sleep", "running")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _HeadTimer]] = []
+        self._seq = 0
+        self._dead = 0
+        """Heap entries of ended connections; pruned once they are half the heap."""
+        self._sleep: trio.CancelScope | None = None
+        self.running = False
+        """False: connections put their time-outs on their own scope's deadline."""
+
+    def watch(self, timer: _HeadTimer, deadline: float) -> None:
+        """Give ``timer`` a heap entry due at ``deadline``."""
+        self._seq = seq = self._seq + 1
+        timer.seq = seq
+        timer.at = deadline
+        heapq.heappush(self._heap, (deadline, seq, timer))
+        sleep = self._sleep
+        if sleep is not None and deadline < sleep.deadline:
+            sleep.deadline = deadline
+
+    def release(self, timer: _HeadTimer) -> None:
+        """The connection of ``timer`` has ended: its heap entry is dead."""
+        timer.scope = None
+        if timer.seq:
+            timer.seq = 0
+            self._dead += 1
+            heap = self._heap
+            if self._dead > 32 and self._dead * 2 > len(heap):
+                # In place: run() holds the list.  Superseded entries go too.
+                heap[:] = [entry for entry in heap if entry[2].seq == entry[1]]
+                heapq.heapify(heap)
+                self._dead = 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        heap = self._heap
+        self.running = True
+        task_status.started()
+        try:
+            while True:
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, seq, timer = heapq.heappop(heap)
+                    if timer.seq != seq:
+                        continue  # superseded by an earlier entry
+                    timer.seq = 0
+                    deadline = timer.deadline
+                    if deadline <= now:
+                        if timer.scope is not None:
+                            timer.scope.cancel()
+                    elif deadline != inf:
+                        self.watch(timer, deadline)
+                with trio.CancelScope(deadline=heap[0][0] if heap else inf) as sleep:
+                    self._sleep = sleep
+                    await trio.sleep_forever()
+                self._sleep = None
+        finally:
+            self.running = False
+            self._sleep = None
 
 
 class HTTPConnection:
@@ -76,6 +169,7 @@ class HTTPConnection:
         self.access_log = config.access_log
         self.root_path = config.root_path
         self.scheme = server.http_scheme
+        self.head_timer = _HeadTimer()
 
     def begin_shutdown(self) -> None:
         ws = self.websocket
@@ -92,7 +186,7 @@ class HTTPConnection:
         token = current_connection.set(self.context)
         try:
             with trio.CancelScope() as scope:
-                self.scope = scope
+                self.scope = self.head_timer.scope = scope
                 try:
                     upgrade = await self._serve_requests()
                 except TransportClosed:
@@ -107,6 +201,7 @@ class HTTPConnection:
             ):
                 await self._reject(HTTPError(408, "request timeout"))
         finally:
+            self.server.head_timeouts.release(self.head_timer)
             current_connection.reset(token)
             self.context.release()
             self.context = None
@@ -122,12 +217,24 @@ class HTTPConnection:
         """The next request head, waiting at most ``timeout`` seconds.
 
         The hot path of keep-alive: instead of a new cancel scope per wait, the
-        deadline goes on the connection's own scope and is lifted once the head is
-        in; when it fires, run() answers (or not) and closes.
+        server's HeadTimeouts cancels the connection's own scope when the wait lasts
+        too long (or, without it, a deadline goes on that scope and is lifted once
+        the head is in); then run() answers (or not) and closes.
         """
         event = self.parser.next_event()
         if event is not NEED_DATA:
             return event
+        if timeout:
+            timeouts = self.server.head_timeouts
+            if timeouts.running:
+                timer = self.head_timer
+                timer.deadline = deadline = trio.current_time() + timeout
+                if not timer.seq or deadline < timer.at:
+                    timeouts.watch(timer, deadline)
+                try:
+                    return await self._next_event(None)
+                finally:
+                    timer.deadline = inf
         scope = self.scope
         assert scope is not None
         if timeout:
