@@ -221,9 +221,11 @@ class HTTPConnection:
         too long (or, without it, a deadline goes on that scope and is lifted once
         the head is in); then run() answers (or not) and closes.
         """
-        event = self.parser.next_event()
+        parser = self.parser
+        event = parser.next_event()
         if event is not NEED_DATA:
             return event
+        timer = None
         if timeout:
             timeouts = self.server.head_timeouts
             if timeouts.running:
@@ -231,18 +233,33 @@ class HTTPConnection:
                 timer.deadline = deadline = trio.current_time() + timeout
                 if not timer.seq or deadline < timer.at:
                     timeouts.watch(timer, deadline)
-                try:
-                    return await self._next_event(None)
-                finally:
-                    timer.deadline = inf
-        scope = self.scope
-        assert scope is not None
-        if timeout:
-            scope.deadline = trio.current_time() + timeout
+            else:
+                assert self.scope is not None
+                self.scope.deadline = trio.current_time() + timeout
         try:
-            return await self._next_event(None)
+            # _next_event(None), inlined: one coroutine fewer per request.
+            while True:
+                if self.parse_error is not None:
+                    await self._reject(self.parse_error)
+                    return None
+                if self.eof:
+                    return None
+                data = await self.transport.recv()
+                if not data:
+                    self.eof = True
+                try:
+                    parser.feed(data)
+                except HTTPError as exc:
+                    self.parse_error = exc  # answered once the requests before it are
+                event = parser.next_event()
+                if event is not NEED_DATA:
+                    return event
         finally:
-            scope.deadline = float("inf")
+            if timer is not None:
+                timer.deadline = inf
+            elif timeout:
+                assert self.scope is not None
+                self.scope.deadline = inf
 
     async def _next_event(self, timeout: float | None) -> Any:
         """The parser's next event, reading the socket as needed (None: connection over)."""
@@ -527,7 +544,14 @@ class RequestCycle:
             data = encoder.body(message.get("body", b""), message.get("more_body", False))
             if data:
                 self.written = True
-                await self._write(data)
+                # self._write(data), inlined: one coroutine fewer per response.
+                conn = self.conn
+                if conn.rejected:
+                    raise ClientDisconnected("the server already answered this request")
+                try:
+                    await conn.transport.send_all(data)
+                except TransportClosed:
+                    raise ClientDisconnected("client went away") from None
         elif kind == "http.response.start":
             if encoder.started:
                 raise RuntimeError("http.response.start sent twice")

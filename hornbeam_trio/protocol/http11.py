@@ -584,11 +584,33 @@ class ResponseEncoder:
 
     def body(self, data: bytes, more_body: bool) -> bytes:
         """Return the bytes to write now (the head too, on the first call)."""
+        head = self._head
+        if head is not None and not more_body:
+            # Fast path, the common response: the whole body in the first message,
+            # framed by content-length.  The same bytes as _decide_framing's.
+            status = self._status
+            if not self._is_head and status >= 200 and status != 204 and status != 304:
+                length = len(data)
+                declared = self._declared_length
+                if declared is None and self._app_coding is None:
+                    head.append(b"content-length: %d\r\n" % length)
+                    declared = self._declared_length = length
+                if declared == length:
+                    self._head = None
+                    self._mode = _FIXED
+                    self._sent = length
+                    self._complete = True
+                    if not self._app_close:
+                        if not self._keep_alive:
+                            head.append(_CONNECTION_CLOSE)
+                        elif self._request.http_version != "1.1":
+                            head.append(_CONNECTION_KEEP_ALIVE)
+                    head += (b"\r\n", data)
+                    return b"".join(head)
         if not self._started:
             raise RuntimeError("response not started")
         if self._complete:
             raise RuntimeError("response already complete")
-        head = self._head
         if head is not None:
             self._head = None
             self._decide_framing(head, len(data), more_body)
