@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,7 @@ class HeadTimeouts:
     server, run in serve()'s own nursery (outliving every connection).
     """
 
-    __slots__ = ("_dead", "_heap", "_seq", "_sleep", "running")
+    __slots__ = ("_dead", "_heap", "_seq", "_sleep", "clock", "running")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, _HeadTimer]] = []
@@ -86,6 +87,8 @@ class HeadTimeouts:
         self._sleep: trio.CancelScope | None = None
         self.running = False
         """False: connections put their time-outs on their own scope's deadline."""
+        self.clock: Callable[[], float] = trio.current_time
+        """trio.current_time(), bound to the run's clock: one call instead of three."""
 
     def watch(self, timer: _HeadTimer, deadline: float) -> None:
         """Give ``timer`` a heap entry due at ``deadline``."""
@@ -112,11 +115,12 @@ class HeadTimeouts:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
+        self.clock = clock = trio.lowlevel.current_clock().current_time
         self.running = True
         task_status.started()
         try:
             while True:
-                now = trio.current_time()
+                now = clock()
                 while heap and heap[0][0] <= now:
                     _, seq, timer = heapq.heappop(heap)
                     if timer.seq != seq:
@@ -230,7 +234,7 @@ class HTTPConnection:
             timeouts = self.server.head_timeouts
             if timeouts.running:
                 timer = self.head_timer
-                timer.deadline = deadline = trio.current_time() + timeout
+                timer.deadline = deadline = timeouts.clock() + timeout
                 if not timer.seq or deadline < timer.at:
                     timeouts.watch(timer, deadline)
             else:

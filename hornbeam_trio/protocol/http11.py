@@ -408,8 +408,10 @@ _WATCHED_RESPONSE_HEADERS: Final = frozenset(
     (b"content-length", b"transfer-encoding", b"connection", b"date", b"server")
 )
 
-_date_second = -1
+_date_until = 0.0
+"""time.time() from which _date_line is stale (the start of the next second)."""
 _date_line = b""
+_time = time.time
 
 
 def _status_line(status: int) -> bytes:
@@ -421,12 +423,11 @@ def _status_line(status: int) -> bytes:
 
 def _date_header() -> bytes:
     """The ``date`` header line, formatted at most once per second."""
-    global _date_second, _date_line
-    now = time.time()
-    second = int(now)
-    if second != _date_second:
+    global _date_until, _date_line
+    now = _time()
+    if now >= _date_until:
         _date_line = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-        _date_second = second
+        _date_until = float(int(now) + 1)
     return _date_line
 
 
@@ -484,16 +485,16 @@ class ResponseEncoder:
     __slots__ = (
         "_app_close",
         "_app_coding",
-        "_complete",
         "_declared_length",
         "_head",
         "_is_head",
-        "_keep_alive",
         "_mode",
         "_request",
         "_sent",
-        "_started",
         "_status",
+        "complete",
+        "keep_alive",
+        "started",
     )
 
     def __init__(self, request: Request) -> None:
@@ -501,9 +502,17 @@ class ResponseEncoder:
         self._is_head = request.method == "HEAD"
         # Once an upgrade request's head is parsed the parser stops, so the
         # connection cannot carry another request whatever the response.
-        self._keep_alive = request.keep_alive and request.upgrade is None
-        self._started = False
-        self._complete = False
+        self.keep_alive = request.keep_alive and request.upgrade is None
+        """Whether the connection may carry another request after this response.
+
+        Final once :attr:`complete`; the caller must still drain or discard any
+        unread request body before reusing the connection.  (Plain attributes, not
+        properties: read on every request.)
+        """
+        self.started = False
+        """http.response.start was accepted."""
+        self.complete = False
+        """The last body bytes were produced."""
         self._head: list[bytes] | None = None
         self._status = 0
         self._mode = _UNDECIDED
@@ -512,30 +521,13 @@ class ResponseEncoder:
         self._app_close = False
         self._sent = 0
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
-
-    @property
-    def keep_alive(self) -> bool:
-        """Whether the connection may carry another request after this response.
-
-        Final once :attr:`complete`; the caller must still drain or discard any
-        unread request body before reusing the connection.
-        """
-        return self._keep_alive
-
     def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """Validate and remember the head; nothing is written until :meth:`body`."""
-        if self._started:
+        if self.started:
             raise RuntimeError("response already started")
         if type(status) is not int or not 100 <= status <= 999:
             raise ValueError(f"invalid status code {status!r}")
-        head = [_status_line(status)]
+        head = [_STATUS_LINES.get(status) or _status_line(status)]
         has_date = has_server = False
         valid_names = _valid_names
         valid_values = _valid_values
@@ -566,7 +558,7 @@ class ResponseEncoder:
                 elif lname == b"connection":
                     if _has_token(value, b"close"):
                         self._app_close = True
-                        self._keep_alive = False
+                        self.keep_alive = False
                 elif lname == b"date":
                     has_date = True
                 else:
@@ -580,7 +572,7 @@ class ResponseEncoder:
             head.append(_SERVER_LINE)
         self._status = status
         self._head = head
-        self._started = True
+        self.started = True
 
     def body(self, data: bytes, more_body: bool) -> bytes:
         """Return the bytes to write now (the head too, on the first call)."""
@@ -599,17 +591,17 @@ class ResponseEncoder:
                     self._head = None
                     self._mode = _FIXED
                     self._sent = length
-                    self._complete = True
+                    self.complete = True
                     if not self._app_close:
-                        if not self._keep_alive:
+                        if not self.keep_alive:
                             head.append(_CONNECTION_CLOSE)
                         elif self._request.http_version != "1.1":
                             head.append(_CONNECTION_KEEP_ALIVE)
                     head += (b"\r\n", data)
                     return b"".join(head)
-        if not self._started:
+        if not self.started:
             raise RuntimeError("response not started")
-        if self._complete:
+        if self.complete:
             raise RuntimeError("response already complete")
         if head is not None:
             self._head = None
@@ -626,7 +618,7 @@ class ResponseEncoder:
             if data:
                 parts.append(data)
             if not more_body and self._sent < self._declared_length:
-                self._keep_alive = False  # truncated: only a close tells the client
+                self.keep_alive = False  # truncated: only a close tells the client
         elif mode == _CHUNKED:
             if data:
                 parts += (b"%x\r\n" % len(data), data, b"\r\n")
@@ -636,7 +628,7 @@ class ResponseEncoder:
             parts.append(data)
         # _NO_BODY: the app's bytes are dropped.
         if not more_body:
-            self._complete = True
+            self.complete = True
         if not parts:
             return b""
         if len(parts) == 1:
@@ -662,20 +654,20 @@ class ResponseEncoder:
                 self._mode = _CHUNKED  # the app's own header already says so
             else:
                 self._mode = _CLOSE_DELIMITED
-                self._keep_alive = False
+                self.keep_alive = False
         elif more_body:
             if http11:
                 self._mode = _CHUNKED
                 head.append(_TE_CHUNKED)
             else:
                 self._mode = _CLOSE_DELIMITED
-                self._keep_alive = False
+                self.keep_alive = False
         else:
             self._mode = _FIXED
             self._declared_length = first_len
             head.append(b"content-length: %d\r\n" % first_len)
         if not self._app_close:
-            if not self._keep_alive:
+            if not self.keep_alive:
                 head.append(_CONNECTION_CLOSE)
             elif not http11:
                 head.append(_CONNECTION_KEEP_ALIVE)
