@@ -441,6 +441,36 @@ _valid_names: dict[bytes, bytes] = {}
 _valid_values: set[bytes] = set()
 
 
+_valid_headers: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+"""Valid (name, value) pair -> (lowercase name, value, its header line)."""
+
+
+def _check_header(pair: Iterable[bytes]) -> tuple[bytes, bytes, bytes]:
+    """Validate one response header: (lowercase name, value, header line), remembered."""
+    name, value = pair
+    try:
+        lname = _valid_names.get(name)
+        known_value = value in _valid_values
+    except TypeError:  # unhashable (bytearray): checked, never remembered
+        lname = None
+        known_value = False
+    if lname is None:
+        lname = _check_name(name)
+    if not known_value:
+        _check_value(value)
+    known = (lname, value, b"".join((name, b": ", value, b"\r\n")))
+    if (
+        type(pair) is tuple
+        and type(name) is bytes
+        and type(value) is bytes
+        and len(value) <= _CACHED_VALUE_MAX_LEN
+    ):
+        if len(_valid_headers) >= _CACHE_MAX:
+            _valid_headers.clear()
+        _valid_headers[pair] = known
+    return known
+
+
 def _check_name(name: bytes) -> bytes:
     """Validate a response header name; its lowercase form (remembered)."""
     if not name or name.translate(None, _TOKEN_CHARS):
@@ -529,19 +559,15 @@ class ResponseEncoder:
             raise ValueError(f"invalid status code {status!r}")
         head = [_STATUS_LINES.get(status) or _status_line(status)]
         has_date = has_server = False
-        valid_names = _valid_names
-        valid_values = _valid_values
-        for name, value in headers:
+        known_headers = _valid_headers
+        for pair in headers:
             try:
-                lname = valid_names.get(name)
-                known_value = value in valid_values
-            except TypeError:  # unhashable (bytearray): checked, never remembered
-                lname = None
-                known_value = False
-            if lname is None:
-                lname = _check_name(name)
-            if not known_value:
-                _check_value(value)
+                known = known_headers.get(pair)
+            except TypeError:  # unhashable (a list, a bytearray): checked, never remembered
+                known = None
+            if known is None:
+                known = _check_header(pair)
+            lname, value, line = known
             if lname in _WATCHED_RESPONSE_HEADERS:
                 if lname == b"content-length":
                     if not value.isdigit():
@@ -563,7 +589,7 @@ class ResponseEncoder:
                     has_date = True
                 else:
                     has_server = True
-            head += (name, b": ", value, b"\r\n")
+            head.append(line)
         if self._app_coding is not None and self._declared_length is not None:
             raise ValueError("both content-length and transfer-encoding")
         if not has_date:
