@@ -322,14 +322,13 @@ class HTTPParser:
             self._fail(414, "request line too long")
         if method == "CONNECT":
             self._fail(501, "CONNECT is not supported")
-        if url[:1] == b"/":
-            # bytes.find, not "in": "in" first tries the argument as an int and
-            # pays for a TypeError each time.
-            if url.find(b"#") >= 0:
-                url = url.partition(b"#")[0]
-            raw_path, _, query = url.partition(b"?")
+        target = _origin_targets.get(url)
+        if target is not None:
+            raw_path, path, query = target
+        elif url[:1] == b"/":
+            raw_path, path, query = _origin_target(url)
         elif url == b"*":
-            raw_path, query = url, b""
+            raw_path, path, query = url, "*", b""
         else:  # absolute-form
             try:
                 parsed = httptools.parse_url(url)
@@ -337,10 +336,7 @@ class HTTPParser:
                 self._fail(400, "invalid request target")
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if raw_path.find(b"%") >= 0:
-            path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
-        else:
-            path = raw_path.decode("utf-8", "surrogateescape")
+            path = _decode_path(raw_path)
         # llhttp has already checked the digits; say 413 before any body arrives.
         max_body = self._max_body_size
         length = self._content_length
@@ -412,6 +408,35 @@ _date_until = 0.0
 """time.time() from which _date_line is stale (the start of the next second)."""
 _date_line = b""
 _time = time.time
+
+
+# Request targets in origin form seen before -> (raw_path, path, query_string); a
+# server sees the same few paths again and again.  Bounded: emptied when full.
+_origin_targets: dict[bytes, tuple[bytes, str, bytes]] = {}
+_TARGET_CACHE_MAX: Final = 1024
+_CACHED_TARGET_MAX_LEN: Final = 256
+
+
+def _decode_path(raw_path: bytes) -> str:
+    # bytes.find, not "in": "in" first tries the argument as an int and pays for
+    # a TypeError each time.
+    if raw_path.find(b"%") >= 0:
+        return unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+    return raw_path.decode("utf-8", "surrogateescape")
+
+
+def _origin_target(url: bytes) -> tuple[bytes, str, bytes]:
+    """Split an origin-form target ("/path?query#fragment"); remembered if short."""
+    full = url
+    if url.find(b"#") >= 0:
+        url = url.partition(b"#")[0]
+    raw_path, _, query = url.partition(b"?")
+    target = (raw_path, _decode_path(raw_path), query)
+    if len(full) <= _CACHED_TARGET_MAX_LEN:
+        if len(_origin_targets) >= _TARGET_CACHE_MAX:
+            _origin_targets.clear()
+        _origin_targets[full] = target
+    return target
 
 
 def _status_line(status: int) -> bytes:
