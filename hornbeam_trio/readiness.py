@@ -7,13 +7,19 @@ edge-triggered, in an epoll of our own; one hub task per server waits on that
 epoll's fd (one re-arm per batch of events, not per message) and wakes the task
 parked on each ready socket.  An edge that arrives while nobody waits is kept as a
 "ready" mark, so a later wait returns at once: no wakeup is ever lost.
+
+A socket may also have a *watcher*: an object whose ``on_readable()`` the hub
+calls, in its own task, when the socket turns readable and no task waits on it.
+A WebSocket's app reads its socket itself while it sits in ``receive()``; the
+watcher covers the time it is elsewhere (answering pings, noticing the peer
+leave) without a reader task per connection, and without a task switch.
 Linux only; elsewhere callers keep using ``trio.lowlevel.wait_readable``.
 """
 
 from __future__ import annotations
 
 import select
-from typing import Any
+from typing import Any, Protocol
 
 import outcome
 import trio
@@ -21,6 +27,19 @@ import trio
 _EVENTS = (
     getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLET", 0)
 )
+_HANGUP = (
+    getattr(select, "EPOLLRDHUP", 0)
+    | getattr(select, "EPOLLHUP", 0)
+    | getattr(select, "EPOLLERR", 0)
+)
+
+
+class Watcher(Protocol):
+    def on_readable(self) -> bool:
+        """Read what is there without blocking; True asks to be called again after a checkpoint.
+
+        Runs in the hub's task: it must not raise and must not block.
+        """
 
 
 class ReadinessHub:
@@ -34,6 +53,14 @@ class ReadinessHub:
         self.epoll = select.epoll()
         self.waiters: dict[int, trio.lowlevel.Task] = {}
         self.ready: set[int] = set()
+        self.watchers: dict[int, Watcher] = {}
+        self.hung_up: set[int] = set()
+        """Sockets whose peer sent FIN or RST: a wait on them returns at once, for good.
+
+        A reader that stops at a short recv() ("likely empty") would otherwise wait
+        forever for an edge that came already: data and FIN arriving together make
+        one edge, and the recv() that takes the data leaves the EOF unread."""
+        self._again: list[int] = []
 
     def register(self, fd: int) -> None:
         self.epoll.register(fd, _EVENTS)
@@ -45,12 +72,53 @@ class ReadinessHub:
         except OSError:
             pass
         self.ready.discard(fd)
+        self.hung_up.discard(fd)
+        self.watchers.pop(fd, None)
         task = self.waiters.pop(fd, None)
         if task is not None:
             trio.lowlevel.reschedule(task, _closed())
 
-    async def wait_readable(self, fd: int) -> None:
+    def watch(self, fd: int, watcher: Watcher) -> None:
+        """From now on, readiness nobody waits for goes to ``watcher``."""
+        self.watchers[fd] = watcher
         if fd in self.ready:
+            self.ready.discard(fd)
+            self._dispatch(fd)
+
+    def interrupt(self, fd: int) -> None:
+        """Wake the task waiting on ``fd`` as if it were readable (it re-checks its state)."""
+        task = self.waiters.pop(fd, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def _dispatch(self, fd: int) -> None:
+        task = self.waiters.pop(fd, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+            return
+        watcher = self.watchers.get(fd)
+        if watcher is None:
+            self.ready.add(fd)
+        elif watcher.on_readable():
+            self._again.append(fd)
+
+    def arm(self, fd: int, task: trio.lowlevel.Task) -> bool:
+        """Make ``task`` the waiter on ``fd``; False if ``fd`` is ready already (no wait).
+
+        For callers that park themselves (``wait_task_rescheduled`` with an abort that
+        calls disarm): no coroutine frame or closure of ours while they sleep.
+        """
+        if fd in self.ready or fd in self.hung_up:
+            self.ready.discard(fd)
+            return False
+        self.waiters[fd] = task
+        return True
+
+    def disarm(self, fd: int) -> None:
+        self.waiters.pop(fd, None)
+
+    async def wait_readable(self, fd: int) -> None:
+        if fd in self.ready or fd in self.hung_up:
             self.ready.discard(fd)
             return
         self.waiters[fd] = trio.lowlevel.current_task()
@@ -67,11 +135,22 @@ class ReadinessHub:
         reschedule = trio.lowlevel.reschedule
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0):
+                if self._again:
+                    # A watcher stopped before its socket was drained, to let others
+                    # run: it goes on after this checkpoint.
+                    await trio.lowlevel.checkpoint()
+                    again, self._again = self._again, []
+                    for fd in again:
+                        if fd in self.watchers:  # not closed meanwhile
+                            self._dispatch(fd)
+                else:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, mask in epoll.poll(0):
+                    if mask & _HANGUP:
+                        self.hung_up.add(fd)
                     task = waiters.pop(fd, None)
                     if task is None:
-                        self.ready.add(fd)
+                        self._dispatch(fd)
                     else:
                         reschedule(task)
         finally:

@@ -152,8 +152,9 @@ class ConnectionContext:
         nursery = self.nursery
         if nursery is None:
             return 0
-        count = 0
-        stack = [nursery]
+        # The connection's own task (it runs a WebSocket app) and all below it.
+        count = 1
+        stack = list(nursery.parent_task.child_nurseries)
         while stack:
             current = stack.pop()
             for task in current.child_tasks:

@@ -32,6 +32,7 @@ from .http_conn import HeadTimeouts, HTTPConnection
 from .lifespan import Lifespan, StartupFailed
 from .readiness import ReadinessHub
 from .runtime import Runtime, current_runtime, default_runtime
+from .timers import TimerSweeper
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
 from .ws_conn import DeliveryBatcher
@@ -116,6 +117,8 @@ class Server:
         self.lifespan = Lifespan(app, config.lifespan)
         self.connections_nursery: trio.Nursery | None = None
         self.batcher = DeliveryBatcher()
+        self.timers = TimerSweeper()
+        """Pings, idle timeouts and close handshakes of every WebSocket of this server."""
         """Coalesces this server's pub/sub deliveries (one send per connection per pass)."""
         self.head_timeouts = HeadTimeouts()
         """Times out every connection's wait for a request head (one task, see serve)."""
@@ -196,7 +199,9 @@ class Server:
         if not overloaded:
             self.admitted += 1
         try:
-            await conn.run()
+            websocket = await conn.run()
+            if websocket is not None:
+                await websocket.run()
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
             logger.debug("connection from %s ended: %r", transport.client, exc)
         except Exception:
@@ -349,6 +354,7 @@ async def _run_shielded(
         async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
             lifespan_nursery.start_soon(server.batcher.run)
             await lifespan_nursery.start(server.head_timeouts.run)
+            lifespan_nursery.start_soon(server.timers.run)
             if ReadinessHub.available():
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()

@@ -66,11 +66,11 @@ class SocketTransport:
 
     __slots__ = (
         "_closed",
-        "_fd",
-        "_hub",
-        "_likely_empty",
         "_unyielded",
         "client",
+        "drained",
+        "fd",
+        "hub",
         "scheme_secure",
         "server",
         "sock",
@@ -85,50 +85,60 @@ class SocketTransport:
         self.stall_timeout: float | None = None
         self._unyielded = 0
         self._closed = False
-        self._likely_empty = False
-        self._fd = sock.fileno()
-        self._hub = hub
+        self.drained = False
+        """The last recv() came back short: the kernel buffer is most likely empty."""
+        self.fd = sock.fileno()
+        self.hub = hub
         if hub is not None:
-            hub.register(self._fd)
+            hub.register(self.fd)
 
     async def _wait_readable(self) -> None:
-        hub = self._hub
+        hub = self.hub
         if hub is not None:
-            await hub.wait_readable(self._fd)
+            await hub.wait_readable(self.fd)
         else:
             await trio.lowlevel.wait_readable(self.sock)
 
     async def recv(self) -> bytes:
         """Next bytes from the peer; ``b""`` at EOF.  Raises TransportClosed on reset."""
-        if self._likely_empty:
+        if self.drained:
             # The last recv() drained the kernel buffer: a second one would almost surely
             # fail with EAGAIN, so wait for readiness first and save that syscall.
-            self._likely_empty = False
+            self.drained = False
             self._unyielded = 0
             try:
                 await self._wait_readable()
             except trio.ClosedResourceError:
                 raise TransportClosed("closed locally") from None
         while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
+            data = self.recv_nowait()
+            if data is None:
                 self._unyielded = 0
+                self.drained = False
                 try:
                     await self._wait_readable()
                 except trio.ClosedResourceError:
                     raise TransportClosed("closed locally") from None
                 continue
-            except OSError as exc:
-                if self._closed or exc.errno in _RESET_ERRNOS or exc.errno == errno.EBADF:
-                    raise TransportClosed(str(exc)) from None
-                raise
-            self._likely_empty = len(data) < RECV_SIZE
             self._unyielded += 1
             if self._unyielded >= CHECKPOINT_EVERY:
                 self._unyielded = 0
                 await trio.lowlevel.checkpoint()
             return data
+
+    def recv_nowait(self) -> bytes | None:
+        """Bytes the kernel has now, ``b""`` at EOF, None if it has none (never blocks)."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            self.drained = True
+            return None
+        except OSError as exc:
+            if self._closed or exc.errno in _RESET_ERRNOS or exc.errno == errno.EBADF:
+                raise TransportClosed(str(exc)) from None
+            raise
+        self.drained = len(data) < RECV_SIZE
+        return data
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Write what the kernel takes now; raise TransportClosed if the peer is gone."""
@@ -182,8 +192,8 @@ class SocketTransport:
                 )
             except OSError:
                 pass
-        if self._hub is not None:
-            self._hub.unregister(self._fd)
+        if self.hub is not None:
+            self.hub.unregister(self.fd)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 

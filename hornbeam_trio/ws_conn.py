@@ -1,25 +1,31 @@
 """The Trio shell of one WebSocket connection: one nursery owns it all.
 
-Inside the connection's nursery run the app task (the ASGI app), the reader
-task (socket -> protocol core -> ASGI events; answers pings, keeps the idle
-timer) and, only while the kernel refuses bytes, a flusher task.  The send
-path is shared by the app, the protocol's control replies and pub/sub
-deliveries: each writes with one non-blocking ``send()`` when nothing is
-queued, and queues only what the kernel did not take.  So an echo costs two
-task switches (reader -> app) and no extra one for writing, and a broadcast
-costs one ``send()`` per subscriber with no task switch at all.
+The app runs in the connection's own task, the body of its nursery, and reads
+its socket itself while it waits in ``receive()``: bytes in, frames parsed,
+ASGI event out, with no task switch between the socket and the app.  While the
+app is elsewhere, the server's readiness hub reads for it (``on_readable``:
+pings answered, a departed peer noticed, events queued up to a bound), and the
+server's timer task keeps its clocks (pings, idle timeout, close handshake, the
+app's grace once its client is gone).  So an idle WebSocket is one task, and an
+echo is one wakeup.  TLS and in-memory streams, which cannot be read without
+blocking, get a reader task in the nursery instead.
 
-How a connection ends, whichever side starts it: the reader ends (peer close,
-protocol failure, EOF, reset, idle timeout, our close answered or timed out)
-and the app gets ``websocket.disconnect``; the app ends (returns, raises, is
-given up on); then the nursery is cancelled, subscriptions and owned state
-are released, queued bytes get a bounded last flush, and the socket closes.
-Every rule about frames and close codes lives in ``protocol/websocket.py``.
+The send path is shared by the app, the protocol's control replies and pub/sub
+deliveries: each writes with one non-blocking ``send()`` when nothing is queued,
+and queues only what the kernel did not take (a flusher task then drains it).
+
+How a connection ends, whichever side starts it: reading ends (peer close,
+protocol failure, EOF, reset, our close answered or timed out) and the app gets
+``websocket.disconnect``; the app ends (returns, raises, or is cancelled after
+its grace); then the nursery is cancelled, subscriptions and owned state are
+released, queued bytes get a bounded last flush, and the socket closes.  Every
+rule about frames and close codes lives in ``protocol/websocket.py``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +41,10 @@ from .types import ClientDisconnected
 if TYPE_CHECKING:
     from .config import Config
     from .protocol.http11 import Request
+    from .readiness import ReadinessHub
     from .runtime import Runtime
+    from .timers import TimerSweeper
+    from .transport import SocketTransport
     from .types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("hornbeam_trio")
@@ -49,9 +58,6 @@ MAX_QUEUED_EVENTS = 64
 SEND_HIGH_WATER = 256 * 1024
 """Queued bytes above which the app's send() waits for the socket to drain."""
 
-_APP_TASK = "hornbeam_trio websocket app"  # constant: no name string per connection
-_ALREADY_SET = trio.Event()
-_ALREADY_SET.set()
 
 
 def _only_disconnects(exc: BaseException) -> bool:
@@ -227,7 +233,7 @@ class DeliveryBatcher:
 
 
 class WebSocketConnection:
-    """ASGI ``receive``/``send`` for one WebSocket, and its pub/sub push target."""
+    """ASGI ``receive``/``send`` for one WebSocket, its timers' target and pub/sub push target."""
 
     __slots__ = (
         "_app_waiter",
@@ -236,16 +242,19 @@ class WebSocketConnection:
         "_close_deadline",
         "_denial",
         "_events",
-        "_handshake_answered",
+        "_grace_deadline",
+        "_hub",
         "_key",
         "_nursery",
         "_on_app_error",
         "_pinged",
         "_pre_accept",
+        "_reader_finished",
         "_reader_lot",
+        "_reader_scope",
         "_recv_unyielded",
         "_tail",
-        "_timer",
+        "_timers",
         "accepted",
         "app",
         "app_done",
@@ -259,6 +268,8 @@ class WebSocketConnection:
         "response_started",
         "runtime",
         "scope",
+        "timer_at",
+        "timer_key",
         "transport",
         "writer",
     )
@@ -274,6 +285,7 @@ class WebSocketConnection:
         runtime: Runtime,
         on_app_error: Callable[[BaseException], None],
         batcher: DeliveryBatcher,
+        timers: TimerSweeper,
         key: bytes,
         tail: bytes,
     ) -> None:
@@ -289,12 +301,16 @@ class WebSocketConnection:
         self.context.pusher = self
         self._key = key
         self._batcher = batcher
+        self._timers = timers
         self._on_app_error = on_app_error
         self._tail = tail
-        self._timer: trio.CancelScope | None = None
+        self._hub: ReadinessHub | None = getattr(transport, "hub", None)
+        """Set when the app reads its socket inline (plain TCP on Linux); else a reader task."""
         self._events: list[Message] = [{"type": "websocket.connect"}]
         self._app_waiter: trio.lowlevel.Task | None = None
         self._reader_lot: trio.lowlevel.ParkingLot | None = None  # made when first needed
+        self._reader_scope: trio.CancelScope | None = None
+        self._reader_finished: trio.Event | None = None
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
@@ -303,35 +319,55 @@ class WebSocketConnection:
 
         self.accepted = False
         self.response_started = False  # HTTP denial response or 101 sent
-        self.reader_done = trio.Event()
-        self.app_done = trio.Event()
-        self._handshake_answered = trio.Event()
+        self.reader_done = False
+        """Nothing more will be read: the peer closed, failed, left, or our close timed out."""
+        self.app_done = False
         self.disconnect_code: int | None = None  # set once the app has been told
         self.last_activity = 0.0
         self._pinged = False
-        self._close_deadline = float("inf")
+        self._close_deadline = math.inf
+        self._grace_deadline = math.inf
         self._denial: Any = None
+        self.timer_at = math.inf
+        self.timer_key = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
-        """Run the connection to its end; returns with nothing of it left running."""
+        """Run the connection to its end; returns with nothing of it left running.
+
+        The app runs here, in the nursery's body: no task of its own, one task per
+        idle connection in all (what a WebSocket costs in memory is mostly tasks).
+        """
         token = current_connection.set(self.context)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.context.nursery = nursery
                 self.writer.attach(nursery)
-                nursery.start_soon(self._run_app, name=_APP_TASK)
-                # The reader runs in this task, the nursery's body, once the app has
-                # accepted: one task fewer per connection (memory per idle connection).
-                await self._handshake_answered.wait()
-                self._handshake_answered = _ALREADY_SET  # ~200 B an idle connection need not keep
-                if self.accepted:
-                    await self._reader()
+                # The app, inline (one frame fewer per idle connection than a method).
+                try:
+                    await self.app(self.scope, self.receive, self.send)
+                except ClientDisconnected:
+                    pass
+                except Exception as exc:
+                    # A group of ClientDisconnected only: a pusher task in the app's own
+                    # nursery sent after the client left.  That is how such apps end.
+                    if not _only_disconnects(exc):
+                        logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
+                        self._on_app_error(exc)
+                        await self._after_app(error=True)
+                else:
+                    await self._after_app(error=False)
+                finally:
+                    self.app_done = True
+                await self._await_close_reply()
+                nursery.cancel_scope.cancel()  # whatever the app left running
         finally:
+            self.app_done = True
+            self.reader_done = True
             current_connection.reset(token)
+            self._timers.forget(self)
             self.context.release()
-            self._wake_app()
             with trio.CancelScope(shield=True):
                 if self.writer.pending:
                     await self.writer.final_flush(1.0)
@@ -358,30 +394,22 @@ class WebSocketConnection:
 
     def _start_close_timer(self) -> None:
         self._close_deadline = trio.current_time() + CLOSE_TIMEOUT
-        if self._timer is not None:
-            self._timer.deadline = min(self._timer.deadline, self._close_deadline)
+        self._timers.schedule(self, self._close_deadline)
         self._unpark_reader()
 
-    # ------------------------------------------------------------------ app task
-    async def _run_app(self) -> None:
-        try:
-            await self.app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except Exception as exc:
-            # A group of ClientDisconnected only: a pusher task in the app's own nursery
-            # sent after the client left.  That is how such apps end, not an app error.
-            if not _only_disconnects(exc):
-                logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
-                self._on_app_error(exc)
-                await self._after_app(error=True)
-        else:
-            await self._after_app(error=False)
-        finally:
-            self.app_done.set()
-            self._handshake_answered.set()
-        await self._finish_after_app()
+    def _finish_reading(self) -> None:
+        """Reading is over; the app gets a grace period to return, then it is cancelled."""
+        if self.reader_done:
+            return
+        self.reader_done = True
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        self._wake_app()
+        if not self.app_done:
+            self._grace_deadline = trio.current_time() + APP_EXIT_GRACE
+            self._timers.schedule(self, self._grace_deadline)
 
+    # ------------------------------------------------------------------ app
     async def _after_app(self, *, error: bool) -> None:
         if not self.response_started:
             status = 500 if error else 403
@@ -397,12 +425,16 @@ class WebSocketConnection:
                 self._write_nowait(protocol.send_close(1000, ""))
             self._start_close_timer()
 
-    async def _finish_after_app(self) -> None:
-        if self.accepted:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.reader_done.wait()
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+    async def _await_close_reply(self) -> None:
+        """After the app: read until the peer answers our close (the close timer bounds it)."""
+        if not self.accepted or self.reader_done:
+            return
+        if self._hub is not None:
+            while not self.reader_done:
+                self._events.clear()  # nobody will receive() them now
+                await self._read_inline()
+        elif self._reader_finished is not None:
+            await self._reader_finished.wait()
 
     async def _send_http(self, data: bytes) -> None:
         self.response_started = True
@@ -414,6 +446,11 @@ class WebSocketConnection:
     # ------------------------------------------------------------------ ASGI receive
     async def receive(self) -> Message:
         events = self._events
+        inline = self._hub is not None and self.accepted and self.disconnect_code is None
+        if not events and inline and not self.reader_done and await self._read_inline():
+            self._recv_unyielded = 0  # it waited for the socket: a checkpoint
+            if events:
+                return events.pop(0)
         if events:
             self._recv_unyielded += 1
             if self._recv_unyielded >= CHECKPOINT_EVERY:
@@ -425,12 +462,84 @@ class WebSocketConnection:
         if self.disconnect_code is not None or (not self.accepted and self.response_started):
             await trio.lowlevel.checkpoint()
             return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+        # A reader task (or, before accept, nobody) will queue the next event.
         self._recv_unyielded = 0
         self._app_waiter = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
         if events:
             return events.pop(0)
         return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+
+    async def _read_inline(self) -> bool:
+        """Read the socket in the calling task until an event is queued or reading is over.
+
+        True if it waited for the socket (the caller has been through a checkpoint).
+        """
+        transport: SocketTransport = self.transport  # type: ignore[assignment]
+        hub = self._hub
+        assert hub is not None
+        events = self._events
+        waited = False
+        while not events and not self.reader_done:
+            if transport.drained:
+                transport.drained = False
+                if hub.arm(transport.fd, trio.lowlevel.current_task()):
+                    try:
+                        # Also woken by _wake_app (the loop then sees the disconnect event).
+                        await trio.lowlevel.wait_task_rescheduled(self._abort_read)
+                    except trio.ClosedResourceError:
+                        self._transport_lost()
+                        break
+                    waited = True
+                continue
+            try:
+                data = transport.recv_nowait()
+            except TransportClosed:
+                self._transport_lost()
+                break
+            if data is None:
+                continue  # recv_nowait marked it drained: wait
+            if not data:
+                self._transport_lost()
+                break
+            self._received(data)
+        return waited
+
+    def on_readable(self) -> bool:
+        """The hub: bytes arrived while the app is not in receive().  Never blocks or raises."""
+        if self.reader_done:
+            return False
+        transport: SocketTransport = self.transport  # type: ignore[assignment]
+        events = self._events
+        try:
+            for _ in range(CHECKPOINT_EVERY):
+                if len(events) >= MAX_QUEUED_EVENTS and not self.app_done:
+                    # The app is behind: leave the rest in the kernel (TCP backpressure);
+                    # its next receive() reads on from there.
+                    transport.drained = False
+                    return False
+                data = transport.recv_nowait()
+                if data is None:
+                    return False
+                if not data:
+                    self._transport_lost()
+                    return False
+                if self._received(data) or transport.drained:
+                    return False
+            return True  # more to read: after the others had their turn
+        except TransportClosed:
+            self._transport_lost()
+        except Exception:
+            logger.exception("reading a WebSocket failed")
+            self._tell_app_disconnected(1011, "internal error")
+            self._finish_reading()
+            transport.abort()
+        return False
+
+    def _abort_read(self, _: Any) -> trio.lowlevel.Abort:
+        assert self._hub is not None
+        self._hub.disarm(self.transport.fd)  # type: ignore[attr-defined]
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _abort_receive(self, _: Any) -> trio.lowlevel.Abort:
         self._app_waiter = None
@@ -445,6 +554,9 @@ class WebSocketConnection:
         if waiter is not None:
             self._app_waiter = None
             trio.lowlevel.reschedule(waiter)
+        hub = self._hub
+        if hub is not None:
+            hub.interrupt(self.transport.fd)  # type: ignore[attr-defined]
 
     def _tell_app_disconnected(self, code: int, reason: str = "") -> None:
         if self.disconnect_code is None:
@@ -514,11 +626,22 @@ class WebSocketConnection:
         self.accepted = True
         self._events.clear()  # the connect event was consumed; nothing else is queued yet
         self.last_activity = trio.current_time()
-        assert self._nursery is not None
-        self._handshake_answered.set()
+        self._timers.schedule(self, self._next_deadline())
         for frame in self._pre_accept:
             self._write_nowait(frame)
         self._pre_accept.clear()
+        if self._tail:
+            tail, self._tail = self._tail, b""
+            self._feed(tail)
+        hub = self._hub
+        if hub is not None:
+            # Bytes that came while nobody read are the app's to read in receive().
+            self.transport.drained = False  # type: ignore[attr-defined]
+            hub.watch(self.transport.fd, self)  # type: ignore[attr-defined]
+        else:
+            assert self._nursery is not None
+            self._reader_finished = trio.Event()
+            self._nursery.start_soon(self._reader_task)
 
     async def _close(self, message: Message) -> None:
         code = int(message.get("code") or 1000)
@@ -559,52 +682,42 @@ class WebSocketConnection:
             raise ClientDisconnected("client went away") from None
 
     # ------------------------------------------------------------------ reader task
-    async def _reader(self) -> None:
+    async def _reader_task(self) -> None:
+        """TLS and in-memory streams (no readiness hub): a task reads for the app."""
+        assert self._reader_finished is not None
         try:
-            if self._tail:
-                self._feed(self._tail)
-                self._tail = b""
-            transport = self.transport
-            events = self._events
-            while not self.reader_done.is_set():
-                with trio.CancelScope(deadline=self._next_deadline()) as timer:
-                    self._timer = timer
-                    # The read loop, inline: one suspended frame fewer per idle connection.
-                    while True:
-                        if len(events) >= MAX_QUEUED_EVENTS and self.disconnect_code is None:
-                            if self._reader_lot is None:
-                                self._reader_lot = trio.lowlevel.ParkingLot()
-                            await self._reader_lot.park()
-                            continue
-                        data = await transport.recv()
-                        if not data:
-                            self._transport_lost()
-                            break
-                        if self._received(data):
-                            break
-                if timer.cancelled_caught:
-                    self._on_timer()
+            with trio.CancelScope() as scope:
+                self._reader_scope = scope
+                transport = self.transport
+                events = self._events
+                while not self.reader_done:
+                    if self.app_done:
+                        events.clear()  # nobody will receive() them: read on for the close
+                    elif len(events) >= MAX_QUEUED_EVENTS and self.disconnect_code is None:
+                        if self._reader_lot is None:
+                            self._reader_lot = trio.lowlevel.ParkingLot()
+                        await self._reader_lot.park()
+                        continue
+                    data = await transport.recv()
+                    if not data:
+                        self._transport_lost()
+                        break
+                    self._received(data)
         except TransportClosed:
             self._transport_lost()
         finally:
-            self.reader_done.set()
-        # The client is gone: give the app a grace period to notice, then end the connection.
-        with trio.move_on_after(APP_EXIT_GRACE):
-            await self.app_done.wait()
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+            self._reader_scope = None
+            self._reader_finished.set()
 
     def _received(self, data: bytes) -> bool:
         """Bytes from the peer: activity for the timers, then frames; True when reading is over."""
         self.last_activity = trio.current_time()
         if self._pinged:
             # Our ping is answered (or the peer spoke): the next ping is due one
-            # ping interval from now.  The running deadline was computed while a
-            # ping was outstanding (last activity + idle timeout), so pull it in;
-            # otherwise pings drift up to websocket_timeout apart.
+            # ping interval from now, earlier than the entry the timers hold
+            # (last activity + idle timeout, set while the ping was out).
             self._pinged = False
-            if self._timer is not None:
-                self._timer.deadline = self._next_deadline()
+            self._timers.schedule(self, self._next_deadline())
         return self._feed(data)
 
     def _feed(self, data: bytes) -> bool:
@@ -616,7 +729,9 @@ class WebSocketConnection:
             self._write_nowait(bytes(protocol.outgoing))
             protocol.outgoing.clear()
         if not events:
-            return protocol.closed
+            if protocol.closed:
+                self._finish_reading()
+            return self.reader_done
         queue = self._events
         for event in events:
             cls = event.__class__
@@ -626,19 +741,21 @@ class WebSocketConnection:
                 queue.append({"type": "websocket.receive", "bytes": event})
             elif cls is wsproto.CloseReceived:
                 self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
-                self.reader_done.set()
+                self._finish_reading()
             elif cls is wsproto.ProtocolFailure:
                 logger.info("closing WebSocket: %s (%d)", event.reason, event.code)  # type: ignore[union-attr]
                 self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
-                self.reader_done.set()
-        self._wake_app()
-        return self.reader_done.is_set()
+                self._finish_reading()
+        if self._app_waiter is not None:
+            self._wake_app()
+        return self.reader_done
 
+    # ------------------------------------------------------------------ timers
     def _next_deadline(self) -> float:
-        config = self.config
         deadline = self._close_deadline
         if self.protocol is not None and self.protocol.close_sent:
             return deadline  # closing: only the close handshake's own timer applies
+        config = self.config
         idle = config.idle_timeout_s
         if idle is not None:
             deadline = min(deadline, self.last_activity + idle)
@@ -647,24 +764,36 @@ class WebSocketConnection:
             deadline = min(deadline, self.last_activity + ping)
         return deadline
 
-    def _on_timer(self) -> None:
-        now = trio.current_time()
+    def on_timer(self, now: float) -> None:
+        """The server's timer task: a deadline of this connection may be due."""
+        if self.reader_done:
+            if self.app_done:
+                return
+            if now >= self._grace_deadline:
+                # The client is gone and the app did not return in time: end it.
+                if self._nursery is not None:
+                    self._nursery.cancel_scope.cancel()
+            else:
+                self._timers.schedule(self, self._grace_deadline)
+            return
         if now >= self._close_deadline:
             # Our close frame went unanswered: give up on the handshake.
             self._tell_app_disconnected(1006, "close handshake timed out")
-            self.reader_done.set()
+            self._finish_reading()
             return
         idle = self.config.idle_timeout_s
+        protocol = self.protocol
         if idle is not None and now >= self.last_activity + idle:
             self.close_now(1001, "idle timeout")
-            return
-        ping = self.config.ping_interval_s
-        protocol = self.protocol
-        if ping is not None and now >= self.last_activity + ping and protocol is not None:
-            self._pinged = True
-            if not protocol.close_sent:
-                self._write_nowait(protocol.send_ping(b"hb"))
+        else:
+            ping = self.config.ping_interval_s
+            if ping is not None and now >= self.last_activity + ping and protocol is not None:
+                if not self._pinged and not protocol.close_sent:
+                    self._write_nowait(protocol.send_ping(b"hb"))
+                self._pinged = True
+        self._timers.schedule(self, self._next_deadline())
 
+    # ------------------------------------------------------------------ send path
     def _write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
         if self._batch:
             self.flush_batch()
@@ -675,7 +804,7 @@ class WebSocketConnection:
 
     def _transport_lost(self) -> None:
         self._tell_app_disconnected(1006, "connection lost")
-        self.reader_done.set()
+        self._finish_reading()
         self._unpark_reader()
 
     # ------------------------------------------------------------------ pub/sub push target

@@ -80,3 +80,109 @@ async def test_cancelled_wait_leaves_no_waiter_behind() -> None:
         with trio.move_on_after(0.01):
             await hub.wait_readable(a.fileno())
         assert a.fileno() not in hub.waiters
+
+
+class RecordingWatcher:
+    """Reads one byte per call; asks to be called again while ``more`` calls remain."""
+
+    def __init__(self, sock: socket.socket, more: int = 0) -> None:
+        self.sock = sock
+        self.calls = 0
+        self.more = more
+        self.read = b""
+
+    def on_readable(self) -> bool:
+        self.calls += 1
+        try:
+            self.read += self.sock.recv(1)
+        except BlockingIOError:
+            return False
+        if self.more:
+            self.more -= 1
+            return True
+        return False
+
+
+async def test_readiness_nobody_waits_for_goes_to_the_watcher() -> None:
+    async with running_hub() as (hub, a, b, _):
+        watcher = RecordingWatcher(a)
+        hub.watch(a.fileno(), watcher)
+        b.send(b"w")
+        with trio.fail_after(1):
+            while watcher.calls == 0:
+                await trio.sleep(0.001)
+        assert watcher.read == b"w"
+        assert a.fileno() not in hub.ready
+
+
+async def test_a_waiting_task_comes_before_the_watcher() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        watcher = RecordingWatcher(a)
+        hub.watch(a.fileno(), watcher)
+        woke = trio.Event()
+
+        async def reader() -> None:
+            await hub.wait_readable(a.fileno())
+            woke.set()
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        b.send(b"t")
+        with trio.fail_after(1):
+            await woke.wait()
+        assert watcher.calls == 0
+
+
+async def test_an_edge_kept_before_watching_is_handed_to_the_watcher() -> None:
+    async with running_hub() as (hub, a, b, _):
+        b.send(b"k")
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.fileno() in hub.ready
+        watcher = RecordingWatcher(a)
+        hub.watch(a.fileno(), watcher)
+        assert watcher.read == b"k"
+
+
+async def test_a_watcher_that_asks_again_is_called_again_after_a_checkpoint() -> None:
+    async with running_hub() as (hub, a, b, _):
+        watcher = RecordingWatcher(a, more=2)
+        hub.watch(a.fileno(), watcher)
+        b.send(b"abc")  # one edge, three bytes: read one per call
+        with trio.fail_after(1):
+            while watcher.read != b"abc":
+                await trio.sleep(0.001)
+        assert watcher.calls == 3
+
+
+async def test_unregister_drops_the_watcher_even_if_it_asked_again() -> None:
+    async with running_hub() as (hub, a, b, _):
+        watcher = RecordingWatcher(a, more=100)
+        hub.watch(a.fileno(), watcher)
+        b.send(b"x" * 10)
+        with trio.fail_after(1):
+            while watcher.calls == 0:
+                await trio.sleep(0)
+        hub.unregister(a.fileno())
+        calls = watcher.calls
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.calls == calls  # never called after unregister
+        assert a.fileno() not in hub.ready and a.fileno() not in hub.watchers
+
+
+async def test_interrupt_wakes_the_waiter_without_data_and_arm_sees_a_kept_edge() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        woke = trio.Event()
+
+        async def reader() -> None:
+            await hub.wait_readable(a.fileno())
+            woke.set()
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.interrupt(a.fileno())
+        with trio.fail_after(1):
+            await woke.wait()
+        b.send(b"r")
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.arm(a.fileno(), trio.lowlevel.current_task()) is False  # ready: no wait
+        assert a.fileno() not in hub.waiters

@@ -1,0 +1,421 @@
+"""The WebSocket engine's own machinery: inline reads, the hub's watchers, the timer task.
+
+Over plain TCP on Linux the app reads its socket itself inside ``receive()``; while it
+is elsewhere the readiness hub reads for it (``on_readable``), and one timer task per
+server keeps every connection's clocks.  Memory streams take the other road (a reader
+task).  These tests pin down what each road must still do when the app is away from
+``receive()``: answer pings, notice a departed peer, stop reading at the queue bound
+without losing a message, give up on an app that ignores its disconnect, and keep a
+busy connection from starving the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import struct
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from test_websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, client_frame
+
+from hornbeam_trio import ws_conn
+from hornbeam_trio.readiness import ReadinessHub
+from hornbeam_trio.runtime import current_connection
+from hornbeam_trio.testing import run_server
+from hornbeam_trio.timers import TimerSweeper
+from hornbeam_trio.transport import RECV_SIZE
+from hornbeam_trio.types import Message, Receive, Scope, Send
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "memory"])
+needs_epoll = pytest.mark.skipif(not ReadinessHub.available(), reason="needs Linux epoll")
+
+
+class AwayApp:
+    """Accepts, then stays away from receive() until ``release`` is set.
+
+    Records the connection object (to look at its queue), every message it received
+    after release, and whether it was cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = trio.Event()
+        self.release = trio.Event()
+        self.connection: ws_conn.WebSocketConnection | None = None
+        self.received: list[Message] = []
+        self.cancelled = False
+        self.ended = trio.Event()
+        self.receive_after_release = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        try:
+            assert (await receive())["type"] == "websocket.connect"
+            await send({"type": "websocket.accept"})
+            context = current_connection.get()
+            assert context is not None
+            self.connection = context.pusher  # type: ignore[assignment]
+            self.accepted.set()
+            await self.release.wait()
+            while self.receive_after_release:
+                message = await receive()
+                self.received.append(message)
+                if message["type"] == "websocket.disconnect":
+                    return
+            await trio.sleep_forever()  # ignores its client from here on
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
+        finally:
+            self.ended.set()
+
+
+# --------------------------------------------------------------------------- app away
+
+
+@TRANSPORTS
+async def test_ping_is_answered_while_the_app_is_away_from_receive(transport: str) -> None:
+    app = AwayApp()
+    async with run_server(app, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await raw.send_frame(OP_PING, b"are you there")
+        pong = await raw.receive_frame()
+        assert (pong.opcode, pong.payload) == (OP_PONG, b"are you there")
+        assert app.received == []  # the app never looked
+        app.release.set()
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
+        await app.ended.wait()
+    assert app.received == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+
+
+@TRANSPORTS
+async def test_messages_wait_in_order_for_an_app_that_is_away(transport: str) -> None:
+    app = AwayApp()
+    frame = client_frame(OP_TEXT, b"m" * 100)
+    total = 4 * RECV_SIZE // len(frame)  # a few reads' worth: more than the queue may take
+    bound = ws_conn.MAX_QUEUED_EVENTS + RECV_SIZE // len(frame) + 1  # one read may overshoot
+    async with run_server(app, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        async with trio.open_nursery() as nursery:
+            # The rest must stay unread (in the kernel or the stream), neither dropped
+            # nor queued: the send blocks until the app reads.
+            nursery.start_soon(
+                raw.send, b"".join(client_frame(OP_TEXT, b"%099d" % i) for i in range(total))
+            )
+            with trio.fail_after(5):
+                while app.connection is None or (
+                    len(app.connection._events) < ws_conn.MAX_QUEUED_EVENTS
+                ):
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws_conn.MAX_QUEUED_EVENTS <= len(app.connection._events) <= bound
+            app.release.set()
+        with trio.fail_after(5):
+            while len(app.received) < total:
+                await trio.sleep(0.01)
+        assert [m.get("text") for m in app.received] == [f"{i:099d}" for i in range(total)]
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
+
+
+@TRANSPORTS
+async def test_app_ignoring_a_departed_client_is_cancelled_after_its_grace(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_conn, "APP_EXIT_GRACE", 0.2)
+    app = AwayApp()
+    app.receive_after_release = False
+    app.release.set()
+    async with run_server(app, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1001))
+        assert (await raw.receive_close()).close_code == 1001
+        with trio.fail_after(5):
+            await app.ended.wait()
+        assert app.cancelled
+        await raw.expect_eof()
+
+
+@needs_epoll
+async def test_peer_reset_is_noticed_while_the_app_is_away() -> None:
+    app = AwayApp()
+    async with run_server(app, transport="tcp") as server:
+        sock = socket.create_connection((server.host, server.port))
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await app.accepted.wait()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        connection = app.connection
+        assert connection is not None
+        with trio.fail_after(5):
+            while connection.disconnect_code is None:
+                await trio.sleep(0.01)
+        assert connection.disconnect_code == 1006
+        app.release.set()
+        with trio.fail_after(5):
+            await app.ended.wait()
+    assert app.received[-1]["type"] == "websocket.disconnect"
+    assert app.received[-1]["code"] == 1006
+
+
+@needs_epoll
+async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = AwayApp()
+    original = ws_conn.WebSocketConnection._received
+
+    def failing(self: ws_conn.WebSocketConnection, data: bytes) -> bool:
+        if self is app.connection and not app.release.is_set():
+            raise RuntimeError("injected fault")
+        return original(self, data)
+
+    monkeypatch.setattr(ws_conn.WebSocketConnection, "_received", failing)
+    caplog.set_level(logging.ERROR, logger="hornbeam_trio")
+    async with run_server(app, transport="tcp", check_leaks=True) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await raw.send_frame(OP_TEXT, b"boom")
+        await raw.expect_eof()
+        assert "reading a WebSocket failed" in caplog.text
+        app.release.set()
+        with trio.fail_after(5):
+            await app.ended.wait()
+        assert app.received[-1]["code"] == 1011
+        # The server goes on serving others.
+        async with server.websocket("/") as other:
+            assert other.closed is None
+
+
+@TRANSPORTS
+async def test_app_returning_with_unread_messages_still_completes_the_close_handshake(
+    transport: str,
+) -> None:
+    app = AwayApp()
+    app.receive_after_release = False
+
+    async def returning(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        app.accepted.set()
+        await app.release.wait()  # and return without reading what came meanwhile
+
+    async with run_server(returning, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await raw.send(b"".join(client_frame(OP_TEXT, b"unread") for _ in range(100)))
+        await trio.testing.wait_all_tasks_blocked()
+        app.release.set()
+        close = await raw.receive_close()
+        assert close.close_code == 1000
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        await raw.expect_eof()  # a clean close: our reply was read, then TCP closed
+
+
+# --------------------------------------------------------------------------- a busy peer
+
+
+@TRANSPORTS
+async def test_a_busy_receive_loop_lets_other_tasks_run(transport: str) -> None:
+    """Thousands of messages already read: receive() never has to wait for the socket.
+
+    It must still checkpoint every few messages, or an app that only awaits receive()
+    would keep every other connection (here: a ticker task) from running until done.
+    """
+    app = AwayApp()
+    total = 5000
+    ticks_during = [0]
+    async with run_server(app, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        async with trio.open_nursery() as nursery:
+            # 35 KB: in the kernel at once over TCP; a memory stream waits for reads.
+            nursery.start_soon(
+                raw.send, b"".join(client_frame(OP_TEXT, b"x") for _ in range(total))
+            )
+            with trio.fail_after(5):
+                while app.connection is None or (
+                    len(app.connection._events) < ws_conn.MAX_QUEUED_EVENTS
+                ):
+                    await trio.sleep(0.01)
+
+            async def ticker() -> None:
+                while len(app.received) < total:
+                    if app.received:
+                        ticks_during[0] += 1
+                    await trio.sleep(0)
+
+            nursery.start_soon(ticker)
+            app.release.set()
+        assert ticks_during[0] >= total // (2 * ws_conn.CHECKPOINT_EVERY)
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
+
+
+@needs_epoll
+async def test_eof_behind_data_the_app_reads_itself_is_not_missed() -> None:
+    """Data and FIN in one edge, read by the app: the short recv() must not make it wait.
+
+    The hub's watcher sees the edge with the queue full and leaves the bytes to the
+    app; the app's recv() takes the data and comes back short ("likely empty"), with
+    the EOF still unread and its edge already spent.
+    """
+    app = AwayApp()
+    async with run_server(app, transport="tcp") as server:
+        sock = socket.create_connection((server.host, server.port))
+        try:
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await app.accepted.wait()
+            connection = app.connection
+            assert connection is not None
+            sock.sendall(b"".join(client_frame(OP_TEXT, b"a%d" % i) for i in range(100)))
+            with trio.fail_after(5):
+                while len(connection._events) < 100:
+                    await trio.sleep(0.01)
+            # Both before the hub's next look: one edge carrying data and FIN.
+            sock.sendall(b"".join(client_frame(OP_TEXT, b"b%d" % i) for i in range(100)))
+            sock.shutdown(socket.SHUT_WR)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(connection._events) == 100  # the watcher left the rest unread
+            app.release.set()
+            with trio.fail_after(5):
+                await app.ended.wait()
+        finally:
+            sock.close()
+    texts = [m.get("text") for m in app.received]
+    assert texts[:-1] == [f"a{i}" for i in range(100)] + [f"b{i}" for i in range(100)]
+    assert app.received[-1]["type"] == "websocket.disconnect"
+
+
+# --------------------------------------------------------------------------- timers, TCP
+
+
+@needs_epoll
+async def test_pings_and_idle_timeout_apply_to_an_inline_reader() -> None:
+    app = AwayApp()
+    app.release.set()  # the app waits in receive(), reading inline
+    async with run_server(
+        app, transport="tcp", websocket_ping_interval=100, websocket_timeout=400
+    ) as server:
+        raw = await RawClient.connect(server)
+        start = trio.current_time()
+        ping = await raw.receive_frame()
+        assert ping.opcode == OP_PING
+        await raw.send_frame(OP_PONG, ping.payload)
+        assert (await raw.receive_frame()).opcode == OP_PING  # answered: pinged again
+        close = await raw.receive_close()  # this one unanswered: idle timeout
+        assert (close.close_code, close.close_reason) == (1001, "idle timeout")
+        assert trio.current_time() - start >= 0.4
+        with trio.fail_after(5):
+            await app.ended.wait()
+    assert app.received[-1]["code"] == 1001
+
+
+# --------------------------------------------------------------------------- the timer task
+
+
+class Target:
+    def __init__(self, sweeper: TimerSweeper, log: list[tuple[str, float]], name: str) -> None:
+        self.timer_at = math.inf
+        self.timer_key = 0
+        self.sweeper = sweeper
+        self.log = log
+        self.name = name
+        self.again: float | None = None
+        self.fail = False
+
+    def on_timer(self, now: float) -> None:
+        self.log.append((self.name, now))
+        if self.fail:
+            raise RuntimeError("timer bug")
+        if self.again is not None:
+            deadline, self.again = self.again, None
+            self.sweeper.schedule(self, deadline)
+
+
+async def test_timers_fire_in_deadline_order_and_an_earlier_one_wakes_the_task(
+    autojump_clock: Any,
+) -> None:
+    sweeper = TimerSweeper()
+    log: list[tuple[str, float]] = []
+    a, b = Target(sweeper, log, "a"), Target(sweeper, log, "b")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper.run)
+        start = trio.current_time()
+        sweeper.schedule(a, start + 10)
+        await trio.testing.wait_all_tasks_blocked()  # the task sleeps until +10
+        sweeper.schedule(b, start + 2)  # earlier: must wake it
+        sweeper.schedule(a, start + 20)  # later than its entry: no-op
+        await trio.sleep(15)
+        assert [(n, t - start) for n, t in log] == [("b", 2), ("a", 10)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_target_reschedules_itself_and_stale_entries_are_skipped(
+    autojump_clock: Any,
+) -> None:
+    sweeper = TimerSweeper()
+    log: list[tuple[str, float]] = []
+    a = Target(sweeper, log, "a")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper.run)
+        start = trio.current_time()
+        sweeper.schedule(a, start + 5)
+        sweeper.schedule(a, start + 1)  # earlier: the +5 entry is now stale
+        a.again = start + 3
+        await trio.sleep(10)
+        assert [t - start for _, t in log] == [1, 3]  # not 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_forgotten_targets_are_never_called_and_their_entries_compacted(
+    autojump_clock: Any,
+) -> None:
+    sweeper = TimerSweeper()
+    log: list[tuple[str, float]] = []
+    targets = [Target(sweeper, log, str(i)) for i in range(200)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper.run)
+        start = trio.current_time()
+        for target in targets:
+            sweeper.schedule(target, start + 60)
+        for target in targets[1:]:
+            sweeper.forget(target)
+            sweeper.schedule(target, start + 1)  # a forgotten target asks in vain
+        assert len(sweeper._heap) < 64  # rebuilt from the live entries, not 200 stale ones
+        await trio.sleep(120)
+        assert [n for n, _ in log] == ["0"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_timer_is_logged_and_the_others_still_fire(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweeper = TimerSweeper()
+    log: list[tuple[str, float]] = []
+    bad, good = Target(sweeper, log, "bad"), Target(sweeper, log, "good")
+    bad.fail = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper.run)
+        sweeper.schedule(bad, trio.current_time() + 1)
+        sweeper.schedule(good, trio.current_time() + 1)
+        await trio.sleep(2)
+        assert sorted(n for n, _ in log) == ["bad", "good"]
+        assert "a WebSocket timer failed" in caplog.text
+        nursery.cancel_scope.cancel()
