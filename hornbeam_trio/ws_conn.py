@@ -75,11 +75,11 @@ class Writer:
         "_drained",
         "_flushing",
         "_nursery",
-        "_streamed",
         "_unyielded",
         "pending",
         "pending_bytes",
         "pending_deliveries",
+        "streamed",
         "transport",
     )
 
@@ -93,7 +93,7 @@ class Writer:
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
         self._unyielded = 0
-        self._streamed = isinstance(transport, StreamTransport)
+        self.streamed = isinstance(transport, StreamTransport)
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -161,13 +161,28 @@ class Writer:
 
     async def write(self, data: bytes) -> None:
         """The app's send(): waits only when too much is queued (backpressure)."""
-        if not self.pending and self._streamed:
+        if not self.pending and self.streamed:
             # TLS / in-memory: no non-blocking send, so write from the app's own task
             # rather than spawn a flusher per message (the stream's lock keeps order
             # with deliveries queued meanwhile).
             await self.transport.send_all(data)
             return
+        if self.write_counted(data):
+            await self.settle()
+
+    def write_counted(self, data: bytes) -> bool:
+        """write() without the await: True when the caller must ``await settle()``.
+
+        The app's send() calls this directly: no coroutine per message.
+        """
         self.write_nowait(data)
+        if self.pending_bytes > SEND_HIGH_WATER:
+            return True
+        self._unyielded += 1
+        return self._unyielded >= CHECKPOINT_EVERY
+
+    async def settle(self) -> None:
+        """Wait for the queue to drain below the high-water mark, or just checkpoint."""
         if self.pending_bytes > SEND_HIGH_WATER:
             while self.pending_bytes > SEND_HIGH_WATER // 2 and self._flushing:
                 if self._drained is None:
@@ -176,10 +191,8 @@ class Writer:
             if self.pending and not self._flushing:
                 raise TransportClosed("connection closed while sending")
             return
-        self._unyielded += 1
-        if self._unyielded >= CHECKPOINT_EVERY:
-            self._unyielded = 0
-            await trio.lowlevel.checkpoint()
+        self._unyielded = 0
+        await trio.lowlevel.checkpoint()
 
     async def final_flush(self, timeout: float) -> None:
         """Last bounded attempt to get queued bytes (the close frame) out."""
@@ -582,8 +595,12 @@ class WebSocketConnection:
                 frame = protocol.send_message(bytes(data))
             if self._batch:
                 self.flush_batch()
+            writer = self.writer
             try:
-                await self.writer.write(frame)
+                if writer.pending or writer.streamed:
+                    await writer.write(frame)
+                elif writer.write_counted(frame):
+                    await writer.settle()
             except TransportClosed:
                 self._transport_lost()
                 raise ClientDisconnected("WebSocket peer went away") from None
