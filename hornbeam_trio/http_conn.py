@@ -13,9 +13,7 @@ followed its head, to :class:`~hornbeam_trio.ws_conn.WebSocketConnection`.
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections.abc import Callable
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +37,7 @@ from .ws_conn import WebSocketConnection
 
 if TYPE_CHECKING:
     from .server import Server
+    from .timers import TimerSweeper
     from .types import Message, Scope
 
 logger = logging.getLogger("hornbeam_trio")
@@ -48,97 +47,35 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class _HeadTimer:
-    """A connection's entry in :class:`HeadTimeouts` (small: it may outlive the connection)."""
-
-    __slots__ = ("at", "deadline", "scope", "seq")
-
-    def __init__(self) -> None:
-        self.deadline = inf
-        """When the current wait for a request head times out; inf when not waiting."""
-        self.seq = 0
-        """The sequence number of this timer's live heap entry; 0: none."""
-        self.at = inf
-        """The deadline of that heap entry."""
-        self.scope: trio.CancelScope | None = None
-        """The connection's scope, cancelled on time-out; None once the connection ended."""
-
-
-class HeadTimeouts:
-    """The wait-for-a-request-head time-outs of every HTTP connection of a server.
+    """A connection's wait for a request head, as a target of the server's TimerSweeper.
 
     Setting a Trio cancel scope's deadline costs a context manager per change, and
     keep-alive needed two changes per request: arm the time-out, then lift it before
-    the app runs.  Here a connection only writes :attr:`_HeadTimer.deadline`.  Each
-    timer has at most one heap entry; when it comes due this task cancels the
-    connection's scope if the connection is still waiting past its deadline, or
-    moves the entry to the connection's current deadline.  So a keep-alive
-    connection costs a heap operation once per time-out period, not per request,
-    and a wait times out at its deadline as a scope deadline would.  One task per
-    server, run in serve()'s own nursery (outliving every connection).
+    the app runs.  Here a connection only writes :attr:`deadline`; when its heap
+    entry comes due, the timer task cancels the connection's scope if it is still
+    waiting past its deadline, or moves the entry to the current deadline.  So a
+    keep-alive connection costs a heap operation once per time-out period, not per
+    request, and a wait times out at its deadline as a scope deadline would.
     """
 
-    __slots__ = ("_dead", "_heap", "_seq", "_sleep", "clock", "running")
+    __slots__ = ("deadline", "scope", "timer_at", "timer_key", "timers")
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _HeadTimer]] = []
-        self._seq = 0
-        self._dead = 0
-        """Heap entries of ended connections; pruned once they are half the heap."""
-        self._sleep: trio.CancelScope | None = None
-        self.running = False
-        """False: connections put their time-outs on their own scope's deadline."""
-        self.clock: Callable[[], float] = trio.current_time
-        """trio.current_time(), bound to the run's clock: one call instead of three."""
+    def __init__(self, timers: TimerSweeper) -> None:
+        self.deadline = inf
+        """When the current wait for a request head times out; inf when not waiting."""
+        self.scope: trio.CancelScope | None = None
+        """The connection's scope, cancelled on time-out."""
+        self.timers = timers
+        self.timer_at = inf
+        self.timer_key = 0
 
-    def watch(self, timer: _HeadTimer, deadline: float) -> None:
-        """Give ``timer`` a heap entry due at ``deadline``."""
-        self._seq = seq = self._seq + 1
-        timer.seq = seq
-        timer.at = deadline
-        heapq.heappush(self._heap, (deadline, seq, timer))
-        sleep = self._sleep
-        if sleep is not None and deadline < sleep.deadline:
-            sleep.deadline = deadline
-
-    def release(self, timer: _HeadTimer) -> None:
-        """The connection of ``timer`` has ended: its heap entry is dead."""
-        timer.scope = None
-        if timer.seq:
-            timer.seq = 0
-            self._dead += 1
-            heap = self._heap
-            if self._dead > 32 and self._dead * 2 > len(heap):
-                # In place: run() holds the list.  Superseded entries go too.
-                heap[:] = [entry for entry in heap if entry[2].seq == entry[1]]
-                heapq.heapify(heap)
-                self._dead = 0
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        heap = self._heap
-        self.clock = clock = trio.lowlevel.current_clock().current_time
-        self.running = True
-        task_status.started()
-        try:
-            while True:
-                now = clock()
-                while heap and heap[0][0] <= now:
-                    _, seq, timer = heapq.heappop(heap)
-                    if timer.seq != seq:
-                        continue  # superseded by an earlier entry
-                    timer.seq = 0
-                    deadline = timer.deadline
-                    if deadline <= now:
-                        if timer.scope is not None:
-                            timer.scope.cancel()
-                    elif deadline != inf:
-                        self.watch(timer, deadline)
-                with trio.CancelScope(deadline=heap[0][0] if heap else inf) as sleep:
-                    self._sleep = sleep
-                    await trio.sleep_forever()
-                self._sleep = None
-        finally:
-            self.running = False
-            self._sleep = None
+    def on_timer(self, now: float) -> None:
+        deadline = self.deadline
+        if deadline <= now:
+            if self.scope is not None:
+                self.scope.cancel()
+        elif deadline != inf:
+            self.timers.schedule(self, deadline)
 
 
 class HTTPConnection:
@@ -173,7 +110,7 @@ class HTTPConnection:
         self.access_log = config.access_log
         self.root_path = config.root_path
         self.scheme = server.http_scheme
-        self.head_timer = _HeadTimer()
+        self.head_timer = _HeadTimer(server.timers)
 
     def begin_shutdown(self) -> None:
         ws = self.websocket
@@ -210,7 +147,8 @@ class HTTPConnection:
             ):
                 await self._reject(HTTPError(408, "request timeout"))
         finally:
-            self.server.head_timeouts.release(self.head_timer)
+            self.head_timer.scope = None
+            self.server.timers.forget(self.head_timer)
             current_connection.reset(token)
             self.context.release()
             self.context = None
@@ -226,7 +164,7 @@ class HTTPConnection:
         """The next request head, waiting at most ``timeout`` seconds.
 
         The hot path of keep-alive: instead of a new cancel scope per wait, the
-        server's HeadTimeouts cancels the connection's own scope when the wait lasts
+        server's timer task cancels the connection's own scope when the wait lasts
         too long (or, without it, a deadline goes on that scope and is lifted once
         the head is in); then run() answers (or not) and closes.
         """
@@ -236,12 +174,12 @@ class HTTPConnection:
             return event
         timer = None
         if timeout:
-            timeouts = self.server.head_timeouts
-            if timeouts.running:
+            timers = self.server.timers
+            if timers.running:
                 timer = self.head_timer
-                timer.deadline = deadline = timeouts.clock() + timeout
-                if not timer.seq or deadline < timer.at:
-                    timeouts.watch(timer, deadline)
+                timer.deadline = deadline = timers.clock() + timeout
+                if deadline < timer.timer_at:
+                    timers.schedule(timer, deadline)
             else:
                 assert self.scope is not None
                 self.scope.deadline = trio.current_time() + timeout

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import BindAddress, Config, parse_bind
-from .http_conn import HeadTimeouts, HTTPConnection
+from .http_conn import HTTPConnection
 from .lifespan import Lifespan, StartupFailed
 from .readiness import ReadinessHub
 from .runtime import Runtime, current_runtime, default_runtime
@@ -117,11 +117,10 @@ class Server:
         self.lifespan = Lifespan(app, config.lifespan)
         self.connections_nursery: trio.Nursery | None = None
         self.batcher = DeliveryBatcher()
-        self.timers = TimerSweeper()
-        """Pings, idle timeouts and close handshakes of every WebSocket of this server."""
         """Coalesces this server's pub/sub deliveries (one send per connection per pass)."""
-        self.head_timeouts = HeadTimeouts()
-        """Times out every connection's wait for a request head (one task, see serve)."""
+        self.timers = TimerSweeper()
+        """Every connection's clocks, in one task (see serve): HTTP request-head time-outs,
+        WebSocket pings, idle timeouts, close handshakes and app grace."""
         self.readiness: ReadinessHub | None = None
         """Read-readiness for every plain-TCP connection of this server (Linux epoll)."""
         self.app_error_hook: Callable[[BaseException], None] | None = None
@@ -353,8 +352,7 @@ async def _run_shielded(
     with trio.CancelScope(shield=True):
         async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
             lifespan_nursery.start_soon(server.batcher.run)
-            await lifespan_nursery.start(server.head_timeouts.run)
-            lifespan_nursery.start_soon(server.timers.run)
+            await lifespan_nursery.start(server.timers.run)
             if ReadinessHub.available():
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()

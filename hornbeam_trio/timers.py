@@ -1,11 +1,13 @@
-"""One task fires the timers of every WebSocket of a server.
+"""One task fires the timers of every connection of a server.
 
 A WebSocket has up to four clocks: the next ping, the idle timeout, the wait for
 the peer's close reply, and the grace an app gets to return once its client is
 gone.  A cancel scope per connection would tie them to a task that waits; a
 WebSocket's app may read its socket inline and no task of the connection waits
-on its clocks.  So each connection keeps its own next deadline, and one heap per
-server orders them.
+on its clocks.  An HTTP keep-alive connection waits for each request head with a
+time-out, and a cancel scope deadline set and lifted per request costs more than
+the rest of the request's bookkeeping.  So each connection keeps its own next
+deadline, and one heap per server orders them.
 
 Entries are lazy: activity on a connection (the common case, once per message)
 only moves ``last_activity``; the heap entry stays where it is, and when it fires
@@ -19,6 +21,7 @@ import heapq
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -45,6 +48,11 @@ class TimerSweeper:
         self._task: trio.lowlevel.Task | None = None
         self._parked = False
         self._wake_at = math.inf
+        self.running = False
+        """False before run() starts and after it ends: callers fall back to scope deadlines."""
+        self.clock: Callable[[], float] = trio.current_time
+        """The run's clock, bound once run() starts: one call instead of trio.current_time's
+        three on the keep-alive hot path."""
 
     def schedule(self, target: TimerTarget, deadline: float) -> None:
         """Make sure ``target.on_timer`` runs no later than ``deadline``."""
@@ -76,11 +84,21 @@ class TimerSweeper:
         self._parked = False
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._task = trio.lowlevel.current_task()
+        self.clock = clock = trio.lowlevel.current_clock().current_time
+        self.running = True
+        task_status.started()
+        try:
+            await self._fire_forever(clock)
+        finally:
+            self.running = False
+            self._parked = False
+
+    async def _fire_forever(self, clock: Callable[[], float]) -> None:
         live = self._live
         while True:
-            now = trio.current_time()
+            now = clock()
             while self._heap and self._heap[0][0] <= now:
                 deadline, key = heapq.heappop(self._heap)
                 target = live.get(key)
@@ -90,7 +108,7 @@ class TimerSweeper:
                 try:
                     target.on_timer(now)
                 except Exception:  # one connection's bug must not stop every clock
-                    logger.exception("a WebSocket timer failed")
+                    logger.exception("a connection's timer failed")
             self._wake_at = self._heap[0][0] if self._heap else math.inf
             self._parked = True
             with trio.move_on_at(self._wake_at):

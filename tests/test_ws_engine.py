@@ -417,5 +417,5 @@ async def test_a_failing_timer_is_logged_and_the_others_still_fire(
         sweeper.schedule(good, trio.current_time() + 1)
         await trio.sleep(2)
         assert sorted(n for n, _ in log) == ["bad", "good"]
-        assert "a WebSocket timer failed" in caplog.text
+        assert "a connection's timer failed" in caplog.text
         nursery.cancel_scope.cancel()
