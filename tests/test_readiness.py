@@ -34,6 +34,19 @@ async def running_hub() -> AsyncIterator[
         b.close()
 
 
+async def start_waiter(hub: ReadinessHub, sock: socket.socket, nursery: trio.Nursery) -> trio.Event:
+    """A task parked in ``hub.wait_readable(sock)``; the event is set when it wakes."""
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await hub.wait_readable(sock.fileno())
+        woke.set()
+
+    nursery.start_soon(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    return woke
+
+
 async def test_edge_while_nobody_waits_is_kept_for_the_next_wait() -> None:
     async with running_hub() as (hub, a, b, _):
         b.send(b"x")  # the edge fires now; nobody is waiting yet
@@ -45,14 +58,7 @@ async def test_edge_while_nobody_waits_is_kept_for_the_next_wait() -> None:
 
 async def test_waiter_is_woken_by_data() -> None:
     async with running_hub() as (hub, a, b, nursery):
-        woke = trio.Event()
-
-        async def reader() -> None:
-            await hub.wait_readable(a.fileno())
-            woke.set()
-
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        woke = await start_waiter(hub, a, nursery)
         assert not woke.is_set()
         b.send(b"y")
         with trio.fail_after(1):
@@ -119,14 +125,7 @@ async def test_a_waiting_task_comes_before_the_watcher() -> None:
     async with running_hub() as (hub, a, b, nursery):
         watcher = RecordingWatcher(a)
         hub.watch(a.fileno(), watcher)
-        woke = trio.Event()
-
-        async def reader() -> None:
-            await hub.wait_readable(a.fileno())
-            woke.set()
-
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        woke = await start_waiter(hub, a, nursery)
         b.send(b"t")
         with trio.fail_after(1):
             await woke.wait()
@@ -171,14 +170,7 @@ async def test_unregister_drops_the_watcher_even_if_it_asked_again() -> None:
 
 async def test_interrupt_wakes_the_waiter_without_data_and_arm_sees_a_kept_edge() -> None:
     async with running_hub() as (hub, a, b, nursery):
-        woke = trio.Event()
-
-        async def reader() -> None:
-            await hub.wait_readable(a.fileno())
-            woke.set()
-
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        woke = await start_waiter(hub, a, nursery)
         hub.interrupt(a.fileno())
         with trio.fail_after(1):
             await woke.wait()
