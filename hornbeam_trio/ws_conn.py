@@ -266,6 +266,7 @@ class WebSocketConnection:
         "_reader_lot",
         "_reader_scope",
         "_recv_unyielded",
+        "_refused",
         "_tail",
         "_timers",
         "accepted",
@@ -341,6 +342,8 @@ class WebSocketConnection:
         self._close_deadline = math.inf
         self._grace_deadline = math.inf
         self._denial: Any = None
+        self._refused = False
+        """Server shutdown came before the app answered the handshake: HTTP 503."""
         self.timer_at = math.inf
         self.timer_key = 0
 
@@ -359,6 +362,8 @@ class WebSocketConnection:
                 self.writer.attach(nursery)
                 # The app, inline (one frame fewer per idle connection than a method).
                 try:
+                    if self._refused:
+                        return  # the server shut down before the app began: 503 below
                     await self.app(self.scope, self.receive, self.send)
                 except ClientDisconnected:
                     pass
@@ -382,13 +387,26 @@ class WebSocketConnection:
             self._timers.forget(self)
             self.context.release()
             with trio.CancelScope(shield=True):
+                if self._refused and not self.response_started:
+                    await self._send_http(
+                        simple_response(
+                            503, b"server shutting down", headers=[(b"retry-after", b"1")]
+                        ),
+                        timeout=1.0,
+                    )
                 if self.writer.pending:
                     await self.writer.final_flush(1.0)
                 await self.transport.close()
 
     def begin_shutdown(self) -> None:
-        """Server shutdown: close 1001 now; the close handshake and app grace still apply."""
+        """Server shutdown: close 1001 now; the close handshake and app grace still apply.
+
+        A handshake the app has not answered yet gets an HTTP 503 (with Retry-After),
+        so the client knows to come back rather than seeing the connection drop.
+        """
         if not self.accepted:
+            if not self.response_started:
+                self._refused = True
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
             return
@@ -449,12 +467,13 @@ class WebSocketConnection:
         elif self._reader_finished is not None:
             await self._reader_finished.wait()
 
-    async def _send_http(self, data: bytes) -> None:
+    async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
         self.response_started = True
-        try:
-            await self.transport.send_all(data)
-        except TransportClosed:
-            pass
+        with trio.move_on_after(timeout):
+            try:
+                await self.transport.send_all(data)
+            except TransportClosed:
+                pass
 
     # ------------------------------------------------------------------ ASGI receive
     async def receive(self) -> Message:

@@ -25,6 +25,7 @@ from test_websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, clien
 from hornbeam_trio import ws_conn
 from hornbeam_trio.readiness import ReadinessHub
 from hornbeam_trio.runtime import current_connection
+from hornbeam_trio.server import serve
 from hornbeam_trio.testing import run_server
 from hornbeam_trio.timers import TimerSweeper
 from hornbeam_trio.transport import RECV_SIZE
@@ -419,3 +420,51 @@ async def test_a_failing_timer_is_logged_and_the_others_still_fire(
         assert sorted(n for n, _ in log) == ["bad", "good"]
         assert "a connection's timer failed" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_shutdown_before_the_app_answers_the_handshake_gets_503() -> None:
+    entered = trio.Event()
+    cancelled = [False]
+
+    async def undecided(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        entered.set()
+        try:
+            await trio.sleep_forever()  # never accepts, never refuses
+        except trio.Cancelled:
+            cancelled[0] = True
+            raise
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            serve_scope = trio.CancelScope()
+
+            async def run_serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with serve_scope:
+                    await serve(
+                        undecided,
+                        bind=("127.0.0.1:0",),
+                        log_level="warning",
+                        task_status=task_status,
+                    )
+
+            addresses = await nursery.start(run_serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", addresses[0].port)
+            await stream.send_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await entered.wait()
+            serve_scope.cancel()
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+            await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b"\r\nretry-after: 1\r\n" in answer.lower()
+    assert cancelled[0]
