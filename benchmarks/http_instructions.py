@@ -1,4 +1,8 @@
-"""Instructions per HTTP/1.1 keep-alive request, counted by callgrind (a dev tool).
+"""Instructions per HTTP/1.1 keep-alive request (or WebSocket echo), counted by callgrind.
+
+A dev tool.  ``--ws`` drives WebSocket echo instead: each connection does the
+handshake, then every round sends one 16-byte masked text frame on every
+connection and reads every echo back.
 
 Wall-clock req/s on a shared, noisy machine moves by 10-20 % between runs; the
 instruction count of the server process does not.  This runs
@@ -16,6 +20,7 @@ accept and shutdown::
     .venv/bin/python benchmarks/http_instructions.py            # 20 x 300, twice
     .venv/bin/python benchmarks/http_instructions.py --runs 1 --connections 10 --requests 100
     .venv/bin/python benchmarks/http_instructions.py --keep out/  # keep callgrind.out files
+    .venv/bin/python benchmarks/http_instructions.py --ws --connections 100 --requests 100
 
 ``callgrind_annotate out/callgrind.run1.out`` then shows where they went.
 """
@@ -81,6 +86,48 @@ def read_response(sock: socket.socket, buf: bytearray) -> None:
         buf += chunk
 
 
+WS_HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+WS_PAYLOAD = b"0123456789abcdef"
+WS_FRAME = bytes((0x81, 0x80 | len(WS_PAYLOAD))) + b"\x00\x00\x00\x00" + WS_PAYLOAD  # zero mask
+WS_ECHO = bytes((0x81, len(WS_PAYLOAD))) + WS_PAYLOAD
+
+
+def read_exactly(sock: socket.socket, buf: bytearray, expected: bytes) -> None:
+    while len(buf) < len(expected):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("server closed the connection")
+        buf += chunk
+    if bytes(buf[: len(expected)]) != expected:
+        raise RuntimeError(f"unexpected bytes {bytes(buf[:40])!r}")
+    del buf[: len(expected)]
+
+
+def drive_ws(port: int, connections: int, requests: int) -> None:
+    socks = []
+    for _ in range(connections):
+        sock = socket.create_connection((HOST, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(WS_HANDSHAKE)
+        head = bytearray()
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"handshake refused: {bytes(head)!r}")
+        socks.append(sock)
+    buffers = [bytearray() for _ in socks]
+    for _ in range(requests):
+        for sock in socks:
+            sock.sendall(WS_FRAME)
+        for sock, buf in zip(socks, buffers, strict=True):
+            read_exactly(sock, buf, WS_ECHO)
+    for sock in socks:
+        sock.close()
+
+
 def drive(port: int, connections: int, requests: int) -> None:
     socks = []
     for _ in range(connections):
@@ -104,7 +151,9 @@ def count_instructions(out_file: Path) -> int:
     raise RuntimeError(f"no summary line in {out_file}")
 
 
-def run_once(out_file: Path, connections: int, requests: int, app: str) -> int:
+def run_once(
+    out_file: Path, connections: int, requests: int, app: str, *, ws: bool = False
+) -> int:
     port = free_port()
     cmd = [
         "taskset",
@@ -128,7 +177,7 @@ def run_once(out_file: Path, connections: int, requests: int, app: str) -> int:
     )
     try:
         wait_accepting(port, proc)
-        drive(port, connections, requests)
+        (drive_ws if ws else drive)(port, connections, requests)
         time.sleep(0.5)  # let the server notice the closed connections
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
@@ -149,6 +198,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="measured runs (one baseline)")
     parser.add_argument("--app", default="benchmarks.apps:echo")
     parser.add_argument("--keep", type=Path, help="directory to keep callgrind.out files in")
+    parser.add_argument("--ws", action="store_true", help="WebSocket echo round trips")
     args = parser.parse_args()
     try:  # the client on the other core, away from the server
         os.sched_setaffinity(0, {1})
@@ -156,13 +206,15 @@ def main() -> None:
         pass
     out_dir = args.keep or Path(tempfile.mkdtemp(prefix="http-instructions-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    baseline = run_once(out_dir / "callgrind.baseline.out", args.connections, 0, args.app)
+    baseline = run_once(
+        out_dir / "callgrind.baseline.out", args.connections, 0, args.app, ws=args.ws
+    )
     print(f"baseline (0 requests): {baseline:,} instructions", flush=True)
     total_requests = args.connections * args.requests
     results = []
     for i in range(1, args.runs + 1):
         total = run_once(
-            out_dir / f"callgrind.run{i}.out", args.connections, args.requests, args.app
+            out_dir / f"callgrind.run{i}.out", args.connections, args.requests, args.app, ws=args.ws
         )
         per_request = (total - baseline) / total_requests
         results.append(per_request)

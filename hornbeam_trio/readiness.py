@@ -19,7 +19,7 @@ Linux only; elsewhere callers keep using ``trio.lowlevel.wait_readable``.
 from __future__ import annotations
 
 import select
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import outcome
 import trio
@@ -32,6 +32,24 @@ _HANGUP = (
     | getattr(select, "EPOLLHUP", 0)
     | getattr(select, "EPOLLERR", 0)
 )
+
+
+class _Woken:
+    """What a readiness wakeup sends the task it wakes: one shared, stateless object.
+
+    ``trio.lowlevel.reschedule(task)`` makes a fresh ``outcome.Value(None)`` for every
+    wakeup, and its ``unwrap()`` checks and marks it used: ~4 % of the CPU of a
+    WebSocket echo (profiled).  A task parked in ``wait_task_rescheduled`` only calls
+    ``unwrap()`` on what it is sent, and a readiness wakeup carries no value.
+    """
+
+    __slots__ = ()
+
+    def unwrap(self) -> None:
+        return None
+
+
+WOKEN = cast("outcome.Value[None]", _Woken())
 
 
 class Watcher(Protocol):
@@ -89,12 +107,12 @@ class ReadinessHub:
         """Wake the task waiting on ``fd`` as if it were readable (it re-checks its state)."""
         task = self.waiters.pop(fd, None)
         if task is not None:
-            trio.lowlevel.reschedule(task)
+            trio.lowlevel.reschedule(task, WOKEN)
 
     def _dispatch(self, fd: int) -> None:
         task = self.waiters.pop(fd, None)
         if task is not None:
-            trio.lowlevel.reschedule(task)
+            trio.lowlevel.reschedule(task, WOKEN)
             return
         watcher = self.watchers.get(fd)
         if watcher is None:
@@ -152,7 +170,7 @@ class ReadinessHub:
                     if task is None:
                         self._dispatch(fd)
                     else:
-                        reschedule(task)
+                        reschedule(task, WOKEN)
         finally:
             epoll.close()
 

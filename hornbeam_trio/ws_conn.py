@@ -747,7 +747,7 @@ class WebSocketConnection:
 
     def _received(self, data: bytes) -> bool:
         """Bytes from the peer: activity for the timers, then frames; True when reading is over."""
-        self.last_activity = trio.current_time()
+        self.last_activity = self._timers.clock()  # the run's clock, bound: per read
         if self._pinged:
             # Our ping is answered (or the peer spoke): the next ping is due one
             # ping interval from now, earlier than the entry the timers hold
