@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
+from trio.lowlevel import checkpoint, current_task, wait_task_rescheduled
 
 from .protocol import websocket as wsproto
 from .protocol.http11 import simple_response
@@ -175,7 +176,12 @@ class Writer:
 
         The app's send() calls this directly: no coroutine per message.
         """
-        self.write_nowait(data)
+        if self.pending:
+            self._enqueue(data, False)
+        else:
+            sent = self.transport.try_send(data)
+            if sent != len(data):
+                self._enqueue(memoryview(data)[sent:] if sent else data, False)
         if self.pending_bytes > SEND_HIGH_WATER:
             return True
         self._unyielded += 1
@@ -192,7 +198,7 @@ class Writer:
                 raise TransportClosed("connection closed while sending")
             return
         self._unyielded = 0
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
 
     async def final_flush(self, timeout: float) -> None:
         """Last bounded attempt to get queued bytes (the close frame) out."""
@@ -463,7 +469,7 @@ class WebSocketConnection:
         if self._hub is not None:
             while not self.reader_done:
                 self._events.clear()  # nobody will receive() them now
-                await self._read_inline()
+                await self.receive()  # reads on, the app being done
         elif self._reader_finished is not None:
             await self._reader_finished.wait()
 
@@ -478,16 +484,49 @@ class WebSocketConnection:
     # ------------------------------------------------------------------ ASGI receive
     async def receive(self) -> Message:
         events = self._events
-        inline = self._hub is not None and self.accepted and self.disconnect_code is None
-        if not events and inline and not self.reader_done and await self._read_inline():
-            self._recv_unyielded = 0  # it waited for the socket: a checkpoint
-            if events:
-                return events.pop(0)
+        hub = self._hub
+        if (
+            not events
+            and hub is not None
+            and self.accepted
+            and (self.disconnect_code is None or self.app_done)
+        ):
+            # Read the socket here, in the caller's task, until an event is queued or
+            # reading is over (after the app: until the peer answers our close).
+            transport: SocketTransport = self.transport  # type: ignore[assignment]
+            waited = False
+            while not events and not self.reader_done:
+                if transport.drained:
+                    transport.drained = False
+                    if hub.arm(transport.fd, current_task()):
+                        try:
+                            # Also woken by _wake_app (the loop then sees the disconnect).
+                            await wait_task_rescheduled(self._abort_read)
+                        except trio.ClosedResourceError:
+                            self._transport_lost()
+                            break
+                        waited = True
+                    continue
+                try:
+                    data = transport.recv_nowait()
+                except TransportClosed:
+                    self._transport_lost()
+                    break
+                if data is None:
+                    continue  # recv_nowait marked it drained: wait
+                if not data:
+                    self._transport_lost()
+                    break
+                self._received(data)
+            if waited:
+                self._recv_unyielded = 0  # it waited for the socket: a checkpoint
+                if events:
+                    return events.pop(0)
         if events:
             self._recv_unyielded += 1
             if self._recv_unyielded >= CHECKPOINT_EVERY:
                 self._recv_unyielded = 0
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
             if len(events) == MAX_QUEUED_EVENTS:
                 self._unpark_reader()
             return events.pop(0)
@@ -501,41 +540,6 @@ class WebSocketConnection:
         if events:
             return events.pop(0)
         return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
-
-    async def _read_inline(self) -> bool:
-        """Read the socket in the calling task until an event is queued or reading is over.
-
-        True if it waited for the socket (the caller has been through a checkpoint).
-        """
-        transport: SocketTransport = self.transport  # type: ignore[assignment]
-        hub = self._hub
-        assert hub is not None
-        events = self._events
-        waited = False
-        while not events and not self.reader_done:
-            if transport.drained:
-                transport.drained = False
-                if hub.arm(transport.fd, trio.lowlevel.current_task()):
-                    try:
-                        # Also woken by _wake_app (the loop then sees the disconnect event).
-                        await trio.lowlevel.wait_task_rescheduled(self._abort_read)
-                    except trio.ClosedResourceError:
-                        self._transport_lost()
-                        break
-                    waited = True
-                continue
-            try:
-                data = transport.recv_nowait()
-            except TransportClosed:
-                self._transport_lost()
-                break
-            if data is None:
-                continue  # recv_nowait marked it drained: wait
-            if not data:
-                self._transport_lost()
-                break
-            self._received(data)
-        return waited
 
     def on_readable(self) -> bool:
         """The hub: bytes arrived while the app is not in receive().  Never blocks or raises."""
@@ -668,7 +672,7 @@ class WebSocketConnection:
         self._pre_accept.clear()
         if self._tail:
             tail, self._tail = self._tail, b""
-            self._feed(tail)
+            self._received(tail)
         hub = self._hub
         if hub is not None:
             # Bytes that came while nobody read are the app's to read in receive().
@@ -746,7 +750,10 @@ class WebSocketConnection:
             self._reader_finished.set()
 
     def _received(self, data: bytes) -> bool:
-        """Bytes from the peer: activity for the timers, then frames; True when reading is over."""
+        """Bytes from the peer: activity for the timers, frames -> ASGI events.
+
+        True when reading is over.  One function, not two: it runs once per read.
+        """
         self.last_activity = self._timers.clock()  # the run's clock, bound: per read
         if self._pinged:
             # Our ping is answered (or the peer spoke): the next ping is due one
@@ -754,10 +761,6 @@ class WebSocketConnection:
             # (last activity + idle timeout, set while the ping was out).
             self._pinged = False
             self._timers.schedule(self, self._next_deadline())
-        return self._feed(data)
-
-    def _feed(self, data: bytes) -> bool:
-        """Protocol events -> ASGI events; True when reading is over."""
         protocol = self.protocol
         assert protocol is not None
         events = protocol.receive_data(data)
