@@ -20,6 +20,7 @@ import socket
 from typing import Protocol
 
 import trio
+from trio.lowlevel import current_task, wait_task_rescheduled
 
 from .readiness import ReadinessHub
 
@@ -93,11 +94,24 @@ class SocketTransport:
             hub.register(self.fd)
 
     async def _wait_readable(self) -> None:
+        """Park until readable; only a real wait counts as this connection's checkpoint.
+
+        A readiness edge kept while we ran returns at once without yielding, so
+        the count of operations since the last yield goes on (no starving others).
+        """
         hub = self.hub
-        if hub is not None:
-            await hub.wait_readable(self.fd)
-        else:
+        if hub is None:
             await trio.lowlevel.wait_readable(self.sock)
+            self._unyielded = 0
+        elif hub.arm(self.fd, current_task()):
+            # Parked directly, not through hub.wait_readable: no coroutine or closure.
+            await wait_task_rescheduled(self._abort_wait)
+            self._unyielded = 0
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        assert self.hub is not None
+        self.hub.disarm(self.fd)
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def recv(self) -> bytes:
         """Next bytes from the peer; ``b""`` at EOF.  Raises TransportClosed on reset."""
@@ -105,7 +119,6 @@ class SocketTransport:
             # The last recv() drained the kernel buffer: a second one would almost surely
             # fail with EAGAIN, so wait for readiness first and save that syscall.
             self.drained = False
-            self._unyielded = 0
             try:
                 await self._wait_readable()
             except trio.ClosedResourceError:
@@ -113,7 +126,6 @@ class SocketTransport:
         while True:
             data = self.recv_nowait()
             if data is None:
-                self._unyielded = 0
                 self.drained = False
                 try:
                     await self._wait_readable()
