@@ -270,15 +270,21 @@ async def serve_server(
     server: Server,
     listeners: list[socket.socket],
     *,
+    unlink_unix: bool = True,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """serve() for an already built Server; the listeners may be empty (in-memory tests)."""
+    """serve() for an already built Server; the listeners may be empty (in-memory tests).
+
+    ``unlink_unix=False`` for listeners this process did not bind (a ``--workers``
+    worker): the socket file belongs to the parent, and a worker that stops, to be
+    replaced, must not take the path away from the workers still serving on it.
+    """
     current_runtime.set(server.runtime)
     failure: StartupFailed | None = None
     try:
         async with trio.open_nursery() as nursery:
             shutdown = trio.Event()
-            result = await nursery.start(_run_shielded, server, listeners, shutdown)
+            result = await nursery.start(_run_shielded, server, listeners, shutdown, unlink_unix)
             if isinstance(result, StartupFailed):
                 failure = result
             else:
@@ -290,7 +296,7 @@ async def serve_server(
                     shutdown.set()
     finally:
         for listener in listeners:
-            _close_listener(listener)
+            _close_listener(listener, unlink=unlink_unix)
     if failure is not None:
         raise failure
 
@@ -327,10 +333,10 @@ async def _backend_running(runtime: Runtime) -> AsyncIterator[None]:
             nursery.cancel_scope.cancel()
 
 
-def _close_listener(listener: socket.socket) -> None:
+def _close_listener(listener: socket.socket, *, unlink: bool) -> None:
     if listener.fileno() == -1:
         return
-    path = listener.getsockname() if listener.family == socket.AF_UNIX else None
+    path = listener.getsockname() if unlink and listener.family == socket.AF_UNIX else None
     trio.lowlevel.notify_closing(listener)
     listener.close()
     if path:
@@ -344,6 +350,7 @@ async def _run_shielded(
     server: Server,
     listeners: list[socket.socket],
     shutdown: trio.Event,
+    unlink_unix: bool,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -380,7 +387,7 @@ async def _run_shielded(
                     await shutdown.wait()
                     accept_scope.cancel()
                     for listener in listeners:
-                        _close_listener(listener)
+                        _close_listener(listener, unlink=unlink_unix)
                     server.begin_shutdown()
                     # Fix (tests/test_serve.py): the grace deadline is the connections'
                     # only.  On the whole server scope it also cancelled the lifespan task,

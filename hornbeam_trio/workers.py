@@ -202,7 +202,8 @@ async def _worker_main(app: ASGIApp, config: Config, listeners: list[socket.sock
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signals, signals, serve_scope)
                 with serve_scope:
-                    await serve_server(server, listeners)
+                    # The parent owns a unix socket's path and unlinks it at the end.
+                    await serve_server(server, listeners, unlink_unix=False)
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
         code = startup_failure_code(exc)

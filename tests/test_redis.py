@@ -505,6 +505,55 @@ async def test_a_worker_that_dies_is_replaced(redis_url: str) -> None:
     assert f"(pid {victim}) exited with -9: starting another" in server.log()
 
 
+async def _get_over_unix(path: str) -> bytes:
+    """GET / over a unix socket; the response body (here: the worker's pid)."""
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return body
+
+
+async def test_a_replaced_worker_leaves_the_unix_socket_path_to_the_others(
+    redis_url: str,
+) -> None:
+    """A worker stops (SIGTERM to it alone) and is replaced: the socket file must stay."""
+    with tempfile.TemporaryDirectory(prefix="hornbeam-unix-") as tmp:
+        path = str(Path(tmp) / "app.sock")
+        log_path = Path(tmp) / "server.log"
+        argv = [
+            sys.executable, "-m", "hornbeam_trio", "tests.apps.workers_app:app",
+            "--bind", f"unix:{path}", "--workers", "2", "--backend", redis_url,
+        ]  # fmt: skip
+        with log_path.open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                argv, cwd=Path(__file__).resolve().parent.parent, stdout=log_file,
+                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        try:
+            with trio.fail_after(30):
+                while log_path.read_text().count("Started worker") < 2 or not os.path.exists(path):
+                    await trio.sleep(0.05)
+                victim = int(await _get_over_unix(path))
+                os.kill(victim, signal.SIGTERM)  # graceful stop of that worker alone
+                while "starting another" not in log_path.read_text():
+                    await trio.sleep(0.05)
+                assert os.path.exists(path), "the stopped worker unlinked the socket file"
+                pids = {int(await _get_over_unix(path)) for _ in range(20)}
+                assert victim not in pids
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await process.wait()
+        log = log_path.read_text()
+        assert process.returncode == 0, log
+        assert not os.path.exists(path), "the parent removes the socket file at the end"
+
+
 def test_workers_with_redis_down_is_one_line_and_exit_code_3() -> None:
     skip_or_fail()
     completed = subprocess.run(
