@@ -497,6 +497,8 @@ class WebSocketConnection:
             waited = False
             while not events and not self.reader_done:
                 if transport.drained:
+                    if transport.fd in hub.waiters:
+                        raise trio.BusyResourceError("another task is waiting in receive()")
                     transport.drained = False
                     if hub.arm(transport.fd, current_task()):
                         try:
@@ -534,8 +536,10 @@ class WebSocketConnection:
             await trio.lowlevel.checkpoint()
             return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
         # A reader task (or, before accept, nobody) will queue the next event.
+        if self._app_waiter is not None:
+            raise trio.BusyResourceError("another task is waiting in receive()")
         self._recv_unyielded = 0
-        self._app_waiter = trio.lowlevel.current_task()
+        self._app_waiter = current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
         if events:
             return events.pop(0)

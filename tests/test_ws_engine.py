@@ -422,6 +422,39 @@ async def test_a_failing_timer_is_logged_and_the_others_still_fire(
         nursery.cancel_scope.cancel()
 
 
+@TRANSPORTS
+async def test_a_second_task_waiting_in_receive_is_refused_not_left_hanging(
+    transport: str,
+) -> None:
+    """Only one task may wait for the next message; a second one gets BusyResourceError.
+
+    Silently replacing the first waiter would leave it parked after the disconnect.
+    """
+    refused: list[BaseException] = []
+
+    async def two_receivers(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                await receive()
+            except trio.BusyResourceError as exc:
+                refused.append(exc)
+                await send({"type": "websocket.send", "text": "refused"})
+            nursery.cancel_scope.cancel()
+
+    async with run_server(two_receivers, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        frame = await raw.receive_frame()
+        assert (frame.opcode, frame.payload) == (OP_TEXT, b"refused")
+        assert (await raw.receive_close()).close_code == 1000  # the app returned
+    assert len(refused) == 1
+
+
 # --------------------------------------------------------------------------- shutdown
 
 
