@@ -106,40 +106,35 @@ def read_exactly(sock: socket.socket, buf: bytearray, expected: bytes) -> None:
     del buf[: len(expected)]
 
 
-def drive_ws(port: int, connections: int, requests: int) -> None:
+def connect_all(port: int, connections: int, handshake: bytes | None) -> list[socket.socket]:
     socks = []
     for _ in range(connections):
         sock = socket.create_connection((HOST, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(WS_HANDSHAKE)
-        head = bytearray()
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise RuntimeError(f"handshake refused: {bytes(head)!r}")
+        if handshake is not None:
+            sock.sendall(handshake)
+            head = bytearray()
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"handshake refused: {bytes(head)!r}")
         socks.append(sock)
+    return socks
+
+
+def drive(port: int, connections: int, requests: int, *, ws: bool = False) -> None:
+    """``requests`` rounds: one message out on every connection, then every answer read."""
+    socks = connect_all(port, connections, WS_HANDSHAKE if ws else None)
+    message = WS_FRAME if ws else REQUEST
     buffers = [bytearray() for _ in socks]
     for _ in range(requests):
         for sock in socks:
-            sock.sendall(WS_FRAME)
+            sock.sendall(message)
         for sock, buf in zip(socks, buffers, strict=True):
-            read_exactly(sock, buf, WS_ECHO)
-    for sock in socks:
-        sock.close()
-
-
-def drive(port: int, connections: int, requests: int) -> None:
-    socks = []
-    for _ in range(connections):
-        sock = socket.create_connection((HOST, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        socks.append(sock)
-    buffers = [bytearray() for _ in socks]
-    for _ in range(requests):
-        for sock in socks:
-            sock.sendall(REQUEST)
-        for sock, buf in zip(socks, buffers, strict=True):
-            read_response(sock, buf)
+            if ws:
+                read_exactly(sock, buf, WS_ECHO)
+            else:
+                read_response(sock, buf)
     for sock in socks:
         sock.close()
 
@@ -151,9 +146,7 @@ def count_instructions(out_file: Path) -> int:
     raise RuntimeError(f"no summary line in {out_file}")
 
 
-def run_once(
-    out_file: Path, connections: int, requests: int, app: str, *, ws: bool = False
-) -> int:
+def run_once(out_file: Path, connections: int, requests: int, app: str, *, ws: bool = False) -> int:
     port = free_port()
     cmd = [
         "taskset",
@@ -177,7 +170,7 @@ def run_once(
     )
     try:
         wait_accepting(port, proc)
-        (drive_ws if ws else drive)(port, connections, requests)
+        drive(port, connections, requests, ws=ws)
         time.sleep(0.5)  # let the server notice the closed connections
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)

@@ -60,7 +60,6 @@ SEND_HIGH_WATER = 256 * 1024
 """Queued bytes above which the app's send() waits for the socket to drain."""
 
 
-
 def _only_disconnects(exc: BaseException) -> bool:
     """True for ClientDisconnected, or an exception group made only of them."""
     if isinstance(exc, ClientDisconnected):
