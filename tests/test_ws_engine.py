@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, client_frame
+from test_websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawClient,
+    client_frame,
+)
 
 from hornbeam_trio import ws_conn
 from hornbeam_trio.readiness import ReadinessHub
@@ -122,6 +130,30 @@ async def test_messages_wait_in_order_for_an_app_that_is_away(transport: str) ->
             while len(app.received) < total:
                 await trio.sleep(0.01)
         assert [m.get("text") for m in app.received] == [f"{i:099d}" for i in range(total)]
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
+
+
+@needs_epoll
+async def test_a_large_message_for_an_absent_app_is_read_by_the_hub_and_arrives_whole() -> None:
+    """2 MiB while the app is away: many edges, each read by the hub's watcher, one
+    partial frame carried across them, one whole message queued for the app."""
+    app = AwayApp()
+    payload = bytes(range(256)) * (8 * 1024)  # 2 MiB
+    async with run_server(app, transport="tcp") as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw.send, client_frame(OP_BINARY, payload))
+            with trio.fail_after(10):
+                while app.connection is None or not app.connection._events:
+                    await trio.sleep(0.01)
+        assert app.received == []  # read by the hub, not by the app
+        app.release.set()
+        with trio.fail_after(5):
+            while not app.received:
+                await trio.sleep(0.01)
+        assert app.received[0] == {"type": "websocket.receive", "bytes": payload}
         await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
         assert (await raw.receive_close()).close_code == 1000
 
