@@ -203,6 +203,27 @@ async def test_peer_reset_is_noticed_while_the_app_is_away() -> None:
 
 
 @needs_epoll
+async def test_socket_closed_under_an_app_waiting_in_receive_gives_it_1006() -> None:
+    """The transport is aborted while the app is parked on the hub: the hub fails the
+    wait (ClosedResourceError) and receive() turns that into a disconnect, not a hang."""
+    app = AwayApp()
+    app.release.set()  # the app waits in receive(), parked on the hub
+    async with run_server(app, transport="tcp") as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        connection = app.connection
+        assert connection is not None
+        connection.transport.abort()
+        with trio.fail_after(5):
+            await app.ended.wait()
+        await raw.expect_eof()
+    assert app.received == [
+        {"type": "websocket.disconnect", "code": 1006, "reason": "connection lost"}
+    ]
+
+
+@needs_epoll
 async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connection(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
