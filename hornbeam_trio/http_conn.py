@@ -165,8 +165,7 @@ class HTTPConnection:
 
         The hot path of keep-alive: instead of a new cancel scope per wait, the
         server's timer task cancels the connection's own scope when the wait lasts
-        too long (or, without it, a deadline goes on that scope and is lifted once
-        the head is in); then run() answers (or not) and closes.
+        too long; then run() answers (or not) and closes.
         """
         parser = self.parser
         event = parser.next_event()
@@ -174,15 +173,10 @@ class HTTPConnection:
             return event
         timer = None
         if timeout:
-            timers = self.server.timers
-            if timers.running:
-                timer = self.head_timer
-                timer.deadline = deadline = timers.clock() + timeout
-                if deadline < timer.timer_at:
-                    timers.schedule(timer, deadline)
-            else:
-                assert self.scope is not None
-                self.scope.deadline = trio.current_time() + timeout
+            timer = self.head_timer
+            timer.deadline = deadline = self.server.timers.clock() + timeout
+            if deadline < timer.timer_at:
+                self.server.timers.schedule(timer, deadline)
         try:
             # _next_event(None), inlined: one coroutine fewer per request.
             while True:
@@ -204,9 +198,6 @@ class HTTPConnection:
         finally:
             if timer is not None:
                 timer.deadline = inf
-            elif timeout:
-                assert self.scope is not None
-                self.scope.deadline = inf
 
     async def _next_event(self, timeout: float | None) -> Any:
         """The parser's next event, reading the socket as needed (None: connection over)."""

@@ -103,17 +103,23 @@ class ReadinessHub:
             self.ready.discard(fd)
             self._dispatch(fd)
 
-    def interrupt(self, fd: int) -> None:
-        """Wake the task waiting on ``fd`` as if it were readable (it re-checks its state)."""
+    def interrupt(self, fd: int) -> bool:
+        """Wake the task waiting on ``fd`` as if it were readable (it re-checks its state).
+
+        False when no task waits on it.
+        """
         task = self.waiters.pop(fd, None)
-        if task is not None:
-            trio.lowlevel.reschedule(task, WOKEN)
+        if task is None:
+            return False
+        trio.lowlevel.reschedule(task, WOKEN)
+        return True
 
     def _dispatch(self, fd: int) -> None:
-        task = self.waiters.pop(fd, None)
-        if task is not None:
-            trio.lowlevel.reschedule(task, WOKEN)
-            return
+        if not self.interrupt(fd):
+            self._nobody_waits(fd)
+
+    def _nobody_waits(self, fd: int) -> None:
+        """Readiness with no task waiting: the watcher's, else kept for the next wait."""
         watcher = self.watchers.get(fd)
         if watcher is None:
             self.ready.add(fd)
@@ -136,13 +142,12 @@ class ReadinessHub:
         self.waiters.pop(fd, None)
 
     async def wait_readable(self, fd: int) -> None:
-        if fd in self.ready or fd in self.hung_up:
-            self.ready.discard(fd)
+        """arm() and park; for callers off the hot path (the hot ones park themselves)."""
+        if not self.arm(fd, trio.lowlevel.current_task()):
             return
-        self.waiters[fd] = trio.lowlevel.current_task()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            self.waiters.pop(fd, None)
+            self.disarm(fd)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -166,9 +171,9 @@ class ReadinessHub:
                 for fd, mask in epoll.poll(0):
                     if mask & _HANGUP:
                         self.hung_up.add(fd)
-                    task = waiters.pop(fd, None)
+                    task = waiters.pop(fd, None)  # _dispatch, inlined: per event
                     if task is None:
-                        self._dispatch(fd)
+                        self._nobody_waits(fd)
                     else:
                         reschedule(task, WOKEN)
         finally:

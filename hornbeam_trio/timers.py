@@ -48,8 +48,6 @@ class TimerSweeper:
         self._task: trio.lowlevel.Task | None = None
         self._parked = False
         self._wake_at = math.inf
-        self.running = False
-        """False before run() starts and after it ends: callers fall back to scope deadlines."""
         self.clock: Callable[[], float] = trio.current_time
         """The run's clock, bound once run() starts: one call instead of trio.current_time's
         three on the keep-alive hot path."""
@@ -87,12 +85,10 @@ class TimerSweeper:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._task = trio.lowlevel.current_task()
         self.clock = clock = trio.lowlevel.current_clock().current_time
-        self.running = True
         task_status.started()
         try:
             await self._fire_forever(clock)
         finally:
-            self.running = False
             self._parked = False
 
     async def _fire_forever(self, clock: Callable[[], float]) -> None:

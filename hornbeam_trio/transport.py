@@ -105,10 +105,11 @@ class SocketTransport:
             self._unyielded = 0
         elif hub.arm(self.fd, current_task()):
             # Parked directly, not through hub.wait_readable: no coroutine or closure.
-            await wait_task_rescheduled(self._abort_wait)
+            await wait_task_rescheduled(self.abort_wait)
             self._unyielded = 0
 
-    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+    def abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        """The abort of a task parked on the hub for this socket (see arm())."""
         assert self.hub is not None
         self.hub.disarm(self.fd)
         return trio.lowlevel.Abort.SUCCEEDED

@@ -175,12 +175,7 @@ class Writer:
 
         The app's send() calls this directly: no coroutine per message.
         """
-        if self.pending:
-            self._enqueue(data, False)
-        else:
-            sent = self.transport.try_send(data)
-            if sent != len(data):
-                self._enqueue(memoryview(data)[sent:] if sent else data, False)
+        self.write_nowait(data)
         if self.pending_bytes > SEND_HIGH_WATER:
             return True
         self._unyielded += 1
@@ -502,7 +497,7 @@ class WebSocketConnection:
                     if hub.arm(transport.fd, current_task()):
                         try:
                             # Also woken by _wake_app (the loop then sees the disconnect).
-                            await wait_task_rescheduled(self._abort_read)
+                            await wait_task_rescheduled(transport.abort_wait)
                         except trio.ClosedResourceError:
                             self._transport_lost()
                             break
@@ -574,11 +569,6 @@ class WebSocketConnection:
             self._finish_reading()
             transport.abort()
         return False
-
-    def _abort_read(self, _: Any) -> trio.lowlevel.Abort:
-        assert self._hub is not None
-        self._hub.disarm(self.transport.fd)  # type: ignore[attr-defined]
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def _abort_receive(self, _: Any) -> trio.lowlevel.Abort:
         self._app_waiter = None

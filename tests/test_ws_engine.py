@@ -15,6 +15,8 @@ import logging
 import math
 import socket
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -403,14 +405,22 @@ class Target:
             self.sweeper.schedule(self, deadline)
 
 
+@asynccontextmanager
+async def running(sweeper: TimerSweeper) -> AsyncIterator[trio.Nursery]:
+    """The sweeper's task, running in a nursery the test cancels when done."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper.run)
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
 async def test_timers_fire_in_deadline_order_and_an_earlier_one_wakes_the_task(
     autojump_clock: Any,
 ) -> None:
     sweeper = TimerSweeper()
     log: list[tuple[str, float]] = []
     a, b = Target(sweeper, log, "a"), Target(sweeper, log, "b")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sweeper.run)
+    async with running(sweeper):
         start = trio.current_time()
         sweeper.schedule(a, start + 10)
         await trio.testing.wait_all_tasks_blocked()  # the task sleeps until +10
@@ -418,7 +428,6 @@ async def test_timers_fire_in_deadline_order_and_an_earlier_one_wakes_the_task(
         sweeper.schedule(a, start + 20)  # later than its entry: no-op
         await trio.sleep(15)
         assert [(n, t - start) for n, t in log] == [("b", 2), ("a", 10)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_target_reschedules_itself_and_stale_entries_are_skipped(
@@ -427,15 +436,13 @@ async def test_a_target_reschedules_itself_and_stale_entries_are_skipped(
     sweeper = TimerSweeper()
     log: list[tuple[str, float]] = []
     a = Target(sweeper, log, "a")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sweeper.run)
+    async with running(sweeper):
         start = trio.current_time()
         sweeper.schedule(a, start + 5)
         sweeper.schedule(a, start + 1)  # earlier: the +5 entry is now stale
         a.again = start + 3
         await trio.sleep(10)
         assert [t - start for _, t in log] == [1, 3]  # not 5
-        nursery.cancel_scope.cancel()
 
 
 async def test_forgotten_targets_are_never_called_and_their_entries_compacted(
@@ -444,8 +451,7 @@ async def test_forgotten_targets_are_never_called_and_their_entries_compacted(
     sweeper = TimerSweeper()
     log: list[tuple[str, float]] = []
     targets = [Target(sweeper, log, str(i)) for i in range(200)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sweeper.run)
+    async with running(sweeper):
         start = trio.current_time()
         for target in targets:
             sweeper.schedule(target, start + 60)
@@ -455,7 +461,6 @@ async def test_forgotten_targets_are_never_called_and_their_entries_compacted(
         assert len(sweeper._heap) < 64  # rebuilt from the live entries, not 200 stale ones
         await trio.sleep(120)
         assert [n for n, _ in log] == ["0"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_failing_timer_is_logged_and_the_others_still_fire(
@@ -465,14 +470,12 @@ async def test_a_failing_timer_is_logged_and_the_others_still_fire(
     log: list[tuple[str, float]] = []
     bad, good = Target(sweeper, log, "bad"), Target(sweeper, log, "good")
     bad.fail = True
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sweeper.run)
+    async with running(sweeper):
         sweeper.schedule(bad, trio.current_time() + 1)
         sweeper.schedule(good, trio.current_time() + 1)
         await trio.sleep(2)
         assert sorted(n for n, _ in log) == ["bad", "good"]
         assert "a connection's timer failed" in caplog.text
-        nursery.cancel_scope.cancel()
 
 
 @TRANSPORTS
