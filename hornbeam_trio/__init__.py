@@ -26,6 +26,7 @@ from .backends.base import BackendUnavailable, SyncUnavailable
 from .config import Config, ConfigError
 from .lifespan import StartupFailed
 from .server import serve
+from .types import ClientDisconnected, ConnectionEnded
 
 __version__ = "0.1.0"
 
@@ -39,8 +40,10 @@ def run(app: object, **options: object) -> None:
 
 __all__ = [
     "BackendUnavailable",
+    "ClientDisconnected",
     "Config",
     "ConfigError",
+    "ConnectionEnded",
     "SlowConsumer",
     "StartupFailed",
     "SyncUnavailable",

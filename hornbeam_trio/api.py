@@ -43,9 +43,11 @@ __all__ = [
 
 
 def _owner(call: str) -> ConnectionContext:
+    """The calling connection, still open: checked before the write is made."""
     context = current_connection.get()
     if context is None:
         raise RuntimeError(f"{call}(..., owned=True) must be called while handling a connection")
+    context.check_open(call)
     return context
 
 
@@ -56,9 +58,10 @@ def state_get(key: str) -> Any:
 
 
 def state_set(key: str, value: Any, *, owned: bool = False) -> None:
+    context = _owner("state_set") if owned else None
     get_runtime().backend.set(key, value)
-    if owned:
-        _owner("state_set").own_set(key)
+    if context is not None:
+        context.own_set(key)
 
 
 def state_delete(key: str) -> None:
@@ -70,9 +73,10 @@ def state_delete(key: str) -> None:
 
 def state_incr(key: str, delta: int = 1, *, owned: bool = False) -> int:
     """Atomic add; a missing key counts from 0; returns the new value."""
+    context = _owner("state_incr") if owned else None
     value = get_runtime().backend.incr(key, delta)
-    if owned:
-        _owner("state_incr").own_incr(key, delta)
+    if context is not None:
+        context.own_incr(key, delta)
     return value
 
 
@@ -123,10 +127,11 @@ def unsubscribe(topic: str) -> None:
 async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterator[Subscription]:
     """``async with subscription(topic) as messages: async for m in messages: ...``
 
-    Owned by the calling connection when there is one (released with it), and
-    always released when the block exits.  Under the ``close`` slow-consumer
-    policy an overflow raises :class:`SlowConsumer` from the iterator and, inside a
-    WebSocket connection, closes it with 1013.
+    Owned by the calling connection when there is one: when the connection ends
+    (client gone, server shutdown), the ``async for`` ends at once; opened after
+    the end, it ends at once too.  Always released when the block exits.  Under
+    the ``close`` slow-consumer policy an overflow raises :class:`SlowConsumer`
+    from the iterator and, inside a WebSocket connection, closes it with 1013.
     """
     runtime = get_runtime()
     context = current_connection.get()
@@ -147,7 +152,7 @@ async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterat
         on_overflow=on_overflow,
     )
     if context is not None:
-        context.subscribe(topic, sub)
+        context.open_iterator(sub)  # ends with the connection (at once if it has ended)
     else:
         runtime.add_subscriber(topic, sub)
     try:
@@ -155,7 +160,7 @@ async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterat
     finally:
         sub.close()
         if context is not None:
-            context.unsubscribe(topic, sub)
+            context.close_iterator(sub)
         else:
             runtime.remove_subscriber(topic, sub)
 

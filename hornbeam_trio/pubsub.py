@@ -162,8 +162,14 @@ class Subscription:
         return True
 
     def close(self) -> None:
+        """The block is left: no more deliveries; what is queued can still be read."""
         self._closed = True
         self._lot.unpark_all()
+
+    def end(self) -> None:
+        """Its connection ended: the ``async for`` ends now, queued messages dropped."""
+        self._queue.clear()
+        self.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self

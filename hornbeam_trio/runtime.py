@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .backends.memory import MemoryBackend
-from .pubsub import Hub, Subscriber
+from .pubsub import Hub, Subscriber, Subscription
+from .types import ConnectionEnded
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -91,13 +92,22 @@ def get_runtime() -> Runtime:
 
 
 class ConnectionContext:
-    """Everything one connection owns beyond its tasks, released exactly once."""
+    """Everything one connection owns beyond its tasks, given back in one step.
+
+    :meth:`end` is the connection's release point: from then on the connection
+    is no subscriber of anything, its ``subscription()`` iterators have ended, its
+    owned keys are undone, and an owned write made for it (from a task that
+    outlived it, say) raises :class:`ConnectionEnded` instead of creating a key
+    that nothing would ever remove.  :meth:`release` also takes the connection
+    out of :meth:`Runtime.stats`, once nothing of it runs any more.
+    """
 
     __slots__ = (
-        "_closing",
-        "_released",
+        "_unregistered",
         "config",
+        "ended",
         "id",
+        "iterators",
         "kind",
         "nursery",
         "owned",
@@ -115,15 +125,18 @@ class ConnectionContext:
         self.pusher: Subscriber | None = None
         """Server-side push target for ``subscribe(topic)`` (the WebSocket connection)."""
         self.subscriptions: dict[tuple[str, Subscriber], None] = {}
+        self.iterators: dict[Subscription, None] = {}
+        """The ``subscription()`` iterators opened for this connection and not yet left."""
         self.owned: dict[str, int | None] = {}
         """key -> accumulated owned increment, or None for an owned set (deleted on exit)."""
-        self._released = False
-        self._closing = False
+        self.ended = False
+        self._unregistered = False
         runtime.connections[self.id] = self
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Register; after the end a no-op (the connection can receive nothing more)."""
         key = (topic, subscriber)
-        if key in self.subscriptions or self._released or self._closing:
+        if key in self.subscriptions or self.ended:
             return
         self.subscriptions[key] = None
         self.runtime.add_subscriber(topic, subscriber)
@@ -134,11 +147,32 @@ class ConnectionContext:
             del self.subscriptions[key]
             self.runtime.remove_subscriber(topic, subscriber)
 
+    def open_iterator(self, subscription: Subscription) -> None:
+        """A ``subscription()`` block opened for this connection: it ends with it."""
+        if self.ended:
+            subscription.end()
+            return
+        self.iterators[subscription] = None
+        self.subscribe(subscription.topic, subscription)
+
+    def close_iterator(self, subscription: Subscription) -> None:
+        self.iterators.pop(subscription, None)
+        self.unsubscribe(subscription.topic, subscription)
+
+    def check_open(self, call: str) -> None:
+        if self.ended:
+            raise ConnectionEnded(
+                f"{call}(..., owned=True): the connection this code ran for has ended, "
+                "so nothing would release the key; the write was not made"
+            )
+
     def own_set(self, key: str) -> None:
+        self.check_open("state_set")
         self.owned[key] = None
         self.runtime.backend.note_owned(self.id, key, None)
 
     def own_incr(self, key: str, delta: int) -> None:
+        self.check_open("state_incr")
         previous = self.owned.get(key, 0)
         self.owned[key] = owned = None if previous is None else previous + delta
         self.runtime.backend.note_owned(self.id, key, owned)
@@ -162,21 +196,25 @@ class ConnectionContext:
                 stack.extend(task.child_nurseries)
         return count
 
-    def drop_subscriptions(self) -> None:
-        """The client is going: stop counting it as a subscriber now, not after the handshake."""
-        self._closing = True
+    def end(self) -> None:
+        """The connection is over: give back everything but its tasks, at once.
+
+        Synchronous, idempotent, never raises: it runs on every exit path, from
+        whichever task or service noticed the end first.
+        """
+        if self.ended:
+            return
+        self.ended = True
         runtime = self.runtime
         for topic, subscriber in self.subscriptions:
-            runtime.remove_subscriber(topic, subscriber)
+            try:
+                runtime.remove_subscriber(topic, subscriber)
+            except Exception:  # the release must go on for every other topic
+                logger.exception("unsubscribing from %r failed", topic)
         self.subscriptions.clear()
-
-    def release(self) -> None:
-        """Drop every subscription and undo every owned key.  Idempotent, never raises."""
-        if self._released:
-            return
-        self.drop_subscriptions()
-        self._released = True
-        runtime = self.runtime
+        for subscription in self.iterators:
+            subscription.end()
+        self.iterators.clear()
         backend = runtime.backend
         for key, delta in self.owned.items():
             try:
@@ -192,4 +230,10 @@ class ConnectionContext:
             except Exception:
                 logger.exception("releasing the lease of owned state keys failed")
         self.owned.clear()
-        runtime.connections.pop(self.id, None)
+
+    def release(self) -> None:
+        """:meth:`end`, and out of :meth:`Runtime.stats`: nothing of it runs any more."""
+        self.end()
+        if not self._unregistered:
+            self._unregistered = True
+            self.runtime.connections.pop(self.id, None)

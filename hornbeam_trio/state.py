@@ -32,6 +32,7 @@ def _owner(call: str) -> ConnectionContext:
         raise RuntimeError(
             f"state.{call}(..., owned=True) must be called while handling a connection"
         )
+    context.check_open(f"state.{call}")
     return context
 
 
@@ -42,9 +43,12 @@ async def get(key: str) -> Any:
 
 async def set(key: str, value: Any, *, owned: bool = False) -> None:
     context = _owner("set") if owned else None
-    await get_runtime().backend.aset(key, value)
+    backend = get_runtime().backend
+    await backend.aset(key, value)
     if context is not None:
-        context.own_set(key)
+        if context.ended:  # it ended while the write was on its way: take it back
+            backend.delete(key)
+        context.own_set(key)  # raises ConnectionEnded after the end
 
 
 async def delete(key: str) -> None:
@@ -57,9 +61,12 @@ async def delete(key: str) -> None:
 async def incr(key: str, delta: int = 1, *, owned: bool = False) -> int:
     """Atomic add; a missing key counts from 0; returns the new value."""
     context = _owner("incr") if owned else None
-    value = await get_runtime().backend.aincr(key, delta)
+    backend = get_runtime().backend
+    value = await backend.aincr(key, delta)
     if context is not None:
-        context.own_incr(key, delta)
+        if context.ended:  # it ended while the write was on its way: take it back
+            backend.incr_nowait(key, -delta)
+        context.own_incr(key, delta)  # raises ConnectionEnded after the end
     return value
 
 

@@ -16,3 +16,10 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 class ClientDisconnected(OSError):
     """Raised by ``send()`` once the client is gone (ASGI 2.4: a server-specific OSError)."""
+
+
+class ConnectionEnded(RuntimeError):
+    """An owned write (``owned=True``) for a connection that has already ended.
+
+    Nothing would release such a key, so the write is refused rather than made.
+    """

@@ -33,11 +33,22 @@ import trio
 from trio.lowlevel import checkpoint, current_task, wait_task_rescheduled
 
 from .protocol import websocket as wsproto
-from .protocol.http11 import simple_response
+from .protocol.http11 import ResponseEncoder, simple_response
 from .pubsub import Delivery
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
 from .types import ClientDisconnected
+from .ws_session import (
+    CLOSED,
+    CLOSING,
+    HANDSHAKE,
+    OPEN,
+    REJECTED,
+    ConnState,
+    ProtocolOrderError,
+    TimerAction,
+    WebSocketSession,
+)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -50,10 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hornbeam_trio")
 
-CLOSE_TIMEOUT = 5.0
-"""Seconds we wait for the peer's close frame after sending ours."""
-APP_EXIT_GRACE = 5.0
-"""Seconds an app gets to return after its client is gone, before it is cancelled."""
 MAX_QUEUED_EVENTS = 64
 """Received messages buffered for an app that is not calling receive(): then we stop reading."""
 SEND_HIGH_WATER = 256 * 1024
@@ -245,41 +252,38 @@ class DeliveryBatcher:
             await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
-class WebSocketConnection:
-    """ASGI ``receive``/``send`` for one WebSocket, its timers' target and pub/sub push target."""
+class WebSocketConnection(WebSocketSession):
+    """ASGI ``receive``/``send`` for one WebSocket: the Trio shell of its session.
+
+    The timer task (``on_timer``), the readiness hub (``on_readable``) and the
+    delivery batcher (``deliver``/``flush_batch``) reach the connection from
+    outside its task; each asks :attr:`state` first.  :meth:`_end` is the one
+    place where the connection leaves OPEN, and :meth:`release` what it gives back.
+    """
 
     __slots__ = (
+        "_answer",
         "_app_waiter",
         "_batch",
         "_batcher",
-        "_close_deadline",
         "_denial",
         "_events",
-        "_grace_deadline",
         "_hub",
         "_key",
         "_nursery",
         "_on_app_error",
-        "_pinged",
         "_pre_accept",
         "_reader_finished",
         "_reader_lot",
         "_reader_scope",
         "_recv_unyielded",
-        "_refused",
         "_tail",
         "_timers",
-        "accepted",
         "app",
-        "app_done",
         "config",
         "context",
-        "disconnect_code",
-        "last_activity",
         "protocol",
-        "reader_done",
         "request",
-        "response_started",
         "runtime",
         "scope",
         "timer_at",
@@ -303,6 +307,7 @@ class WebSocketConnection:
         key: bytes,
         tail: bytes,
     ) -> None:
+        super().__init__(config)
         self.app = app
         self.scope = scope
         self.request = request
@@ -311,6 +316,7 @@ class WebSocketConnection:
         self.runtime = runtime
         self.writer = Writer(transport)
         self.protocol: wsproto.ServerProtocol | None = None
+        """Set at accept: not None exactly when the connection was accepted."""
         self.context = ConnectionContext(runtime, "websocket", config)
         self.context.pusher = self
         self._key = key
@@ -330,20 +336,9 @@ class WebSocketConnection:
         self._pre_accept: list[bytes] = []
         self._batch: list[bytes] | None = None
         """Deliveries of the current scheduler pass, sent together by the batcher."""
-
-        self.accepted = False
-        self.response_started = False  # HTTP denial response or 101 sent
-        self.reader_done = False
-        """Nothing more will be read: the peer closed, failed, left, or our close timed out."""
-        self.app_done = False
-        self.disconnect_code: int | None = None  # set once the app has been told
-        self.last_activity = 0.0
-        self._pinged = False
-        self._close_deadline = math.inf
-        self._grace_deadline = math.inf
-        self._denial: Any = None
-        self._refused = False
-        """Server shutdown came before the app answered the handshake: HTTP 503."""
+        self._denial: ResponseEncoder | None = None
+        self._answer: bytes | None = None
+        """An HTTP answer still owed when the connection ends (503: refused at shutdown)."""
         self.timer_at = math.inf
         self.timer_key = 0
 
@@ -360,43 +355,55 @@ class WebSocketConnection:
                 self._nursery = nursery
                 self.context.nursery = nursery
                 self.writer.attach(nursery)
-                # The app, inline (one frame fewer per idle connection than a method).
+                error = False
                 try:
-                    if self._refused:
+                    if self.state is REJECTED:
                         return  # the server shut down before the app began: 503 below
                     await self.app(self.scope, self.receive, self.send)
-                except ClientDisconnected:
-                    pass
                 except Exception as exc:
-                    # A group of ClientDisconnected only: a pusher task in the app's own
-                    # nursery sent after the client left.  That is how such apps end.
+                    # ClientDisconnected, or a group of them (a pusher task in the app's
+                    # own nursery sent after the client left): how such apps end.
                     if not _only_disconnects(exc):
+                        error = True
                         logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
                         self._on_app_error(exc)
-                        await self._after_app(error=True)
-                else:
-                    await self._after_app(error=False)
                 finally:
                     self.app_done = True
+                await self._after_app(error=error)
                 await self._await_close_reply()
                 nursery.cancel_scope.cancel()  # whatever the app left running
         finally:
             self.app_done = True
-            self.reader_done = True
             current_connection.reset(token)
             self._timers.forget(self)
+            if self.state is not REJECTED:
+                self.state = CLOSED
+            self.release()
             self.context.release()
             with trio.CancelScope(shield=True):
-                if self._refused and not self.response_started:
-                    await self._send_http(
-                        simple_response(
-                            503, b"server shutting down", headers=[(b"retry-after", b"1")]
-                        ),
-                        timeout=1.0,
-                    )
+                if self._answer is not None:
+                    await self._send_http(self._answer, timeout=1.0)
                 if self.writer.pending:
                     await self.writer.final_flush(1.0)
                 await self.transport.close()
+
+    def release(self) -> None:
+        """What the connection gives back when it leaves OPEN: in one synchronous step.
+
+        Deliveries stop (no subscription, no queued batch), every ``subscription()``
+        iterator of the connection ends, its owned keys are undone and later owned
+        writes refused (``ConnectionContext.end``).  Idempotent, never raises.
+        """
+        self._batch = None
+        self._pre_accept.clear()
+        self.context.end()
+
+    def _end(self, state: ConnState, code: int, reason: str = "") -> None:
+        """Leave OPEN (or HANDSHAKE) for CLOSING or CLOSED: the app is told once."""
+        if self.end(state, code, reason):
+            self.release()
+            self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self._wake_app()
 
     def begin_shutdown(self) -> None:
         """Server shutdown: close 1001 now; the close handshake and app grace still apply.
@@ -404,71 +411,73 @@ class WebSocketConnection:
         A handshake the app has not answered yet gets an HTTP 503 (with Retry-After),
         so the client knows to come back rather than seeing the connection drop.
         """
-        if not self.accepted:
-            if not self.response_started:
-                self._refused = True
+        state = self.state
+        if state is HANDSHAKE or state is REJECTED:
+            if state is HANDSHAKE:
+                self.reject()
+                self._answer = simple_response(
+                    503, b"server shutting down", headers=[(b"retry-after", b"1")]
+                )
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
             return
         self.close_now(1001, "server shutdown")
 
     def close_now(self, code: int, reason: str) -> None:
-        """Start the closing handshake from our side (idle timeout, slow consumer, shutdown)."""
-        protocol = self.protocol
-        if protocol is None or protocol.close_sent:
+        """Start the closing handshake from our side (idle timeout, slow consumer, shutdown).
+
+        Deliveries queued and not yet started are dropped: the Close goes next.
+        """
+        if self.state is not OPEN:
             return
         self._batch = None
         self.writer.drop_queued_deliveries()
-        self._write_nowait(protocol.send_close(code, reason))
-        self._start_close_timer()
-        self._tell_app_disconnected(code, reason)
+        self._send_close(code, reason)
 
-    def _start_close_timer(self) -> None:
-        self._close_deadline = trio.current_time() + CLOSE_TIMEOUT
-        self._timers.schedule(self, self._close_deadline)
+    def _send_close(self, code: int, reason: str) -> None:
+        """Our Close frame goes out and the connection leaves OPEN: nothing follows it."""
+        protocol = self.protocol
+        if self.state is not OPEN or protocol is None:
+            return
+        self._write_nowait(protocol.send_close(code, reason))  # this pass's batch first
+        self.begin_close(trio.current_time())
+        self._timers.schedule(self, self.close_deadline)
+        self._end(CLOSING, code, reason)
         self._unpark_reader()
 
     def _finish_reading(self) -> None:
-        """Reading is over; the app gets a grace period to return, then it is cancelled."""
-        if self.reader_done:
-            return
-        self.reader_done = True
+        """Reading is over (CLOSED); the app gets a grace period to return, then it is cancelled."""
         if self._reader_scope is not None:
             self._reader_scope.cancel()
         self._wake_app()
-        if not self.app_done:
-            self._grace_deadline = trio.current_time() + APP_EXIT_GRACE
-            self._timers.schedule(self, self._grace_deadline)
+        if self.reading_over(trio.current_time()):
+            self._timers.schedule(self, self.grace_deadline)
 
     # ------------------------------------------------------------------ app
     async def _after_app(self, *, error: bool) -> None:
-        if not self.response_started:
-            status = 500 if error else 403
-            await self._send_http(simple_response(status))
-            return
-        if self._denial is not None:
-            return
-        protocol = self.protocol
-        if protocol is not None and not protocol.close_sent and self.disconnect_code is None:
+        """The app is done: answer a handshake it left open, close a connection it left open."""
+        state = self.state
+        if state is HANDSHAKE:
+            self.reject()
+            await self._send_http(simple_response(500 if error else 403))
+        elif state is OPEN:
             if error:
-                self._write_nowait(protocol.send_close(1011, "Internal server error"))
+                self._send_close(1011, "Internal server error")
             else:
-                self._write_nowait(protocol.send_close(1000, ""))
-            self._start_close_timer()
+                self._send_close(1000, "")
 
     async def _await_close_reply(self) -> None:
         """After the app: read until the peer answers our close (the close timer bounds it)."""
-        if not self.accepted or self.reader_done:
+        if self.state is not CLOSING:
             return
         if self._hub is not None:
-            while not self.reader_done:
+            while self.state is not CLOSED:
                 self._events.clear()  # nobody will receive() them now
                 await self.receive()  # reads on, the app being done
         elif self._reader_finished is not None:
             await self._reader_finished.wait()
 
     async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
-        self.response_started = True
         with trio.move_on_after(timeout):
             try:
                 await self.transport.send_all(data)
@@ -479,17 +488,17 @@ class WebSocketConnection:
     async def receive(self) -> Message:
         events = self._events
         hub = self._hub
+        state = self.state
         if (
             not events
             and hub is not None
-            and self.accepted
-            and (self.disconnect_code is None or self.app_done)
+            and (state is OPEN or (state is CLOSING and self.app_done))
         ):
             # Read the socket here, in the caller's task, until an event is queued or
             # reading is over (after the app: until the peer answers our close).
             transport: SocketTransport = self.transport  # type: ignore[assignment]
             waited = False
-            while not events and not self.reader_done:
+            while not events and self.state is not CLOSED:
                 if transport.drained:
                     if transport.fd in hub.waiters:
                         raise trio.BusyResourceError("another task is waiting in receive()")
@@ -526,9 +535,9 @@ class WebSocketConnection:
             if len(events) == MAX_QUEUED_EVENTS:
                 self._unpark_reader()
             return events.pop(0)
-        if self.disconnect_code is not None or (not self.accepted and self.response_started):
-            await trio.lowlevel.checkpoint()
-            return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+        if self.close_code is not None or self.state is REJECTED:
+            await checkpoint()
+            return {"type": "websocket.disconnect", "code": self.close_code or 1006}
         # A reader task (or, before accept, nobody) will queue the next event.
         if self._app_waiter is not None:
             raise trio.BusyResourceError("another task is waiting in receive()")
@@ -537,11 +546,11 @@ class WebSocketConnection:
         await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
         if events:
             return events.pop(0)
-        return {"type": "websocket.disconnect", "code": self.disconnect_code or 1006}
+        return {"type": "websocket.disconnect", "code": self.close_code or 1006}
 
     def on_readable(self) -> bool:
         """The hub: bytes arrived while the app is not in receive().  Never blocks or raises."""
-        if self.reader_done:
+        if self.state is CLOSED:
             return False
         transport: SocketTransport = self.transport  # type: ignore[assignment]
         events = self._events
@@ -565,7 +574,7 @@ class WebSocketConnection:
             self._transport_lost()
         except Exception:
             logger.exception("reading a WebSocket failed")
-            self._tell_app_disconnected(1011, "internal error")
+            self._end(CLOSED, 1011, "internal error")
             self._finish_reading()
             transport.abort()
         return False
@@ -587,20 +596,16 @@ class WebSocketConnection:
         if hub is not None:
             hub.interrupt(self.transport.fd)  # type: ignore[attr-defined]
 
-    def _tell_app_disconnected(self, code: int, reason: str = "") -> None:
-        if self.disconnect_code is None:
-            self.disconnect_code = code
-            self.context.drop_subscriptions()
-            self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
-            self._wake_app()
-
     # ------------------------------------------------------------------ ASGI send
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "websocket.send":
-            protocol = self.protocol
-            if protocol is None or protocol.close_sent or self.disconnect_code is not None:
+            if self.state is not OPEN:
+                # A checkpoint on this path too: an app loop that swallows the error
+                # still yields, and sees its own cancellation as Cancelled.
+                await checkpoint()
                 raise ClientDisconnected("WebSocket is closed")
+            protocol: wsproto.ServerProtocol = self.protocol  # type: ignore[assignment]
             text = message.get("text")
             if text is not None:
                 frame = protocol.send_message(text)
@@ -620,7 +625,9 @@ class WebSocketConnection:
             except TransportClosed:
                 self._transport_lost()
                 raise ClientDisconnected("WebSocket peer went away") from None
-        elif kind == "websocket.accept":
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if kind == "websocket.accept":
             await self._accept(message)
         elif kind == "websocket.close":
             await self._close(message)
@@ -632,8 +639,7 @@ class WebSocketConnection:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on a WebSocket")
 
     async def _accept(self, message: Message) -> None:
-        if self.response_started:
-            raise RuntimeError("websocket.accept after the handshake was answered")
+        self.check_accept()
         config = self.config
         subprotocol = message.get("subprotocol")
         if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
@@ -641,7 +647,7 @@ class WebSocketConnection:
         deflate, extensions = wsproto.negotiate_deflate(
             self.request.headers, config.websocket_compress
         )
-        self.protocol = wsproto.ServerProtocol(
+        protocol = wsproto.ServerProtocol(
             max_message_size=config.websocket_max_frame_size, deflate=deflate
         )
         head = wsproto.accept_response(
@@ -650,16 +656,17 @@ class WebSocketConnection:
             extensions=extensions,
             extra_headers=[(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])],
         )
-        self.response_started = True
-        try:
-            await self.transport.send_all(head)
-        except TransportClosed:
-            self._transport_lost()
-            raise ClientDisconnected("WebSocket peer went away") from None
-        self.accepted = True
+        self.protocol = protocol
+        self.state = OPEN
         self._events.clear()  # the connect event was consumed; nothing else is queued yet
         self.last_activity = trio.current_time()
-        self._timers.schedule(self, self._next_deadline())
+        # Through the writer, the connection's one ordered send path: a Close sent while
+        # the head is still partly queued (shutdown, say) goes after it, never inside it.
+        self._write_nowait(head)
+        if self.state is not OPEN:
+            await checkpoint()
+            raise ClientDisconnected("WebSocket peer went away")
+        self._timers.schedule(self, self.next_deadline())
         for frame in self._pre_accept:
             self._write_nowait(frame)
         self._pre_accept.clear()
@@ -675,38 +682,33 @@ class WebSocketConnection:
             assert self._nursery is not None
             self._reader_finished = trio.Event()
             self._nursery.start_soon(self._reader_task)
+        await checkpoint()
 
     async def _close(self, message: Message) -> None:
-        code = int(message.get("code") or 1000)
-        reason = message.get("reason") or ""
-        if not self.accepted:
-            if not self.response_started:
-                await self._send_http(simple_response(403))
+        state = self.state
+        if state is HANDSHAKE:
+            self.reject()  # ASGI: a close before accept is a 403
+            await self._send_http(simple_response(403))
             return
-        protocol = self.protocol
-        assert protocol is not None
-        if protocol.close_sent:
-            return
-        self._write_nowait(protocol.send_close(code, reason))
-        self._start_close_timer()
-        self._tell_app_disconnected(code, reason)
+        self._send_close(int(message.get("code") or 1000), message.get("reason") or "")
+        await checkpoint()
 
     async def _deny_start(self, message: Message) -> None:
-        if self.response_started:
-            raise RuntimeError("denial response after the handshake was answered")
-        from .protocol.http11 import ResponseEncoder
-
+        self.check_denial()
         encoder = ResponseEncoder(self.request)
         encoder.start(
             int(message["status"]), [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
         )
         self._denial = encoder
-        self.response_started = True
+        self.reject()
+        await checkpoint()
 
     async def _deny_body(self, message: Message) -> None:
         encoder = self._denial
         if encoder is None or encoder.complete:
-            raise RuntimeError("websocket.http.response.body without a started denial response")
+            raise ProtocolOrderError(
+                "websocket.http.response.body without a started denial response"
+            )
         more = bool(message.get("more_body", False))
         data = encoder.body(bytes(message.get("body", b"")), more)
         try:
@@ -723,10 +725,10 @@ class WebSocketConnection:
                 self._reader_scope = scope
                 transport = self.transport
                 events = self._events
-                while not self.reader_done:
+                while self.state is not CLOSED:
                     if self.app_done:
                         events.clear()  # nobody will receive() them: read on for the close
-                    elif len(events) >= MAX_QUEUED_EVENTS and self.disconnect_code is None:
+                    elif len(events) >= MAX_QUEUED_EVENTS and self.state is OPEN:
                         if self._reader_lot is None:
                             self._reader_lot = trio.lowlevel.ParkingLot()
                         await self._reader_lot.park()
@@ -748,12 +750,12 @@ class WebSocketConnection:
         True when reading is over.  One function, not two: it runs once per read.
         """
         self.last_activity = self._timers.clock()  # the run's clock, bound: per read
-        if self._pinged:
+        if self.pinged:
             # Our ping is answered (or the peer spoke): the next ping is due one
             # ping interval from now, earlier than the entry the timers hold
             # (last activity + idle timeout, set while the ping was out).
-            self._pinged = False
-            self._timers.schedule(self, self._next_deadline())
+            self.pinged = False
+            self._timers.schedule(self, self.next_deadline())
         protocol = self.protocol
         assert protocol is not None
         events = protocol.receive_data(data)
@@ -763,67 +765,49 @@ class WebSocketConnection:
         if not events:
             if protocol.closed:
                 self._finish_reading()
-            return self.reader_done
+            return self.state is CLOSED
         queue = self._events
         for event in events:
             cls = event.__class__
             if cls is str:
-                queue.append({"type": "websocket.receive", "text": event})
+                if self.state is OPEN:  # after our Close, messages are read and dropped
+                    queue.append({"type": "websocket.receive", "text": event})
             elif cls is bytes:
-                queue.append({"type": "websocket.receive", "bytes": event})
+                if self.state is OPEN:
+                    queue.append({"type": "websocket.receive", "bytes": event})
             elif cls is wsproto.CloseReceived:
-                self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
+                self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
             elif cls is wsproto.ProtocolFailure:
                 logger.info("closing WebSocket: %s (%d)", event.reason, event.code)  # type: ignore[union-attr]
-                self._tell_app_disconnected(event.code, event.reason)  # type: ignore[union-attr]
+                self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
         if self._app_waiter is not None:
             self._wake_app()
-        return self.reader_done
+        return self.state is CLOSED
 
     # ------------------------------------------------------------------ timers
-    def _next_deadline(self) -> float:
-        deadline = self._close_deadline
-        if self.protocol is not None and self.protocol.close_sent:
-            return deadline  # closing: only the close handshake's own timer applies
-        config = self.config
-        idle = config.idle_timeout_s
-        if idle is not None:
-            deadline = min(deadline, self.last_activity + idle)
-        ping = config.ping_interval_s
-        if ping is not None and not self._pinged:
-            deadline = min(deadline, self.last_activity + ping)
-        return deadline
-
     def on_timer(self, now: float) -> None:
         """The server's timer task: a deadline of this connection may be due."""
-        if self.reader_done:
-            if self.app_done:
-                return
-            if now >= self._grace_deadline:
-                # The client is gone and the app did not return in time: end it.
-                if self._nursery is not None:
-                    self._nursery.cancel_scope.cancel()
-            else:
-                self._timers.schedule(self, self._grace_deadline)
+        action = self.timer_action(now)
+        if action is TimerAction.CANCEL_APP:
+            # The client is gone and the app did not return in time: end it.
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
             return
-        if now >= self._close_deadline:
+        if action is TimerAction.CLOSE_TIMED_OUT:
             # Our close frame went unanswered: give up on the handshake.
-            self._tell_app_disconnected(1006, "close handshake timed out")
+            self._end(CLOSED, 1006, "close handshake timed out")
             self._finish_reading()
-            return
-        idle = self.config.idle_timeout_s
-        protocol = self.protocol
-        if idle is not None and now >= self.last_activity + idle:
+        elif action is TimerAction.IDLE:
             self.close_now(1001, "idle timeout")
-        else:
-            ping = self.config.ping_interval_s
-            if ping is not None and now >= self.last_activity + ping and protocol is not None:
-                if not self._pinged and not protocol.close_sent:
-                    self._write_nowait(protocol.send_ping(b"hb"))
-                self._pinged = True
-        self._timers.schedule(self, self._next_deadline())
+        elif action is TimerAction.PING:
+            protocol = self.protocol
+            assert protocol is not None
+            self._write_nowait(protocol.send_ping(b"hb"))
+        deadline = self.next_deadline()
+        if deadline != math.inf:
+            self._timers.schedule(self, deadline)
 
     # ------------------------------------------------------------------ send path
     def _write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
@@ -835,20 +819,21 @@ class WebSocketConnection:
             self._transport_lost()
 
     def _transport_lost(self) -> None:
-        self._tell_app_disconnected(1006, "connection lost")
+        self._end(CLOSED, 1006, "connection lost")
         self._finish_reading()
         self._unpark_reader()
 
     # ------------------------------------------------------------------ pub/sub push target
     def deliver(self, delivery: Delivery) -> bool:
         """Called by publish(): never blocks; the slow-consumer policy applies on overflow."""
-        if self.disconnect_code is not None:
+        if self.state is not OPEN:
+            if (
+                self.state is HANDSHAKE
+                and len(self._pre_accept) < self.config.subscriber_queue_size
+            ):
+                self._pre_accept.append(delivery.frame)
+                return True
             return False
-        if not self.accepted:
-            if len(self._pre_accept) >= self.config.subscriber_queue_size:
-                return False
-            self._pre_accept.append(delivery.frame)
-            return True
         writer = self.writer
         batch = self._batch
         limit = self.config.subscriber_queue_size
@@ -877,7 +862,7 @@ class WebSocketConnection:
         if not batch:
             return
         self._batch = None
-        if self.disconnect_code is not None:
+        if self.state is not OPEN:
             return
         try:
             self.writer.write_nowait(

@@ -32,7 +32,7 @@ from test_websocket import (
     client_frame,
 )
 
-from hornbeam_trio import ws_conn
+from hornbeam_trio import ws_conn, ws_session
 from hornbeam_trio.readiness import ReadinessHub
 from hornbeam_trio.runtime import current_connection
 from hornbeam_trio.server import serve
@@ -164,7 +164,7 @@ async def test_a_large_message_for_an_absent_app_is_read_by_the_hub_and_arrives_
 async def test_app_ignoring_a_departed_client_is_cancelled_after_its_grace(
     transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ws_conn, "APP_EXIT_GRACE", 0.2)
+    monkeypatch.setattr(ws_session, "APP_EXIT_GRACE", 0.2)
     app = AwayApp()
     app.receive_after_release = False
     app.release.set()
@@ -194,9 +194,9 @@ async def test_peer_reset_is_noticed_while_the_app_is_away() -> None:
         connection = app.connection
         assert connection is not None
         with trio.fail_after(5):
-            while connection.disconnect_code is None:
+            while connection.close_code is None:
                 await trio.sleep(0.01)
-        assert connection.disconnect_code == 1006
+        assert connection.close_code == 1006
         app.release.set()
         with trio.fail_after(5):
             await app.ended.wait()
