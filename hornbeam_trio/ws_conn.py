@@ -268,6 +268,7 @@ class WebSocketConnection(WebSocketSession):
         "_batcher",
         "_denial",
         "_events",
+        "_failure",
         "_hub",
         "_key",
         "_nursery",
@@ -339,6 +340,8 @@ class WebSocketConnection(WebSocketSession):
         self._denial: ResponseEncoder | None = None
         self._answer: bytes | None = None
         """An HTTP answer still owed when the connection ends (503: refused at shutdown)."""
+        self._failure: wsproto.ProtocolFailure | None = None
+        """A protocol failure held back until the app has taken the messages before it."""
         self.timer_at = math.inf
         self.timer_key = 0
 
@@ -439,11 +442,25 @@ class WebSocketConnection(WebSocketSession):
         protocol = self.protocol
         if self.state is not OPEN or protocol is None:
             return
+        if self._failure is not None:
+            self._apply_failure()  # the peer broke the protocol first: that is the close
+            return
         self._write_nowait(protocol.send_close(code, reason))  # this pass's batch first
         self.begin_close(trio.current_time())
         self._timers.schedule(self, self.close_deadline)
         self._end(CLOSING, code, reason)
         self._unpark_reader()
+
+    def _apply_failure(self) -> None:
+        """Fail the connection now: the app has taken the valid messages before the failure."""
+        failure = self._failure
+        protocol = self.protocol
+        assert failure is not None and protocol is not None
+        self._failure = None
+        logger.info("closing WebSocket: %s (%d)", failure.reason, failure.code)
+        self._write_nowait(protocol.send_close(failure.code, failure.reason))
+        self._end(CLOSED, failure.code, failure.reason)
+        self._finish_reading()
 
     def _finish_reading(self) -> None:
         """Reading is over (CLOSED); the app gets a grace period to return, then it is cancelled."""
@@ -461,7 +478,9 @@ class WebSocketConnection(WebSocketSession):
             self.reject()
             await self._send_http(simple_response(500 if error else 403))
         elif state is OPEN:
-            if error:
+            if self._failure is not None:
+                self._apply_failure()
+            elif error:
                 self._send_close(1011, "Internal server error")
             else:
                 self._send_close(1000, "")
@@ -488,6 +507,8 @@ class WebSocketConnection(WebSocketSession):
     async def receive(self) -> Message:
         events = self._events
         hub = self._hub
+        if not events and self._failure is not None:
+            self._apply_failure()  # everything valid before it was received: now the close
         state = self.state
         if (
             not events
@@ -759,11 +780,28 @@ class WebSocketConnection(WebSocketSession):
         protocol = self.protocol
         assert protocol is not None
         events = protocol.receive_data(data)
-        if protocol.outgoing:
-            self._write_nowait(bytes(protocol.outgoing))
-            protocol.outgoing.clear()
+        outgoing = protocol.outgoing
+        if outgoing:
+            failure = events[-1] if events else None
+            if (
+                isinstance(failure, wsproto.ProtocolFailure)
+                and (len(events) > 1 or self._events)
+                and self.state is OPEN
+                and not self.app_done
+            ):
+                # Valid messages came before the failure: the app gets them, in order,
+                # and may answer them before our Close (the end of ``outgoing``) goes.
+                self._failure = failure
+                del events[-1]
+                del outgoing[-len(wsproto.encode_close(failure.code, failure.reason)) :]
+                protocol.close_sent = False
+                self.begin_close(self._timers.clock())  # bounded: an app away from receive()
+                self._timers.schedule(self, self.close_deadline)
+            if outgoing:
+                self._write_nowait(bytes(outgoing))
+                outgoing.clear()
         if not events:
-            if protocol.closed:
+            if protocol.closed and self._failure is None:
                 self._finish_reading()
             return self.state is CLOSED
         queue = self._events
@@ -796,9 +834,12 @@ class WebSocketConnection(WebSocketSession):
                 self._nursery.cancel_scope.cancel()
             return
         if action is TimerAction.CLOSE_TIMED_OUT:
-            # Our close frame went unanswered: give up on the handshake.
-            self._end(CLOSED, 1006, "close handshake timed out")
-            self._finish_reading()
+            if self._failure is not None:
+                self._apply_failure()  # the app stayed away from receive(): fail it now
+            else:
+                # Our close frame went unanswered: give up on the handshake.
+                self._end(CLOSED, 1006, "close handshake timed out")
+                self._finish_reading()
         elif action is TimerAction.IDLE:
             self.close_now(1001, "idle timeout")
         elif action is TimerAction.PING:

@@ -968,3 +968,29 @@ async def test_autobahn_13_deflate_parameters(offer_index: int, size_index: int)
     _, data = DATASETS[0]  # Autobahn uses its JSON corpus for 13.x
     size, fragment = MSG_SIZES[size_index - 1]
     await deflate_echo(OFFERS_13[offer_index - 1], messages(data, size), False, fragment)
+
+
+# --- NON-STRICT no more: what was valid is handed over before the failure -------------
+
+NON_STRICT_BEFORE = [case_id for case_id, case in ALL_CASES.items() if case.non_strict is not None]
+
+
+@pytest.mark.parametrize("case_id", NON_STRICT_BEFORE)
+async def test_autobahn_case_grades_ok_not_non_strict(case_id: str) -> None:
+    """A valid message that arrived in the same read as a bad frame is given to the app,
+    and its echo goes out before our Close: Autobahn's strict grade (OK)."""
+    case = ALL_CASES[case_id]
+    with trio.fail_after(TIMEOUT):
+        async with run_server(ws_apps.echo()) as server:
+            client = await connect(server)
+            try:
+                for step in case.steps:
+                    try:
+                        await perform(client, step)
+                    except trio.BrokenResourceError:
+                        break
+                events, close = await client.events_until_close()
+                assert events == list(case.ok)
+                await finish_failed_by_server(client, events, close, case.codes)
+            finally:
+                await client.stream.aclose()

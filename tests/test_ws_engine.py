@@ -18,6 +18,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import trio
@@ -557,3 +558,48 @@ async def test_shutdown_before_the_app_answers_the_handshake_gets_503() -> None:
     assert answer.startswith(b"HTTP/1.1 503 "), answer
     assert b"\r\nretry-after: 1\r\n" in answer.lower()
     assert cancelled[0]
+
+
+# --------------------------------------------------------------------------- held failure
+
+
+@TRANSPORTS
+async def test_a_failure_behind_valid_messages_waits_for_the_app_then_closes_with_its_code(
+    transport: str,
+) -> None:
+    """A valid message and a bad frame in one read: the app receives the message and its
+    answer goes out before our Close, which carries the failure's code (1002)."""
+
+    async def echo_once(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": "got " + message["text"]})
+        assert (await receive()) == {"type": "websocket.disconnect", "code": 1002, "reason": ANY}
+
+    async with run_server(echo_once, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await raw.send(client_frame(OP_TEXT, b"hi") + client_frame(OP_TEXT, b"bad", rsv=1))
+        frame = await raw.receive_frame()
+        assert (frame.opcode, frame.payload) == (OP_TEXT, b"got hi")
+        assert (await raw.receive_close()).close_code == 1002
+
+
+@TRANSPORTS
+async def test_a_held_failure_closes_at_the_close_timeout_if_the_app_stays_away(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_session, "CLOSE_TIMEOUT", 0.2)
+    app = AwayApp()
+    async with run_server(app, transport=transport) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        await raw.send(client_frame(OP_TEXT, b"hi") + client_frame(OP_TEXT, b"bad", rsv=1))
+        with trio.fail_after(5):
+            assert (await raw.receive_close()).close_code == 1002
+        app.release.set()
+        with trio.fail_after(5):
+            await app.ended.wait()
+        assert app.received[-1]["type"] == "websocket.disconnect"
