@@ -58,3 +58,12 @@ def soak(session: nox.Session) -> None:
     """benchmarks/soak.py: echo, broadcast, HTTP and churn at once, plotted (default 5 min)."""
     session.install("-e", ".[soak]")
     session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session
+def guarantees(session: nox.Session) -> None:
+    """tests/test_guarantees.py with many randomized scenarios (the default run: 60 fixed)."""
+    session.install("-e", ".[test]")
+    session.env["HORNBEAM_GUARANTEE_EXAMPLES"] = session.posargs[0] if session.posargs else "2000"
+    session.env["HORNBEAM_GUARANTEE_RANDOM"] = "1"
+    session.run("pytest", "tests/test_guarantees.py", "-p", "no:randomly", "--timeout", "3600")

@@ -167,8 +167,13 @@ class Subscription:
         self._lot.unpark_all()
 
     def end(self) -> None:
-        """Its connection ended: the ``async for`` ends now, queued messages dropped."""
+        """Its connection ended: the ``async for`` ends now, queued messages dropped.
+
+        An overflow that closed the connection (1013) ends it the same way: the
+        connection's end, not the overflow, is what the app's loop meets.
+        """
         self._queue.clear()
+        self._overflowed = False
         self.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
