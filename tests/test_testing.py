@@ -172,6 +172,8 @@ ANYIO_TRIO = "@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n\n\n@pyt
     ("marker", "extra", "args"),
     [
         pytest.param("@pytest.mark.trio", "", ["-p", "no:anyio"], id="pytest-trio"),
+        # no mark and no trio_mode: the plugin marks a test that takes its fixture
+        pytest.param("", "", ["-p", "no:anyio"], id="pytest-trio-unmarked"),
         pytest.param(ANYIO_TRIO, ", anyio_backend", ["-p", "no:trio"], id="anyio-trio-backend"),
     ],
 )
