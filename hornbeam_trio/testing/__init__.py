@@ -12,8 +12,10 @@ by the app fails the test with the app's own traceback.
 
 Guarantees (each backed by a test in tests/test_testing.py): a test that forgets
 to close a client still tears down cleanly; a test cancelled by a timeout
-(``trio.fail_after``) leaves nothing running; an app bug surfaces as the test's
-failure, not as a hang.
+(``trio.fail_after``) leaves nothing running, at once, however many clients are
+open (clients.py); an app bug surfaces as the test's failure, not as a hang; what
+leaves the block is one plain exception, never an exception group (run_server);
+each server's leak check judges only its own server (leaks.py).
 """
 
 from __future__ import annotations
