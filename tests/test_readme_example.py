@@ -1,21 +1,56 @@
-"""The README's "Testing your app" example, verbatim: it must stay true."""
+"""The README's "Testing your app" section, followed by a user in a project of their own.
 
-import json
+Its code and its ``pyproject.toml`` lines are read from README.md (so the two cannot drift),
+written into an empty directory, and pytest runs there in a subprocess: what this repo's
+own pytest configuration provides (``trio_mode``) is not there to lean on.
+"""
 
-from hornbeam_erlang import publish, subscribe
-from hornbeam_trio.testing import run_server
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-async def chat(scope, receive, send):  # type: ignore[no-untyped-def]  # the guide's chat room, minus polling
-    await send({"type": "websocket.accept"})
-    topic = "chat:" + scope["path"].rsplit("/", 1)[-1]
-    subscribe(topic)  # the server pushes the room's messages
-    while (message := await receive())["type"] == "websocket.receive":
-        publish(topic, json.loads(message["text"]))
+def readme_testing_blocks() -> dict[str, str]:
+    """The first ``toml`` and ``python`` code blocks of the "Testing your app" section."""
+    text = README.read_text()
+    section = text.split("\n## Testing your app\n", 1)[1].split("\n## ", 1)[0]
+    blocks: dict[str, str] = {}
+    for language, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL):
+        blocks.setdefault(language, body)
+    return blocks
 
 
-async def test_two_clients_in_one_room():  # type: ignore[no-untyped-def]
-    async with run_server(chat) as server:
-        async with server.websocket("/chat/lobby") as alice, server.websocket("/chat/lobby") as bob:
-            await alice.send_json({"user": "alice", "text": "hi"})
-            assert await bob.receive_json() == {"user": "alice", "text": "hi"}
+def run_pytest_in(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project,
+    )
+
+
+def test_the_readme_testing_example_passes_in_a_project_set_up_as_the_readme_says(
+    tmp_path: Path,
+) -> None:
+    blocks = readme_testing_blocks()
+    assert "toml" in blocks, "the README must show the pyproject.toml lines a user needs"
+    (tmp_path / "pyproject.toml").write_text(blocks["toml"])
+    (tmp_path / "test_chat.py").write_text(blocks["python"])
+    result = run_pytest_in(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_without_the_readmes_pyproject_lines_the_example_does_not_run(tmp_path: Path) -> None:
+    """So the test above passes because of what the README tells a user, not by chance."""
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+    (tmp_path / "test_chat.py").write_text(readme_testing_blocks()["python"])
+    result = run_pytest_in(tmp_path)
+    assert result.returncode != 0
+    assert "1 passed" not in result.stdout

@@ -12,15 +12,16 @@ by the app fails the test with the app's own traceback.
 
 Guarantees (each backed by a test in tests/test_testing.py): a test that forgets
 to close a client still tears down cleanly; a test cancelled by a timeout
-(``trio.fail_after``) leaves nothing running; an app bug surfaces as the test's
-failure, not as a hang.
+(``trio.fail_after``) leaves nothing running, at once, however many clients are
+open (clients.py); an app bug surfaces as the test's failure, not as a hang; what
+leaves the block is one plain exception, never an exception group (run_server);
+each server's leak check judges only its own server (leaks.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import socket
-import struct
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ from ..config import Config
 from ..server import Server, _make_runtime, make_listeners, serve_server
 from ..transport import StreamTransport
 from ..types import ASGIApp
+from .clients import (
+    DEFAULT_TIMEOUT,
+    WebSocketClient,
+    assert_closed_with,
+    collect,
+    receive_within,
+)
+from .leaks import Footprint, LeakError
 
 __all__ = [
     "AppFailed",
@@ -47,12 +56,6 @@ __all__ = [
     "receive_within",
     "run_server",
 ]
-
-DEFAULT_TIMEOUT = 5.0
-
-
-class LeakError(AssertionError):
-    """Something the server owned outlived the test."""
 
 
 class AppFailed(AssertionError):
@@ -80,97 +83,6 @@ class HTTPResponse:
         return json.loads(self.body)
 
 
-class WebSocketClient:
-    """A trio-websocket client that also knows how to vanish abruptly."""
-
-    def __init__(
-        self, connection: trio_websocket.WebSocketConnection, stream: trio.abc.Stream
-    ) -> None:
-        self.connection = connection
-        self._stream = stream
-
-    @property
-    def subprotocol(self) -> str | None:
-        return self.connection.subprotocol
-
-    @property
-    def closed(self) -> trio_websocket.CloseReason | None:
-        return self.connection.closed
-
-    async def send(self, message: str | bytes) -> None:
-        await self.connection.send_message(message)
-
-    async def send_json(self, value: Any) -> None:
-        await self.connection.send_message(json.dumps(value))
-
-    async def receive(self, timeout: float = DEFAULT_TIMEOUT) -> str | bytes:
-        return await receive_within(self, timeout)
-
-    async def receive_json(self, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        message = await receive_within(self, timeout)
-        return json.loads(message)
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Clean close: the closing handshake, then TCP close."""
-        await self.connection.aclose(code, reason)
-
-    async def abort(self) -> None:
-        """Abrupt disconnect: a TCP reset, no close frame (or a dropped in-memory stream)."""
-        sock = _socket_of(self._stream)
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await trio.aclose_forcefully(self._stream)
-
-
-async def receive_within(client: WebSocketClient, timeout: float = DEFAULT_TIMEOUT) -> str | bytes:
-    """The next message, or a test failure that says how long it waited."""
-    with trio.move_on_after(timeout):
-        try:
-            return await client.connection.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise AssertionError(
-                f"connection closed while waiting for a message: {exc.reason}"
-            ) from None
-    raise AssertionError(f"no WebSocket message within {timeout:g}s")
-
-
-async def assert_closed_with(
-    client: WebSocketClient,
-    code: int,
-    reason: str | None = None,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> None:
-    """Wait for the server's close (skipping messages still queued) and check its code/reason."""
-    with trio.move_on_after(timeout):
-        while client.connection.closed is None:
-            try:
-                await client.connection.get_message()
-            except trio_websocket.ConnectionClosed:
-                break
-    closed = client.connection.closed
-    if closed is None:
-        raise AssertionError(f"connection not closed within {timeout:g}s (expected {code})")
-    if closed.code != code:
-        raise AssertionError(f"closed with {closed.code} {closed.reason!r}, expected {code}")
-    if reason is not None and closed.reason != reason:
-        raise AssertionError(f"closed with reason {closed.reason!r}, expected {reason!r}")
-
-
-async def collect(source: Any, count: int, *, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
-    """``count`` messages from a WebSocketClient or a pub/sub Subscription, or a clear failure."""
-    out: list[Any] = []
-    with trio.move_on_after(timeout):
-        while len(out) < count:
-            if isinstance(source, WebSocketClient):
-                out.append(await source.connection.get_message())
-            else:
-                out.append(await source.get())
-    if len(out) < count:
-        raise AssertionError(f"got {len(out)} of {count} messages within {timeout:g}s: {out!r}")
-    return out
-
-
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     """``kind`` itself, or the one inside (nested) exception groups."""
     if isinstance(exc, kind):
@@ -180,10 +92,6 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
         if found is not None:
             return found
     return None
-
-
-def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
 @dataclass
@@ -245,8 +153,7 @@ class TestServer:
         try:
             yield client
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(DEFAULT_TIMEOUT):
-                await client.connection.aclose()
+            await client._close_within(DEFAULT_TIMEOUT)
 
     async def connect_websocket(
         self,
@@ -273,9 +180,9 @@ class TestServer:
         )
         if isinstance(outcome, BaseException):
             raise outcome
-        client = WebSocketClient(outcome, stream)
-        self._clients.append(client)
-        return client
+        assert isinstance(outcome, WebSocketClient)
+        self._clients.append(outcome)
+        return outcome
 
     async def _host_client(
         self,
@@ -287,7 +194,8 @@ class TestServer:
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
+        """The client's reader runs in this task's nursery, which lives in run_server's."""
+        client: WebSocketClient | None = None
         try:
             async with trio.open_nursery() as nursery:
                 connection = await trio_websocket.wrap_client_stream(
@@ -300,13 +208,16 @@ class TestServer:
                     max_message_size=max_message_size,
                     message_queue_size=1024,
                 )
-                started = True
-                task_status.started(connection)
+                client = WebSocketClient(connection, stream)
+                task_status.started(client)
         except Exception as exc:
-            if started:
+            if client is not None:
                 raise
             rejected = _find(exc, trio_websocket.ConnectionRejected)
             task_status.started(rejected if rejected is not None else exc)
+        finally:
+            if client is not None:
+                await client._reader_stopped()
 
     async def request(
         self,
@@ -332,8 +243,7 @@ class TestServer:
     async def _close_clients(self) -> None:
         for client in self._clients:
             if client.connection.closed is None:
-                with trio.move_on_after(1):
-                    await client.connection.aclose()
+                await client._close_within(1)
         for stream in self._streams:
             await trio.aclose_forcefully(stream)
         self._clients.clear()
@@ -384,18 +294,32 @@ async def run_server(
     raise_app_errors: bool = True,
     **options: Any,
 ) -> AsyncIterator[TestServer]:
-    """Run ``app`` on a real server for the length of the block (see module docstring)."""
+    """Run ``app`` on a real server for the length of the block (see module docstring).
+
+    What leaves the block: an exception the block itself raised, as it was raised; else
+    (the block ended, or was cancelled) :class:`AppFailed` if the app raised, else
+    :class:`LeakError` if the server left anything behind, else the cancellation.  None of
+    these comes wrapped in an exception group, so ``pytest.raises`` sees it.
+    """
     if config is None:
         options.setdefault("bind", ("127.0.0.1:0",))
         options.setdefault("log_level", "warning")
         config = Config.from_options(**options)
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
+    else:
+        # A Config object of this server's own, even when a test passes one Config to
+        # two servers: the leak check tells the server's connections apart by it.
+        config = dataclasses.replace(config)
     runtime = _make_runtime(config)
     server = Server(app, config, runtime)
+    footprint = Footprint(server)
     handle = TestServer(server=server, transport=transport)
     server.app_error_hook = handle.app_errors.append
     listeners = make_listeners(config) if transport == "tcp" else []
+    body_error: BaseException | None = None
+    still_open: str | None = None
+    outcome: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             handle._nursery = nursery
@@ -405,46 +329,50 @@ async def run_server(
                 handle.port = addresses[0].port
             try:
                 yield handle
+            except BaseException as exc:
+                body_error = exc
+                raise
             finally:
                 with trio.CancelScope(shield=True):
                     await handle._close_clients()
                     if check_leaks and not handle.app_errors:
-                        await _wait_idle(handle)
+                        still_open = await footprint.wait_idle(DEFAULT_TIMEOUT)
                 nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        outcome = exc
     finally:
         for listener in listeners:
             listener.close()
+    if outcome is not None and not _only_cancelled(outcome):
+        raise _own_error(outcome, body_error)
     if raise_app_errors and handle.app_errors:
         first = handle.app_errors[0]
         raise AppFailed(f"the app raised {first!r} (see the chained traceback)") from first
     if check_leaks:
-        _check_no_leaks(handle)
+        problems = [still_open] if still_open else []
+        leftovers = footprint.leftovers()
+        if leftovers:
+            problems.append("left over after the server stopped: " + "; ".join(leftovers))
+        if problems:
+            raise LeakError("; ".join(problems))
+    if outcome is not None:
+        raise outcome
 
 
-async def _wait_idle(handle: TestServer, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Give connections whose clients just left a moment to finish before judging."""
-    with trio.move_on_after(timeout):
-        while handle.server.connections or handle.server.runtime.connections:
-            await trio.sleep(0.005)
-    if handle.server.connections:
-        raise LeakError(
-            f"{len(handle.server.connections)} server connection(s) still open "
-            f"{timeout:g}s after every client closed"
-        )
+def _only_cancelled(exc: BaseException) -> bool:
+    """``exc`` is a cancellation: Cancelled, or a group of nothing else."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    children = getattr(exc, "exceptions", None)
+    return isinstance(children, tuple) and all(_only_cancelled(child) for child in children)
 
 
-def _check_no_leaks(handle: TestServer) -> None:
-    stats = handle.stats()
-    problems = []
-    if stats["server_connections"]:
-        problems.append(f"{stats['server_connections']} connection(s)")
-    if stats["connections"]:
-        problems.append(
-            f"{stats['connections']} connection context(s) with {stats['tasks']} task(s)"
-        )
-    if stats["topics"]:
-        problems.append(f"subscriptions {stats['topics']}")
-    if stats["owned_keys"]:
-        problems.append(f"owned state keys {stats['owned_keys']}")
-    if problems:
-        raise LeakError("left over after the server stopped: " + "; ".join(problems))
+def _own_error(outcome: BaseException, body_error: BaseException | None) -> BaseException:
+    """The block's own exception unwrapped from run_server's nursery group, if it is the
+    only failure there (beside cancellations); else the group, which then holds more."""
+    children = getattr(outcome, "exceptions", None)
+    if body_error is not None and isinstance(children, tuple):
+        failures: list[BaseException] = [c for c in children if not _only_cancelled(c)]
+        if len(failures) == 1 and failures[0] is body_error:
+            return body_error
+    return outcome
