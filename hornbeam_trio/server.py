@@ -9,15 +9,18 @@ Structure (every box is a nursery, every connection its own)::
           └ one task per connection -> HTTPConnection / WebSocketConnection nursery
 
 When serve() is cancelled: stop accepting, close idle keep-alive connections,
-send close 1001 to every WebSocket, let in-flight HTTP responses finish; after
-``shutdown_timeout`` seconds whatever is left is cancelled.  Then lifespan
-shutdown runs, and serve() returns with nothing of it left running.
+send close 1001 to every WebSocket, let in-flight HTTP responses finish.  Then
+lifespan shutdown runs.  The whole shutdown has one budget, ``shutdown_timeout``
+seconds from the cancellation: connections still open at its end are cancelled,
+and lifespan shutdown gets what they left of it.  serve() returns with nothing
+of it left running.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 import ssl
@@ -371,6 +374,10 @@ async def _run_shielded(
                 lifespan_nursery.cancel_scope.cancel()
                 task_status.started(exc)
                 return
+            # The one shutdown budget: set when shutdown begins, shared by the connections
+            # and then lifespan shutdown (inf until then; an accept loop that fails before
+            # any shutdown leaves lifespan a full shutdown_timeout of its own).
+            deadline = math.inf
             try:
                 async with trio.open_nursery() as connections:
                     server.connections_nursery = connections
@@ -385,17 +392,17 @@ async def _run_shielded(
                     connections.start_soon(accept_all)
                     task_status.started([bound_address(sock) for sock in listeners])
                     await shutdown.wait()
+                    deadline = trio.current_time() + config.shutdown_timeout
                     accept_scope.cancel()
                     for listener in listeners:
                         _close_listener(listener, unlink=unlink_unix)
                     server.begin_shutdown()
-                    # Fix (tests/test_serve.py): the grace deadline is the connections'
-                    # only.  On the whole server scope it also cancelled the lifespan task,
-                    # so a response cut off at the deadline meant no lifespan shutdown.
-                    connections.cancel_scope.deadline = (
-                        trio.current_time() + config.shutdown_timeout
-                    )
+                    # On the connections only: the lifespan task must outlive a response
+                    # cut off at the deadline, to be told to shut down.
+                    connections.cancel_scope.deadline = deadline
             finally:
+                if deadline == math.inf:
+                    deadline = trio.current_time() + config.shutdown_timeout
                 with trio.CancelScope(shield=True):
-                    await server.lifespan.shutdown(timeout=config.shutdown_timeout)
+                    await server.lifespan.shutdown(deadline)
                 lifespan_nursery.cancel_scope.cancel()
