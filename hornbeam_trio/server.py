@@ -49,6 +49,8 @@ logger = logging.getLogger("hornbeam_trio")
 __all__ = ["Server", "StartupFailed", "serve"]
 
 ACCEPTS_PER_CHECKPOINT = 32
+_AF_UNIX: int | None = getattr(socket, "AF_UNIX", None)
+"""None where Python has no unix sockets (Windows): a unix: bind is refused by Config."""
 _CONN_TASK = "hornbeam_trio connection"
 
 
@@ -67,14 +69,18 @@ def make_listeners(config: Config) -> list[socket.socket]:
 
 def _bind_one(address: BindAddress, backlog: int) -> socket.socket:
     if address.kind == "unix":
+        assert _AF_UNIX is not None  # parse_bind refuses unix: where there is none
         if os.path.exists(address.path):
             os.unlink(address.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
         sock.bind(address.path)
     else:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name == "posix":
+            # A restart may bind while old connections sit in TIME_WAIT.  Not on Windows,
+            # where SO_REUSEADDR would let a second server take a port in use (as asyncio).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
@@ -89,7 +95,7 @@ def _bind_one(address: BindAddress, backlog: int) -> socket.socket:
 
 def bound_address(sock: socket.socket) -> BindAddress:
     name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
+    if sock.family == _AF_UNIX:
         return BindAddress("unix", path=str(name))
     return BindAddress("tcp", host=str(name[0]), port=int(name[1]))
 
@@ -169,7 +175,7 @@ class Server:
                     continue
                 raise
             sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
+            if sock.family != _AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A constant task name: Trio would otherwise format one string per connection.
             nursery.start_soon(self.handle_transport, self.make_transport(sock), name=_CONN_TASK)
@@ -339,7 +345,7 @@ async def _backend_running(runtime: Runtime) -> AsyncIterator[None]:
 def _close_listener(listener: socket.socket, *, unlink: bool) -> None:
     if listener.fileno() == -1:
         return
-    path = listener.getsockname() if unlink and listener.family == socket.AF_UNIX else None
+    path = listener.getsockname() if unlink and listener.family == _AF_UNIX else None
     trio.lowlevel.notify_closing(listener)
     listener.close()
     if path:

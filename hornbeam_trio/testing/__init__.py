@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import trio_websocket
 
 from ..config import Config
 from ..server import Server, _make_runtime, make_listeners, serve_server
-from ..transport import StreamTransport
+from ..transport import LINGER_RESET, StreamTransport
 from ..types import ASGIApp
 
 __all__ = [
@@ -118,7 +117,7 @@ class WebSocketClient:
         """Abrupt disconnect: a TCP reset, no close frame (or a dropped in-memory stream)."""
         sock = _socket_of(self._stream)
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         await trio.aclose_forcefully(self._stream)
 
 
