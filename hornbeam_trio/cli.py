@@ -52,7 +52,9 @@ HELP: dict[str, str] = {
     "max_request_line_size": "longest request line accepted, in bytes",
     "max_header_size": "longest single header accepted, in bytes",
     "max_headers": "most headers accepted in one request",
-    "shutdown_timeout": "seconds in-flight HTTP responses get to finish at shutdown",
+    "shutdown_timeout": (
+        "seconds the whole shutdown may take: open connections, then lifespan shutdown"
+    ),
     "websocket_timeout": "ms without any frame from the peer before a WebSocket closes (0: never)",
     "websocket_max_frame_size": "largest WebSocket frame, and message, accepted, in bytes",
     "websocket_compress": "negotiate permessage-deflate compression",

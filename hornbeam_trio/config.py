@@ -11,6 +11,8 @@ trust every value.  This module imports nothing of ours.
 from __future__ import annotations
 
 import dataclasses
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -183,6 +185,8 @@ def parse_bind(address: str) -> BindAddress:
         path = address[5:]
         if not path:
             raise ConfigError("bind", f"empty unix socket path in {address!r}")
+        if not hasattr(socket, "AF_UNIX"):  # Windows' Python has none
+            raise ConfigError("bind", f"unix sockets are not available on {sys.platform}")
         return BindAddress("unix", path=path)
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():

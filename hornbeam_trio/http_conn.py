@@ -36,7 +36,7 @@ from .types import ASGI_VERSION, ClientDisconnected
 from .ws_conn import WebSocketConnection
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .server_context import ServerContext
     from .timers import TimerSweeper
     from .types import Message, Scope
 
@@ -81,7 +81,9 @@ class _HeadTimer:
 class HTTPConnection:
     """One client connection: requests in sequence, then maybe a WebSocket."""
 
-    def __init__(self, server: Server, transport: Transport, *, overloaded: bool = False) -> None:
+    def __init__(
+        self, server: ServerContext, transport: Transport, *, overloaded: bool = False
+    ) -> None:
         self.server = server
         self.transport = transport
         self.overloaded = overloaded

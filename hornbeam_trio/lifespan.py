@@ -101,11 +101,19 @@ class Lifespan:
         if self._failure is not None:
             raise StartupFailed(self._failure)
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, deadline: float) -> None:
+        """Ask the app to shut down and wait for its answer until ``deadline`` (Trio time).
+
+        The deadline is the server's one shutdown budget, shared with the connections
+        (see server._run_shielded), so it may already have passed.  The event is still
+        handed over: the app's shutdown handler runs up to its first checkpoint before
+        the caller cancels the lifespan task.
+        """
         if not self.supported or self._app_done.is_set():
             return
-        with trio.move_on_after(timeout) as scope:
-            await self._send_to_app.send({"type": "lifespan.shutdown"})
+        # Never blocks: the channel holds two messages, and only startup and this are sent.
+        self._send_to_app.send_nowait({"type": "lifespan.shutdown"})
+        with trio.move_on_at(deadline) as scope:
             await self._shutdown_answer.wait()
         if scope.cancelled_caught:
-            logger.warning("lifespan shutdown did not complete within %.1fs", timeout)
+            logger.warning("lifespan shutdown did not complete within the shutdown timeout")

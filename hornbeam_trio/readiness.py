@@ -14,15 +14,24 @@ A WebSocket's app reads its socket itself while it sits in ``receive()``; the
 watcher covers the time it is elsewhere (answering pings, noticing the peer
 leave) without a reader task per connection, and without a task switch.
 Linux only; elsewhere callers keep using ``trio.lowlevel.wait_readable``.
+
+``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
+say no on Linux too, so the path every other platform (and TLS) takes runs the same
+test suites here (``.ci/run`` does).  A switch for testing, read when a server
+starts; not a Config field, since every Config field is a command-line flag.
 """
 
 from __future__ import annotations
 
+import os
 import select
 from typing import Any, Protocol, cast
 
 import outcome
 import trio
+
+READINESS_ENV = "HORNBEAM_TRIO_READINESS"
+"""Set to ``off``: serve without the hub, as on platforms without epoll."""
 
 _EVENTS = (
     getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLET", 0)
@@ -65,6 +74,9 @@ class ReadinessHub:
 
     @staticmethod
     def available() -> bool:
+        """Edge-triggered epoll exists here, and HORNBEAM_TRIO_READINESS is not ``off``."""
+        if os.environ.get(READINESS_ENV, "").strip().lower() == "off":
+            return False
         return hasattr(select, "epoll") and bool(_EVENTS & getattr(select, "EPOLLET", 0))
 
     def __init__(self) -> None:

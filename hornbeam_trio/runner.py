@@ -1,9 +1,10 @@
 """Run the server as a process: ``run()``, ``run_config()`` and the CLI's back end.
 
-Everything a process needs around ``server.serve()`` lives here and nowhere else:
-logging set-up, the open-file limit, signals, exit codes and development reload.
-``serve()`` itself knows nothing of processes, so tests and embedding programs can
-call it inside their own Trio nursery.
+One server process around ``server.serve()``: logging set-up, signals, exit codes
+and development reload; ``--workers`` hands over to ``workers`` (imported only then).
+The pieces both shapes share (exit codes, the signal watcher, the open-file limit)
+live in ``process``.  ``serve()`` itself knows nothing of processes, so tests and
+embedding programs can call it inside their own Trio nursery.
 
 Signals.  The first SIGINT or SIGTERM cancels serve's cancel scope; serve then shuts
 down gracefully (WebSockets are closed with 1001, in-flight HTTP responses get
@@ -11,9 +12,7 @@ down gracefully (WebSockets are closed with 1001, in-flight HTTP responses get
 during that shutdown means "now": one log line, then ``os._exit(1)`` without waiting
 for anything.
 
-Exit codes: 0 clean shutdown; 1 forced by a second signal, or the listening sockets
-could not be opened; 2 bad usage, configuration or app reference (reported by the
-CLI); 3 the app failed its lifespan startup, or the backend (Redis) was unreachable.
+Exit codes: see ``process`` (shared with the ``--workers`` supervisor).
 
 Reload (``--reload``; for development only).  The parent process runs no server: it
 watches ``app_dir`` (recursively, ``*.py`` files) with ``watchfiles.run_process`` and
@@ -39,29 +38,29 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from hornbeam_trio.config import BindAddress, Config, ConfigError
 from hornbeam_trio.importer import ImportFromStringError, load_app
 from hornbeam_trio.logs import logger, setup_logging
+from hornbeam_trio.process import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_FORCED,
+    EXIT_OK,
+    EXIT_STARTUP_FAILED,
+    EXIT_USAGE,
+    describe_address,
+    only_exception,
+    raise_open_file_limit,
+    startup_failure_code,
+    stop_on_signals,
+)
 from hornbeam_trio.types import ASGIApp
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from watchfiles.main import FileChange
-
-E = TypeVar("E", bound=BaseException)
-
-EXIT_OK = 0
-EXIT_FORCED = 1
-EXIT_CANNOT_LISTEN = 1
-EXIT_USAGE = 2
-EXIT_STARTUP_FAILED = 3
 
 
 def run(app: str | ASGIApp, **options: Any) -> None:
@@ -145,24 +144,6 @@ def serve_app(app: ASGIApp, config: Config) -> int:
     return trio.run(_main, app, config)
 
 
-def raise_open_file_limit() -> None:
-    """Lift the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor,
-    and the usual soft default of 1024 caps a WebSocket server far below what it can hold."""
-    if sys.platform == "win32":
-        return
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard or soft == resource.RLIM_INFINITY:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
-        logger.warning("Could not raise the open-file limit above %d: %s", soft, exc)
-    else:
-        logger.debug("Open-file limit raised from %d to %s", soft, hard)
-
-
 async def _main(app: ASGIApp, config: Config) -> int:
     # Imported here, not at the top: the CLI's error paths and the reload parent never
     # need the server, and the import must not cost them its start-up time.
@@ -173,7 +154,7 @@ async def _main(app: ASGIApp, config: Config) -> int:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signals, signals, serve_scope)
+                nursery.start_soon(stop_on_signals, signals, serve_scope)
                 with serve_scope:
                     async with trio.open_nursery() as server_nursery:
                         addresses: list[BindAddress] = await server_nursery.start(
@@ -187,63 +168,13 @@ async def _main(app: ASGIApp, config: Config) -> int:
         code = startup_failure_code(exc)
         if code is not None:
             return code
-        bind_error = None if listening else _only(exc, OSError)
+        bind_error = None if listening else only_exception(exc, OSError)
         if bind_error is not None:
             logger.error("Cannot listen: %s", bind_error)
             return EXIT_CANNOT_LISTEN
         raise
     logger.info("Server stopped")
     return EXIT_OK
-
-
-async def _stop_on_signals(signals: AsyncIterator[int], serve_scope: trio.CancelScope) -> None:
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if not serve_scope.cancel_called:
-            logger.info("Received %s: shutting down gracefully (send it again to exit now)", name)
-            serve_scope.cancel()
-        else:
-            logger.warning("Received %s again during shutdown: exiting now", name)
-            os._exit(EXIT_FORCED)
-
-
-def describe_address(address: BindAddress, config: Config) -> str:
-    """The URL a user can paste: ``http://127.0.0.1:8000``, ``https://[::1]:8443``, ``unix:/p``."""
-    if address.kind == "unix":
-        return f"unix:{address.path}"
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    scheme = "https" if config.ssl_enabled else "http"
-    return f"{scheme}://{host}:{address.port}"
-
-
-def startup_failure_code(exc: BaseException) -> int | None:
-    """Log a failed startup (app lifespan or backend) in one line; its exit code, else None."""
-    from hornbeam_trio.backends.base import BackendUnavailable
-    from hornbeam_trio.server import StartupFailed
-
-    failure = _only(exc, StartupFailed)
-    if failure is not None:
-        logger.error("Application startup failed: %s", failure)
-        return EXIT_STARTUP_FAILED
-    unavailable = _only(exc, BackendUnavailable)
-    if unavailable is not None:
-        logger.error("Backend unavailable: %s", unavailable)
-        return EXIT_STARTUP_FAILED
-    return None
-
-
-def _only(exc: BaseException, kind: type[E]) -> E | None:
-    """``exc`` if it is a ``kind``, or the first one inside a group made only of them."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(kind)
-        if matched is not None and rest is None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            return cast(E, leaf)
-    return None
 
 
 def run_with_reload(app_ref: str, config: Config) -> None:
@@ -290,6 +221,7 @@ def _serve_in_child(app_ref: str, config: Config) -> None:
     sys.exit(serve_app(app, config))
 
 
+# The exit codes and describe_address are re-exported: the CLI and scripts read them here.
 __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_FORCED",

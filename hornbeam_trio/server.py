@@ -9,15 +9,18 @@ Structure (every box is a nursery, every connection its own)::
           └ one task per connection -> HTTPConnection / WebSocketConnection nursery
 
 When serve() is cancelled: stop accepting, close idle keep-alive connections,
-send close 1001 to every WebSocket, let in-flight HTTP responses finish; after
-``shutdown_timeout`` seconds whatever is left is cancelled.  Then lifespan
-shutdown runs, and serve() returns with nothing of it left running.
+send close 1001 to every WebSocket, let in-flight HTTP responses finish.  Then
+lifespan shutdown runs.  The whole shutdown has one budget, ``shutdown_timeout``
+seconds from the cancellation: connections still open at its end are cancelled,
+and lifespan shutdown gets what they left of it.  serve() returns with nothing
+of it left running.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 import ssl
@@ -46,6 +49,8 @@ logger = logging.getLogger("hornbeam_trio")
 __all__ = ["Server", "StartupFailed", "serve"]
 
 ACCEPTS_PER_CHECKPOINT = 32
+_AF_UNIX: int | None = getattr(socket, "AF_UNIX", None)
+"""None where Python has no unix sockets (Windows): a unix: bind is refused by Config."""
 _CONN_TASK = "hornbeam_trio connection"
 
 
@@ -64,14 +69,18 @@ def make_listeners(config: Config) -> list[socket.socket]:
 
 def _bind_one(address: BindAddress, backlog: int) -> socket.socket:
     if address.kind == "unix":
+        assert _AF_UNIX is not None  # parse_bind refuses unix: where there is none
         if os.path.exists(address.path):
             os.unlink(address.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
         sock.bind(address.path)
     else:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name == "posix":
+            # A restart may bind while old connections sit in TIME_WAIT.  Not on Windows,
+            # where SO_REUSEADDR would let a second server take a port in use (as asyncio).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
@@ -86,7 +95,7 @@ def _bind_one(address: BindAddress, backlog: int) -> socket.socket:
 
 def bound_address(sock: socket.socket) -> BindAddress:
     name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
+    if sock.family == _AF_UNIX:
         return BindAddress("unix", path=str(name))
     return BindAddress("tcp", host=str(name[0]), port=int(name[1]))
 
@@ -166,7 +175,7 @@ class Server:
                     continue
                 raise
             sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
+            if sock.family != _AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A constant task name: Trio would otherwise format one string per connection.
             nursery.start_soon(self.handle_transport, self.make_transport(sock), name=_CONN_TASK)
@@ -336,7 +345,7 @@ async def _backend_running(runtime: Runtime) -> AsyncIterator[None]:
 def _close_listener(listener: socket.socket, *, unlink: bool) -> None:
     if listener.fileno() == -1:
         return
-    path = listener.getsockname() if unlink and listener.family == socket.AF_UNIX else None
+    path = listener.getsockname() if unlink and listener.family == _AF_UNIX else None
     trio.lowlevel.notify_closing(listener)
     listener.close()
     if path:
@@ -371,6 +380,10 @@ async def _run_shielded(
                 lifespan_nursery.cancel_scope.cancel()
                 task_status.started(exc)
                 return
+            # The one shutdown budget: set when shutdown begins, shared by the connections
+            # and then lifespan shutdown (inf until then; an accept loop that fails before
+            # any shutdown leaves lifespan a full shutdown_timeout of its own).
+            deadline = math.inf
             try:
                 async with trio.open_nursery() as connections:
                     server.connections_nursery = connections
@@ -385,17 +398,17 @@ async def _run_shielded(
                     connections.start_soon(accept_all)
                     task_status.started([bound_address(sock) for sock in listeners])
                     await shutdown.wait()
+                    deadline = trio.current_time() + config.shutdown_timeout
                     accept_scope.cancel()
                     for listener in listeners:
                         _close_listener(listener, unlink=unlink_unix)
                     server.begin_shutdown()
-                    # Fix (tests/test_serve.py): the grace deadline is the connections'
-                    # only.  On the whole server scope it also cancelled the lifespan task,
-                    # so a response cut off at the deadline meant no lifespan shutdown.
-                    connections.cancel_scope.deadline = (
-                        trio.current_time() + config.shutdown_timeout
-                    )
+                    # On the connections only: the lifespan task must outlive a response
+                    # cut off at the deadline, to be told to shut down.
+                    connections.cancel_scope.deadline = deadline
             finally:
+                if deadline == math.inf:
+                    deadline = trio.current_time() + config.shutdown_timeout
                 with trio.CancelScope(shield=True):
-                    await server.lifespan.shutdown(timeout=config.shutdown_timeout)
+                    await server.lifespan.shutdown(deadline)
                 lifespan_nursery.cancel_scope.cancel()

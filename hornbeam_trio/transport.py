@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
+import sys
 from typing import Protocol
 
 import trio
@@ -28,6 +30,9 @@ RECV_SIZE = 65536 + 1024
 """A 64 KiB message plus its frame header fits one recv(); still under malloc's mmap threshold."""
 CHECKPOINT_EVERY = 16
 """Operations completed without blocking before we yield to the scheduler anyway."""
+LINGER_RESET = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+"""``struct linger`` {on, 0 s} for SO_LINGER: close() then resets the connection.
+Two C ints on POSIX, two u_shorts on Windows; native byte order either way."""
 
 
 class TransportClosed(Exception):
@@ -200,9 +205,7 @@ class SocketTransport:
         if reset:
             # SO_LINGER 0 turns close() into a RST: the peer learns at once.
             try:
-                self.sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             except OSError:
                 pass
         if self.hub is not None:

@@ -35,16 +35,16 @@ import trio
 from .backends.base import BackendUnavailable
 from .config import Config
 from .logs import logger, setup_logging
-from .runner import (
+from .process import (
     EXIT_CANNOT_LISTEN,
     EXIT_OK,
     EXIT_STARTUP_FAILED,
     EXIT_USAGE,
-    _only,
-    _stop_on_signals,
     describe_address,
+    only_exception,
     raise_open_file_limit,
     startup_failure_code,
+    stop_on_signals,
 )
 from .server import (
     Server,
@@ -186,7 +186,7 @@ async def _check_backend(config: Config) -> str | None:
             await nursery.start(runtime.backend.run, runtime.hub.deliver_local)
             nursery.cancel_scope.cancel()
     except BaseException as exc:
-        unavailable = _only(exc, BackendUnavailable)
+        unavailable = only_exception(exc, BackendUnavailable)
         if unavailable is None:
             raise
         return str(unavailable)
@@ -200,7 +200,7 @@ async def _worker_main(app: ASGIApp, config: Config, listeners: list[socket.sock
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signals, signals, serve_scope)
+                nursery.start_soon(stop_on_signals, signals, serve_scope)
                 with serve_scope:
                     # The parent owns a unix socket's path and unlinks it at the end.
                     await serve_server(server, listeners, unlink_unix=False)

@@ -67,12 +67,31 @@ SEND_HIGH_WATER = 256 * 1024
 """Queued bytes above which the app's send() waits for the socket to drain."""
 
 
-def _only_disconnects(exc: BaseException) -> bool:
-    """True for ClientDisconnected, or an exception group made only of them."""
+def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
+    """True when ``exc`` is how an app ends once its client left, not an app error.
+
+    That is a ClientDisconnected (our ``send()`` after the end), a framework's own
+    disconnect exception once the client is gone, or an exception group made only of
+    these (a sender task in the app's nursery or AnyIO task group met the end too).
+
+    A framework's disconnect is recognised by its class name, ``WebSocketDisconnect``
+    (Starlette's, re-exported by FastAPI; Litestar's has the same name), anywhere in
+    its MRO: the server imports no framework.  The name alone is not enough:
+    ``client_gone`` must say the connection has reported its end (the app was told
+    ``websocket.disconnect``, or ``send()`` raised), since Starlette raises it only
+    then; the same exception raised while the client is still connected is an app
+    error like any other.
+    """
     if isinstance(exc, ClientDisconnected):
         return True
+    if client_gone and any(cls.__name__ == "WebSocketDisconnect" for cls in type(exc).__mro__):
+        return True
     inner = getattr(exc, "exceptions", None)  # an ExceptionGroup (builtin from 3.11)
-    return isinstance(inner, tuple) and all(_only_disconnects(e) for e in inner)
+    return (
+        isinstance(inner, tuple)
+        and bool(inner)
+        and all(_only_disconnects(e, client_gone=client_gone) for e in inner)
+    )
 
 
 class Writer:
@@ -364,9 +383,10 @@ class WebSocketConnection(WebSocketSession):
                         return  # the server shut down before the app began: 503 below
                     await self.app(self.scope, self.receive, self.send)
                 except Exception as exc:
-                    # ClientDisconnected, or a group of them (a pusher task in the app's
-                    # own nursery sent after the client left): how such apps end.
-                    if not _only_disconnects(exc):
+                    # How an app ends once its client left (see _only_disconnects):
+                    # close_code is set before the app hears of the end, whether from
+                    # receive() or from a send() that raised.
+                    if not _only_disconnects(exc, client_gone=self.close_code is not None):
                         error = True
                         logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
                         self._on_app_error(exc)

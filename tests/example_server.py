@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from typing import Any, TypeVar
 
 import httpx
 import trio
+
+from hornbeam_trio.transport import LINGER_RESET
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
@@ -186,7 +187,7 @@ async def raw_websocket(port: int, path: str) -> tuple[trio.SocketStream, bytes]
 
 async def abort(stream: trio.SocketStream) -> None:
     """Vanish: TCP reset, no close frame."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
     await trio.aclose_forcefully(stream)
 
 

@@ -164,10 +164,12 @@ class Slow:
 
     ``/fast`` answers at once.  ``started`` is set when a slow response has begun.
     WebSockets are echoed.  ``events`` logs lifespan and response milestones in order.
+    ``hang_shutdown``: the lifespan takes its shutdown event and never answers it.
     """
 
-    def __init__(self, delay: float | None = None) -> None:
+    def __init__(self, delay: float | None = None, *, hang_shutdown: bool = False) -> None:
         self.delay = delay
+        self.hang_shutdown = hang_shutdown
         self.started = trio.Event()
         self.release = trio.Event()
         self.finished = trio.Event()
@@ -179,6 +181,12 @@ class Slow:
             while True:
                 message = await receive()
                 self.events.append(message["type"])
+                if message["type"] == "lifespan.shutdown" and self.hang_shutdown:
+                    try:
+                        await trio.sleep_forever()
+                    except trio.Cancelled:
+                        self.events.append("lifespan shutdown cancelled")
+                        raise
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
                     return

@@ -13,6 +13,8 @@ import struct
 
 import trio
 
+from hornbeam_trio.transport import LINGER_RESET
+
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
 
@@ -111,7 +113,7 @@ class RawWebSocket:
     def reset(self) -> None:
         """Vanish: SO_LINGER 0 turns close() into a TCP reset, no close frame."""
         sock = self.stream.socket
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         sock.close()
 
     async def aclose(self) -> None:

@@ -15,10 +15,12 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 import typing
 import urllib.request
@@ -528,6 +530,29 @@ def test_serves_http_and_stops_cleanly_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
     assert "Traceback" not in lines.rest()
+
+
+@needs_server
+def test_shutdown_timeout_bounds_the_whole_shutdown_of_the_process() -> None:
+    """A response that never ends and a lifespan that never answers its shutdown share one
+    --shutdown-timeout: the process exits after 1.5 s, not 1.5 s for each (3 s)."""
+    process, lines = start_cli(
+        "tests.apps.simple:stuck", "--bind", "127.0.0.1:0", "--shutdown-timeout", "1.5"
+    )
+    try:
+        port = int(lines.wait_for(LISTENING).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert b"stuck:" in client.recv(4096)  # the response has begun, and hangs
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+            took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert 1.5 <= took < 2.6, took
+    assert "lifespan shutdown did not complete" in lines.rest()
 
 
 @needs_server

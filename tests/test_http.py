@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import struct
 from typing import Any
 
 import http_apps
@@ -18,6 +17,7 @@ import trio.testing
 from http_apps import RawHTTP
 
 from hornbeam_trio.testing import AppFailed, run_server
+from hornbeam_trio.transport import LINGER_RESET
 
 
 def get(path: bytes = b"/", *, extra: bytes = b"") -> bytes:
@@ -560,7 +560,7 @@ async def test_long_poll_disconnect_on_reset() -> None:
         with trio.fail_after(5):
             await app.waiting.wait()
         assert isinstance(stream, trio.SocketStream)
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         await trio.aclose_forcefully(stream)
         with trio.fail_after(5):
             await app.disconnected.wait()

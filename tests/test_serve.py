@@ -318,8 +318,52 @@ async def test_response_slower_than_shutdown_timeout_is_cut_off(
     assert info.value.partial == b"slow:"
     assert app.cancelled
     assert 10 <= cut_after < 10.5
-    assert waited < 20  # lifespan shutdown has its own shutdown_timeout
+    assert waited < 10.5  # lifespan shutdown shares the budget the response used up
     assert app.events == ["lifespan.startup", "response cancelled", "lifespan.shutdown"]
+
+
+async def test_one_shutdown_budget_for_lingering_connection_and_hanging_lifespan(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A response that outlives the budget and a lifespan that never answers its shutdown:
+    serve() returns after shutdown_timeout in all, not once for each (README: one budget)."""
+    app = http_apps.Slow(delay=60, hang_shutdown=True)
+    async with memory_serving(app, shutdown_timeout=10) as run:
+        client = run.connect_memory()
+        await client.send(GET % b"/slow")
+        await app.started.wait()
+        run.cancel()
+        with pytest.raises(http_apps.IncompleteResponse):
+            await client.read_response()
+        waited = await run.wait_stopped(timeout=60)
+    assert 10 <= waited < 10.5
+    assert app.events == [
+        "lifespan.startup",
+        "response cancelled",
+        "lifespan.shutdown",
+        "lifespan shutdown cancelled",
+    ]
+
+
+async def test_lifespan_shutdown_gets_what_the_connections_left_of_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A response that ends 3 s into a 10 s budget leaves the hanging lifespan 7 s."""
+    app = http_apps.Slow(delay=3, hang_shutdown=True)
+    async with memory_serving(app, shutdown_timeout=10) as run:
+        client = run.connect_memory()
+        await client.send(GET % b"/slow")
+        await app.started.wait()
+        run.cancel()
+        response = await client.read_response()
+        waited = await run.wait_stopped(timeout=60)
+    assert response.body == b"slow:done"
+    assert 10 <= waited < 10.5
+    assert app.events[-3:] == [
+        "response finished",
+        "lifespan.shutdown",
+        "lifespan shutdown cancelled",
+    ]
 
 
 async def test_slow_response_cut_off_over_tcp() -> None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 from typing import Any
 
 import trio
 import trio_websocket
+
+from ..transport import LINGER_RESET
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -102,7 +103,7 @@ class WebSocketClient:
 async def _abort_stream(stream: trio.abc.Stream) -> None:
     """Close ``stream`` at once; for TCP with a reset (SO_LINGER 0), not a FIN."""
     if isinstance(stream, trio.SocketStream) and stream.socket.fileno() != -1:
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
     await trio.aclose_forcefully(stream)
 
 

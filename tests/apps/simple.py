@@ -2,9 +2,11 @@
 
 ``hello`` answers every HTTP request with ``hello``; ``echo`` sends every WebSocket
 message back; ``create_app`` is a factory for ``--factory``; ``apps.hello`` is reachable
-by a dotted attribute; ``failing_startup`` refuses its lifespan startup; ``NOT_AN_APP``
-is not callable.  A module that raises on import is written by the tests themselves
-(into a temporary ``--app-dir``), since this one has to import cleanly.
+by a dotted attribute; ``failing_startup`` refuses its lifespan startup; ``stuck``
+holds every response open after its first bytes and never answers its lifespan
+shutdown; ``NOT_AN_APP`` is not callable.  A module that raises on import is written
+by the tests themselves (into a temporary ``--app-dir``), since this one has to import
+cleanly.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import trio
+
 from hornbeam_trio.types import Receive, Scope, Send
 
 NOT_AN_APP = 42
 
 
-async def _lifespan(receive: Receive, send: Send, *, fail: bool = False) -> None:
+async def _lifespan(
+    receive: Receive, send: Send, *, fail: bool = False, hang: bool = False
+) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -26,6 +32,8 @@ async def _lifespan(receive: Receive, send: Send, *, fail: bool = False) -> None
                 return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if hang:
+                await trio.sleep_forever()
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -74,6 +82,16 @@ async def failing_startup(scope: Scope, receive: Receive, send: Send) -> None:
         await _lifespan(receive, send, fail=True)
         return
     await hello(scope, receive, send)
+
+
+async def stuck(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send, hang=True)
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"stuck:", "more_body": True})
+    await trio.sleep_forever()
 
 
 def create_app() -> Any:
