@@ -781,6 +781,11 @@ class WebSocketConnection(WebSocketSession):
                     self._received(data)
         except TransportClosed:
             self._transport_lost()
+        except Exception:  # as the hub's watcher does: this connection ends, 1011
+            logger.exception("reading a WebSocket failed")
+            self._end(CLOSED, 1011, "internal error")
+            self._finish_reading()
+            self.transport.abort()
         finally:
             self._reader_scope = None
             self._reader_finished.set()

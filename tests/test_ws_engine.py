@@ -34,7 +34,6 @@ from test_websocket import (
 )
 
 from hornbeam_trio import ws_conn, ws_session
-from hornbeam_trio.readiness import ReadinessHub
 from hornbeam_trio.runtime import current_connection
 from hornbeam_trio.server import serve
 from hornbeam_trio.testing import run_server
@@ -43,12 +42,6 @@ from hornbeam_trio.transport import LINGER_RESET, RECV_SIZE
 from hornbeam_trio.types import Message, Receive, Scope, Send
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "memory"])
-HUB_ONLY_CONTAINMENT = pytest.mark.skipif(
-    not ReadinessHub.available(),
-    reason="without the readiness hub a read failure ends the whole connection task"
-    " ('connection handler failed', the app cancelled) instead of a logged 1011:"
-    " the reader task does not contain it as the hub's watcher does",
-)
 
 
 class AwayApp:
@@ -228,9 +221,9 @@ async def test_socket_closed_under_an_app_waiting_in_receive_gives_it_1006() -> 
     ]
 
 
-@HUB_ONLY_CONTAINMENT
+@TRANSPORTS
 async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connection(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    transport: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = AwayApp()
     original = ws_conn.WebSocketConnection._received
@@ -242,7 +235,7 @@ async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connec
 
     monkeypatch.setattr(ws_conn.WebSocketConnection, "_received", failing)
     caplog.set_level(logging.ERROR, logger="hornbeam_trio")
-    async with run_server(app, transport="tcp", check_leaks=True) as server:
+    async with run_server(app, transport=transport, check_leaks=True) as server:
         raw = await RawClient.connect(server)
         await app.accepted.wait()
         await raw.send_frame(OP_TEXT, b"boom")
