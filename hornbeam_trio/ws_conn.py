@@ -1,25 +1,25 @@
 """The Trio shell of one WebSocket connection: one nursery owns it all.
 
-The app runs in the connection's own task, the body of its nursery, and reads
-its socket itself while it waits in ``receive()``: bytes in, frames parsed,
-ASGI event out, with no task switch between the socket and the app.  While the
-app is elsewhere, the server's readiness hub reads for it (``on_readable``:
-pings answered, a departed peer noticed, events queued up to a bound), and the
-server's timer task keeps its clocks (pings, idle timeout, close handshake, the
-app's grace once its client is gone).  So an idle WebSocket is one task, and an
-echo is one wakeup.  TLS and in-memory streams, which cannot be read without
-blocking, get a reader task in the nursery instead.
+The app runs in the connection's own task, the body of its nursery.  Around it:
 
-The send path is shared by the app, the protocol's control replies and pub/sub
-deliveries: each writes with one non-blocking ``send()`` when nothing is queued,
-and queues only what the kernel did not take (a flusher task then drains it).
+* ``ws_session.py``: the sans-I/O state machine (HANDSHAKE, OPEN, CLOSING,
+  CLOSED, REJECTED), the order rules of ASGI ``send`` messages and the timer
+  decisions; this class is its Trio subclass.
+* ``ws_read.py``: how bytes come in: inline in the app's ``receive()`` with the
+  readiness hub reading while the app is away (plain TCP), or a reader task
+  (TLS, memory streams, other platforms).
+* the send path (``Writer``, the ``DeliveryBatcher``): the app, the protocol's
+  control replies and pub/sub deliveries write with one non-blocking ``send()``
+  and queue only what the kernel did not take.
 
-How a connection ends, whichever side starts it: reading ends (peer close,
-protocol failure, EOF, reset, our close answered or timed out) and the app gets
-``websocket.disconnect``; the app ends (returns, raises, or is cancelled after
-its grace); then the nursery is cancelled, subscriptions and owned state are
-released, queued bytes get a bounded last flush, and the socket closes.  Every
-rule about frames and close codes lives in ``protocol/websocket.py``.
+How a connection ends, whichever side starts it: the connection leaves OPEN in
+:meth:`WebSocketConnection._end`, once, and :meth:`WebSocketConnection.release`
+gives back in one synchronous step what it holds beyond its tasks
+(subscriptions, ``subscription()`` iterators, owned keys, queued deliveries);
+the app is told (``websocket.disconnect``) and gets a grace period to return;
+then the nursery is cancelled, queued bytes get a bounded last flush, and the
+socket closes.  Every rule about frames and close codes lives in
+``protocol/websocket.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .pubsub import Delivery
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
 from .types import ClientDisconnected
+from .ws_read import MAX_QUEUED_EVENTS, InlineReader, Reader, TaskReader
 from .ws_session import (
     CLOSED,
     CLOSING,
@@ -53,16 +54,12 @@ from .ws_session import (
 if TYPE_CHECKING:
     from .config import Config
     from .protocol.http11 import Request
-    from .readiness import ReadinessHub
     from .runtime import Runtime
     from .timers import TimerSweeper
-    from .transport import SocketTransport
     from .types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("hornbeam_trio")
 
-MAX_QUEUED_EVENTS = 64
-"""Received messages buffered for an app that is not calling receive(): then we stop reading."""
 SEND_HIGH_WATER = 256 * 1024
 """Queued bytes above which the app's send() waits for the socket to drain."""
 
@@ -288,14 +285,11 @@ class WebSocketConnection(WebSocketSession):
         "_denial",
         "_events",
         "_failure",
-        "_hub",
         "_key",
         "_nursery",
         "_on_app_error",
         "_pre_accept",
-        "_reader_finished",
-        "_reader_lot",
-        "_reader_scope",
+        "_reader",
         "_recv_unyielded",
         "_tail",
         "_timers",
@@ -344,13 +338,14 @@ class WebSocketConnection(WebSocketSession):
         self._timers = timers
         self._on_app_error = on_app_error
         self._tail = tail
-        self._hub: ReadinessHub | None = getattr(transport, "hub", None)
-        """Set when the app reads its socket inline (plain TCP on Linux); else a reader task."""
+        self._reader: Reader = (
+            InlineReader(self, transport)  # type: ignore[arg-type]
+            if getattr(transport, "hub", None) is not None
+            else TaskReader(self, transport)
+        )
+        """Inline reads in the app's task (plain TCP with the hub); else a reader task."""
         self._events: list[Message] = [{"type": "websocket.connect"}]
         self._app_waiter: trio.lowlevel.Task | None = None
-        self._reader_lot: trio.lowlevel.ParkingLot | None = None  # made when first needed
-        self._reader_scope: trio.CancelScope | None = None
-        self._reader_finished: trio.Event | None = None
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
@@ -469,7 +464,7 @@ class WebSocketConnection(WebSocketSession):
         self.begin_close(trio.current_time())
         self._timers.schedule(self, self.close_deadline)
         self._end(CLOSING, code, reason)
-        self._unpark_reader()
+        self._reader.resume()  # read on for the peer's Close, however far behind the app is
 
     def _apply_failure(self) -> None:
         """Fail the connection now: the app has taken the valid messages before the failure."""
@@ -484,8 +479,7 @@ class WebSocketConnection(WebSocketSession):
 
     def _finish_reading(self) -> None:
         """Reading is over (CLOSED); the app gets a grace period to return, then it is cancelled."""
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        self._reader.stop()
         self._wake_app()
         if self.reading_over(trio.current_time()):
             self._timers.schedule(self, self.grace_deadline)
@@ -509,12 +503,13 @@ class WebSocketConnection(WebSocketSession):
         """After the app: read until the peer answers our close (the close timer bounds it)."""
         if self.state is not CLOSING:
             return
-        if self._hub is not None:
+        reader = self._reader
+        if reader.inline:
             while self.state is not CLOSED:
                 self._events.clear()  # nobody will receive() them now
                 await self.receive()  # reads on, the app being done
-        elif self._reader_finished is not None:
-            await self._reader_finished.wait()
+        else:
+            await reader.wait_finished()  # type: ignore[union-attr]
 
     async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
         with trio.move_on_after(timeout):
@@ -526,40 +521,30 @@ class WebSocketConnection(WebSocketSession):
     # ------------------------------------------------------------------ ASGI receive
     async def receive(self) -> Message:
         events = self._events
-        hub = self._hub
+        reader = self._reader
         if not events and self._failure is not None:
             self._apply_failure()  # everything valid before it was received: now the close
         state = self.state
-        if (
-            not events
-            and hub is not None
-            and (state is OPEN or (state is CLOSING and self.app_done))
-        ):
+        if not events and reader.inline and (state is OPEN or (state is CLOSING and self.app_done)):
             # Read the socket here, in the caller's task, until an event is queued or
             # reading is over (after the app: until the peer answers our close).
-            transport: SocketTransport = self.transport  # type: ignore[assignment]
+            poll = reader.poll  # type: ignore[union-attr]
             waited = False
             while not events and self.state is not CLOSED:
-                if transport.drained:
-                    if transport.fd in hub.waiters:
-                        raise trio.BusyResourceError("another task is waiting in receive()")
-                    transport.drained = False
-                    if hub.arm(transport.fd, current_task()):
-                        try:
-                            # Also woken by _wake_app (the loop then sees the disconnect).
-                            await wait_task_rescheduled(transport.abort_wait)
-                        except trio.ClosedResourceError:
-                            self._transport_lost()
-                            break
-                        waited = True
-                    continue
                 try:
-                    data = transport.recv_nowait()
+                    data = poll()
                 except TransportClosed:
                     self._transport_lost()
                     break
                 if data is None:
-                    continue  # recv_nowait marked it drained: wait
+                    try:
+                        # Also woken by _wake_app (the loop then sees the disconnect).
+                        await wait_task_rescheduled(reader.abort_wait)  # type: ignore[union-attr]
+                    except trio.ClosedResourceError:
+                        self._transport_lost()
+                        break
+                    waited = True
+                    continue
                 if not data:
                     self._transport_lost()
                     break
@@ -574,7 +559,7 @@ class WebSocketConnection(WebSocketSession):
                 self._recv_unyielded = 0
                 await checkpoint()
             if len(events) == MAX_QUEUED_EVENTS:
-                self._unpark_reader()
+                self._reader.resume()
             return events.pop(0)
         if self.close_code is not None or self.state is REJECTED:
             await checkpoint()
@@ -589,53 +574,23 @@ class WebSocketConnection(WebSocketSession):
             return events.pop(0)
         return {"type": "websocket.disconnect", "code": self.close_code or 1006}
 
-    def on_readable(self) -> bool:
-        """The hub: bytes arrived while the app is not in receive().  Never blocks or raises."""
-        if self.state is CLOSED:
-            return False
-        transport: SocketTransport = self.transport  # type: ignore[assignment]
-        events = self._events
-        try:
-            for _ in range(CHECKPOINT_EVERY):
-                if len(events) >= MAX_QUEUED_EVENTS and not self.app_done:
-                    # The app is behind: leave the rest in the kernel (TCP backpressure);
-                    # its next receive() reads on from there.
-                    transport.drained = False
-                    return False
-                data = transport.recv_nowait()
-                if data is None:
-                    return False
-                if not data:
-                    self._transport_lost()
-                    return False
-                if self._received(data) or transport.drained:
-                    return False
-            return True  # more to read: after the others had their turn
-        except TransportClosed:
-            self._transport_lost()
-        except Exception:
-            logger.exception("reading a WebSocket failed")
-            self._end(CLOSED, 1011, "internal error")
-            self._finish_reading()
-            transport.abort()
-        return False
+    def _read_failed(self) -> None:
+        """A bug while reading (ours, or the app's code under us): this connection ends, 1011."""
+        logger.exception("reading a WebSocket failed")
+        self._end(CLOSED, 1011, "internal error")
+        self._finish_reading()
+        self.transport.abort()
 
     def _abort_receive(self, _: Any) -> trio.lowlevel.Abort:
         self._app_waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
-
-    def _unpark_reader(self) -> None:
-        if self._reader_lot:
-            self._reader_lot.unpark_all()
 
     def _wake_app(self) -> None:
         waiter = self._app_waiter
         if waiter is not None:
             self._app_waiter = None
             trio.lowlevel.reschedule(waiter)
-        hub = self._hub
-        if hub is not None:
-            hub.interrupt(self.transport.fd)  # type: ignore[attr-defined]
+        self._reader.interrupt()
 
     # ------------------------------------------------------------------ ASGI send
     async def send(self, message: Message) -> None:
@@ -714,15 +669,8 @@ class WebSocketConnection(WebSocketSession):
         if self._tail:
             tail, self._tail = self._tail, b""
             self._received(tail)
-        hub = self._hub
-        if hub is not None:
-            # Bytes that came while nobody read are the app's to read in receive().
-            self.transport.drained = False  # type: ignore[attr-defined]
-            hub.watch(self.transport.fd, self)  # type: ignore[attr-defined]
-        else:
-            assert self._nursery is not None
-            self._reader_finished = trio.Event()
-            self._nursery.start_soon(self._reader_task)
+        assert self._nursery is not None
+        self._reader.start(self._nursery)
         await checkpoint()
 
     async def _close(self, message: Message) -> None:
@@ -757,39 +705,7 @@ class WebSocketConnection(WebSocketSession):
         except TransportClosed:
             raise ClientDisconnected("client went away") from None
 
-    # ------------------------------------------------------------------ reader task
-    async def _reader_task(self) -> None:
-        """TLS and in-memory streams (no readiness hub): a task reads for the app."""
-        assert self._reader_finished is not None
-        try:
-            with trio.CancelScope() as scope:
-                self._reader_scope = scope
-                transport = self.transport
-                events = self._events
-                while self.state is not CLOSED:
-                    if self.app_done:
-                        events.clear()  # nobody will receive() them: read on for the close
-                    elif len(events) >= MAX_QUEUED_EVENTS and self.state is OPEN:
-                        if self._reader_lot is None:
-                            self._reader_lot = trio.lowlevel.ParkingLot()
-                        await self._reader_lot.park()
-                        continue
-                    data = await transport.recv()
-                    if not data:
-                        self._transport_lost()
-                        break
-                    self._received(data)
-        except TransportClosed:
-            self._transport_lost()
-        except Exception:  # as the hub's watcher does: this connection ends, 1011
-            logger.exception("reading a WebSocket failed")
-            self._end(CLOSED, 1011, "internal error")
-            self._finish_reading()
-            self.transport.abort()
-        finally:
-            self._reader_scope = None
-            self._reader_finished.set()
-
+    # ------------------------------------------------------------------ bytes in
     def _received(self, data: bytes) -> bool:
         """Bytes from the peer: activity for the timers, frames -> ASGI events.
 
@@ -887,7 +803,7 @@ class WebSocketConnection(WebSocketSession):
     def _transport_lost(self) -> None:
         self._end(CLOSED, 1006, "connection lost")
         self._finish_reading()
-        self._unpark_reader()
+        self._reader.resume()
 
     # ------------------------------------------------------------------ pub/sub push target
     def deliver(self, delivery: Delivery) -> bool:

@@ -1,0 +1,192 @@
+"""How a WebSocket's bytes reach its session: two read strategies, one interface.
+
+Every detail of waiting for bytes lives here: file descriptors, the readiness
+hub, the "drained" hint, the reader task, its parking lot and cancel scope.
+The connection (``ws_conn.WebSocketConnection``) sees only what both offer:
+
+* :meth:`start` once the handshake is accepted;
+* :meth:`interrupt` to wake a task parked for bytes (the connection ended);
+* :meth:`resume` when the app took events again after falling behind;
+* :meth:`stop` when reading is over.
+
+:class:`InlineReader` (plain TCP with the hub, Linux): no task.  The app's own
+task reads in ``receive()`` through :meth:`InlineReader.poll` (one wakeup per
+message), and while the app is elsewhere the hub calls
+:meth:`InlineReader.on_readable` for it.  :class:`TaskReader` (TLS, in-memory
+streams, the hub turned off: what other platforms take): a task in the
+connection's nursery reads and queues events.
+
+Both stop reading once ``MAX_QUEUED_EVENTS`` wait for an app that is away, so
+the rest stays in the kernel (TCP backpressure) and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio.lowlevel import current_task
+
+from .transport import CHECKPOINT_EVERY, TransportClosed
+from .ws_session import CLOSED, OPEN
+
+if TYPE_CHECKING:
+    from .readiness import ReadinessHub
+    from .transport import SocketTransport, Transport
+    from .ws_conn import WebSocketConnection
+
+logger = logging.getLogger("hornbeam_trio")
+
+MAX_QUEUED_EVENTS = 64
+"""Received messages buffered for an app that is not calling receive(): then we stop reading."""
+
+
+class InlineReader:
+    """The app's task reads its socket itself; the hub reads while the app is away."""
+
+    __slots__ = ("conn", "hub", "transport")
+
+    inline = True
+
+    def __init__(self, conn: WebSocketConnection, transport: SocketTransport) -> None:
+        self.conn = conn
+        self.transport = transport
+        hub = transport.hub
+        assert hub is not None
+        self.hub: ReadinessHub = hub
+
+    def start(self, nursery: trio.Nursery) -> None:
+        # Bytes that came while nobody read are the app's to read in receive().
+        self.transport.drained = False
+        self.hub.watch(self.transport.fd, self)
+
+    def poll(self) -> bytes | None:
+        """Bytes now (``b""`` at EOF), or None once the hub is armed for this task: park.
+
+        Raises TransportClosed on a reset, and BusyResourceError when another task
+        already waits for this socket.
+        """
+        transport = self.transport
+        while True:
+            if transport.drained:
+                hub = self.hub
+                if transport.fd in hub.waiters:
+                    raise trio.BusyResourceError("another task is waiting in receive()")
+                transport.drained = False
+                if hub.arm(transport.fd, current_task()):
+                    return None
+            data = transport.recv_nowait()
+            if data is not None:
+                return data
+
+    def abort_wait(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        """The abort of a task parked after :meth:`poll` returned None."""
+        return self.transport.abort_wait(raise_cancel)
+
+    def interrupt(self) -> None:
+        self.hub.interrupt(self.transport.fd)
+
+    def resume(self) -> None:
+        """Nothing to do: the app's next receive() reads on from the kernel."""
+
+    def stop(self) -> None:
+        """Nothing to do: the hub forgets the socket when the transport closes."""
+
+    def on_readable(self) -> bool:
+        """The hub: bytes arrived while the app is not in receive().  Never blocks or raises.
+
+        True when more may be read (after the hub's other sockets had their turn).
+        """
+        conn = self.conn
+        if conn.state is CLOSED:
+            return False
+        transport = self.transport
+        events = conn._events
+        try:
+            for _ in range(CHECKPOINT_EVERY):
+                if len(events) >= MAX_QUEUED_EVENTS and not conn.app_done:
+                    # The app is behind: leave the rest in the kernel (TCP backpressure);
+                    # its next receive() reads on from there.
+                    transport.drained = False
+                    return False
+                data = transport.recv_nowait()
+                if data is None:
+                    return False
+                if not data:
+                    conn._transport_lost()
+                    return False
+                if conn._received(data) or transport.drained:
+                    return False
+            return True
+        except TransportClosed:
+            conn._transport_lost()
+        except Exception:
+            conn._read_failed()
+        return False
+
+
+class TaskReader:
+    """A task in the connection's nursery reads for the app (streams that cannot poll)."""
+
+    __slots__ = ("_finished", "_lot", "_scope", "conn", "transport")
+
+    inline = False
+
+    def __init__(self, conn: WebSocketConnection, transport: Transport) -> None:
+        self.conn = conn
+        self.transport = transport
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made when first needed
+        self._scope: trio.CancelScope | None = None
+        self._finished: trio.Event | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._finished = trio.Event()
+        nursery.start_soon(self._run)
+
+    def interrupt(self) -> None:
+        """The app parks on the connection itself (``receive``), which wakes it."""
+
+    def resume(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def wait_finished(self) -> None:
+        if self._finished is not None:
+            await self._finished.wait()
+
+    async def _run(self) -> None:
+        assert self._finished is not None
+        conn = self.conn
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                transport = self.transport
+                events = conn._events
+                while conn.state is not CLOSED:
+                    if conn.app_done:
+                        events.clear()  # nobody will receive() them: read on for the close
+                    elif len(events) >= MAX_QUEUED_EVENTS and conn.state is OPEN:
+                        if self._lot is None:
+                            self._lot = trio.lowlevel.ParkingLot()
+                        await self._lot.park()
+                        continue
+                    data = await transport.recv()
+                    if not data:
+                        conn._transport_lost()
+                        break
+                    conn._received(data)
+        except TransportClosed:
+            conn._transport_lost()
+        except Exception:  # as the hub's watcher does: this connection ends, 1011
+            conn._read_failed()
+        finally:
+            self._scope = None
+            self._finished.set()
+
+
+Reader = InlineReader | TaskReader
