@@ -285,6 +285,7 @@ class WebSocketConnection(WebSocketSession):
         "_denial",
         "_events",
         "_failure",
+        "_inline",
         "_key",
         "_nursery",
         "_on_app_error",
@@ -338,12 +339,13 @@ class WebSocketConnection(WebSocketSession):
         self._timers = timers
         self._on_app_error = on_app_error
         self._tail = tail
-        self._reader: Reader = (
+        self._inline: InlineReader | None = (
             InlineReader(self, transport)  # type: ignore[arg-type]
             if getattr(transport, "hub", None) is not None
-            else TaskReader(self, transport)
+            else None
         )
-        """Inline reads in the app's task (plain TCP with the hub); else a reader task."""
+        """Set when the app's task reads its socket in receive() (plain TCP with the hub)."""
+        self._reader: Reader = self._inline or TaskReader(self, transport)
         self._events: list[Message] = [{"type": "websocket.connect"}]
         self._app_waiter: trio.lowlevel.Task | None = None
         self._recv_unyielded = 0
@@ -504,12 +506,12 @@ class WebSocketConnection(WebSocketSession):
         if self.state is not CLOSING:
             return
         reader = self._reader
-        if reader.inline:
+        if isinstance(reader, TaskReader):
+            await reader.wait_finished()
+        else:
             while self.state is not CLOSED:
                 self._events.clear()  # nobody will receive() them now
                 await self.receive()  # reads on, the app being done
-        else:
-            await reader.wait_finished()  # type: ignore[union-attr]
 
     async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
         with trio.move_on_after(timeout):
@@ -521,38 +523,40 @@ class WebSocketConnection(WebSocketSession):
     # ------------------------------------------------------------------ ASGI receive
     async def receive(self) -> Message:
         events = self._events
-        reader = self._reader
-        if not events and self._failure is not None:
-            self._apply_failure()  # everything valid before it was received: now the close
-        state = self.state
-        if not events and reader.inline and (state is OPEN or (state is CLOSING and self.app_done)):
-            # Read the socket here, in the caller's task, until an event is queued or
-            # reading is over (after the app: until the peer answers our close).
-            poll = reader.poll  # type: ignore[union-attr]
-            waited = False
-            while not events and self.state is not CLOSED:
-                try:
-                    data = poll()
-                except TransportClosed:
-                    self._transport_lost()
-                    break
-                if data is None:
+        if not events:
+            if self._failure is not None:
+                self._apply_failure()  # everything valid before it was received: now the close
+            inline = self._inline
+            state = self.state
+            if inline is not None and (state is OPEN or (state is CLOSING and self.app_done)):
+                # Read the socket here, in the caller's task, until an event is queued or
+                # reading is over (after the app: until the peer answers our close).
+                waited = False
+                while not events and self.state is not CLOSED:
                     try:
-                        # Also woken by _wake_app (the loop then sees the disconnect).
-                        await wait_task_rescheduled(reader.abort_wait)  # type: ignore[union-attr]
-                    except trio.ClosedResourceError:
+                        data = inline.poll()
+                        if data is None:  # the hub is armed for this task: park
+                            try:
+                                # Also woken by _wake_app (the loop then sees the disconnect).
+                                await wait_task_rescheduled(inline.abort_wait)
+                            except trio.ClosedResourceError:
+                                self._transport_lost()
+                                break
+                            waited = True
+                            data = inline.recv_nowait()  # readable now: no second poll()
+                            if data is None:
+                                continue
+                    except TransportClosed:
                         self._transport_lost()
                         break
-                    waited = True
-                    continue
-                if not data:
-                    self._transport_lost()
-                    break
-                self._received(data)
-            if waited:
-                self._recv_unyielded = 0  # it waited for the socket: a checkpoint
-                if events:
-                    return events.pop(0)
+                    if not data:
+                        self._transport_lost()
+                        break
+                    self._received(data)
+                if waited:
+                    self._recv_unyielded = 0  # it waited for the socket: a checkpoint
+                    if events:
+                        return events.pop(0)
         if events:
             self._recv_unyielded += 1
             if self._recv_unyielded >= CHECKPOINT_EVERY:

@@ -23,7 +23,7 @@ the rest stays in the kernel (TCP backpressure) and nothing is lost.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from trio.lowlevel import current_task
@@ -34,7 +34,25 @@ from .ws_session import CLOSED, OPEN
 if TYPE_CHECKING:
     from .readiness import ReadinessHub
     from .transport import SocketTransport, Transport
-    from .ws_conn import WebSocketConnection
+    from .types import Message
+    from .ws_session import ConnState
+
+
+class Connection(Protocol):
+    """What a reader needs of its connection (``ws_conn.WebSocketConnection``)."""
+
+    state: ConnState
+    app_done: bool
+    _events: list[Message]
+
+    def _received(self, data: bytes) -> bool:
+        """Bytes from the peer -> events; True when reading is over."""
+        ...
+
+    def _transport_lost(self) -> None: ...
+
+    def _read_failed(self) -> None: ...
+
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -45,16 +63,18 @@ MAX_QUEUED_EVENTS = 64
 class InlineReader:
     """The app's task reads its socket itself; the hub reads while the app is away."""
 
-    __slots__ = ("conn", "hub", "transport")
+    __slots__ = ("abort_wait", "conn", "hub", "recv_nowait", "transport")
 
-    inline = True
-
-    def __init__(self, conn: WebSocketConnection, transport: SocketTransport) -> None:
+    def __init__(self, conn: Connection, transport: SocketTransport) -> None:
         self.conn = conn
         self.transport = transport
         hub = transport.hub
         assert hub is not None
         self.hub: ReadinessHub = hub
+        self.recv_nowait = transport.recv_nowait
+        """Bytes now, b"" at EOF, None if the kernel has none: the read after a wakeup."""
+        self.abort_wait = transport.abort_wait
+        """The abort of a task parked after :meth:`poll` returned None."""
 
     def start(self, nursery: trio.Nursery) -> None:
         # Bytes that came while nobody read are the app's to read in receive().
@@ -79,10 +99,6 @@ class InlineReader:
             data = transport.recv_nowait()
             if data is not None:
                 return data
-
-    def abort_wait(self, raise_cancel: Any) -> trio.lowlevel.Abort:
-        """The abort of a task parked after :meth:`poll` returned None."""
-        return self.transport.abort_wait(raise_cancel)
 
     def interrupt(self) -> None:
         self.hub.interrupt(self.transport.fd)
@@ -131,9 +147,7 @@ class TaskReader:
 
     __slots__ = ("_finished", "_lot", "_scope", "conn", "transport")
 
-    inline = False
-
-    def __init__(self, conn: WebSocketConnection, transport: Transport) -> None:
+    def __init__(self, conn: Connection, transport: Transport) -> None:
         self.conn = conn
         self.transport = transport
         self._lot: trio.lowlevel.ParkingLot | None = None  # made when first needed
