@@ -143,11 +143,14 @@ class ReadinessHub:
 
         For callers that park themselves (``wait_task_rescheduled`` with an abort that
         calls disarm): no coroutine frame or closure of ours while they sleep.
+        One waiter per fd, as in Trio: a second raises ``trio.BusyResourceError``
+        (replacing the first would leave it parked for good).
         """
         if fd in self.ready or fd in self.hung_up:
             self.ready.discard(fd)
             return False
-        self.waiters[fd] = task
+        if self.waiters.setdefault(fd, task) is not task:  # one lookup: on the hot path
+            raise trio.BusyResourceError("another task is already waiting for this socket")
         return True
 
     def disarm(self, fd: int) -> None:

@@ -178,3 +178,14 @@ async def test_interrupt_wakes_the_waiter_without_data_and_arm_sees_a_kept_edge(
         await trio.testing.wait_all_tasks_blocked()
         assert hub.arm(a.fileno(), trio.lowlevel.current_task()) is False  # ready: no wait
         assert a.fileno() not in hub.waiters
+
+
+async def test_a_second_waiter_on_one_socket_is_refused_and_the_first_still_wakes() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        woke = await start_waiter(hub, a, nursery)
+        with trio.fail_after(1), pytest.raises(trio.BusyResourceError):
+            await hub.wait_readable(a.fileno())
+        b.send(b"z")
+        with trio.fail_after(1):
+            await woke.wait()  # the first waiter was kept, not replaced
+        assert a.fileno() not in hub.waiters
