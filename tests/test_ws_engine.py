@@ -33,7 +33,8 @@ from test_websocket import (
     client_frame,
 )
 
-from hornbeam_trio import ws_conn, ws_session
+from hornbeam_trio import ws_conn, ws_read, ws_session
+from hornbeam_trio.readiness import ReadinessHub
 from hornbeam_trio.runtime import current_connection
 from hornbeam_trio.server import serve
 from hornbeam_trio.testing import run_server
@@ -248,6 +249,49 @@ async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connec
         # The server goes on serving others.
         async with server.websocket("/") as other:
             assert other.closed is None
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="watchers exist only with the hub")
+async def test_a_failing_watcher_ends_its_own_connection_and_the_server_serves_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that escapes ``on_readable`` reaches the hub, not the app's reads: the hub
+    must contain it to that socket (a dead hub task would take the server down)."""
+    away = AwayApp()
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") == "/away":
+            await away(scope, receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    original = ws_read.InlineReader.on_readable
+
+    def failing(self: ws_read.InlineReader) -> bool:
+        if self.conn is away.connection:
+            raise RuntimeError("injected watcher bug")
+        return original(self)
+
+    monkeypatch.setattr(ws_read.InlineReader, "on_readable", failing)
+    caplog.set_level(logging.ERROR, logger="hornbeam_trio")
+    async with run_server(router, transport="tcp", check_leaks=True) as server:
+        raw = await RawClient.connect(server, "/away")
+        await away.accepted.wait()
+        await raw.send_frame(OP_TEXT, b"read by the hub")  # the app is away: the watcher
+        await raw.expect_eof()  # its socket was shut down
+        away.release.set()
+        with trio.fail_after(5):
+            await away.ended.wait()  # its next receive() found the end
+        assert away.received[-1]["type"] == "websocket.disconnect"
+        assert away.received[-1]["code"] == 1006
+        async with server.websocket("/") as other:
+            await other.send("still served")
+            assert await other.receive() == "still served"
+    failures = [r for r in caplog.records if "readiness watcher failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 @TRANSPORTS
