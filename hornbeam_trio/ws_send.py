@@ -8,6 +8,9 @@ deliveries all write through one :class:`Writer`.  Invariants:
 - The queue holds only what the kernel did not take.  One flusher task (started
   on the first queued item, in the connection's nursery) drains it; there is
   never more than one, so the head item is the only one ever partly sent.
+- Bytes the kernel took are never sent again: the flusher cuts the head item to
+  what is left before each wait, so a flush cancelled halfway (the connection
+  ending) leaves ``final_flush`` exactly the rest.
 - Queued deliveries may be dropped (slow-consumer policy, close), never the head.
 - The app's ``send()`` waits only when more than ``SEND_HIGH_WATER`` bytes are
   queued (backpressure), and otherwise checkpoints every ``CHECKPOINT_EVERY`` sends.
@@ -110,16 +113,27 @@ class Writer:
         return dropped
 
     async def _flush(self) -> None:
+        transport = self.transport
+        unyielded = 0
         try:
             while self.pending:
                 data, delivery = self.pending[0]
-                await self.transport.send_all(data)
+                sent = await transport.send_some(data)
+                if sent < len(data):
+                    # Recorded before the next await: a cancel there resends nothing.
+                    self.pending[0] = (memoryview(data)[sent:], delivery)
+                    self.pending_bytes -= sent
+                    continue
                 del self.pending[0]
                 self.pending_bytes -= len(data)
                 if delivery:
                     self.pending_deliveries -= 1
                 if self.pending_bytes <= SEND_HIGH_WATER // 2 and self._drained:
                     self._drained.unpark_all()
+                unyielded += 1
+                if unyielded >= CHECKPOINT_EVERY:  # a long queue the kernel takes at once
+                    unyielded = 0
+                    await checkpoint()
         except TransportClosed:
             self.pending.clear()
             self.pending_bytes = 0
@@ -165,11 +179,18 @@ class Writer:
         await checkpoint()
 
     async def final_flush(self, timeout: float) -> None:
-        """Last bounded attempt to get queued bytes (the close frame) out."""
+        """Last bounded attempt to get queued bytes (the close frame) out.
+
+        A peer gone meanwhile (reset) is how many connections end: nothing more can
+        reach it, so that ends the flush quietly.
+        """
         with trio.move_on_after(timeout):
-            while self.pending:
-                data, _ = self.pending.pop(0)
-                await self.transport.send_all(data)
+            try:
+                while self.pending:
+                    data, _ = self.pending.pop(0)
+                    await self.transport.send_all(data)
+            except TransportClosed as exc:
+                logger.debug("last flush to %s cut short: %s", self.transport.client, exc)
         self.pending.clear()
         self.pending_bytes = 0
         self.pending_deliveries = 0

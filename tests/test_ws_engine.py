@@ -398,6 +398,93 @@ async def test_eof_behind_data_the_app_reads_itself_is_not_missed() -> None:
     assert app.received[-1]["type"] == "websocket.disconnect"
 
 
+# --------------------------------------------------------------------------- the send path
+
+
+class BigSender:
+    """Sends one message larger than the kernel takes at once, then waits in receive().
+
+    The server's send buffer is made small so most of the message stays queued in the
+    connection's Writer, drained by its flusher task as the client reads.
+    """
+
+    PAYLOAD = bytes(range(256)) * 1000  # 256,000 bytes: under the Writer's high-water mark
+    WIRE = b"\x82\x7f" + struct.pack("!Q", len(PAYLOAD)) + PAYLOAD
+
+    def __init__(self) -> None:
+        self.taken_at_once = -1
+        self.sent = trio.Event()
+        self.ended = trio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        try:
+            await receive()
+            await send({"type": "websocket.accept"})
+            context = current_connection.get()
+            assert context is not None
+            connection: ws_conn.WebSocketConnection = context.pusher  # type: ignore[assignment]
+            connection.transport.sock.setsockopt(  # type: ignore[attr-defined]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+            )
+            await send({"type": "websocket.send", "bytes": self.PAYLOAD})
+            self.taken_at_once = len(self.WIRE) - connection.writer.pending_bytes
+            self.sent.set()
+            await receive()  # the client's close
+        finally:
+            self.ended.set()
+
+
+async def start_big_flush(server: Any, app: BigSender) -> tuple[RawClient, bytearray]:
+    """Connect, let the flusher send part of the queued message, then send our close
+    without reading on: the connection ends with its flusher cancelled halfway and its
+    last flush waiting for the client to read. Returns the bytes read so far."""
+    raw = await RawClient.connect(server)
+    raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # type: ignore[attr-defined]
+    await app.sent.wait()
+    wire = bytearray(raw.buffer)
+    with trio.fail_after(5):
+        # More than the kernel took at the send() itself: the flusher has sent some too.
+        while len(wire) <= app.taken_at_once:
+            wire += await raw.stream.receive_some(4096)
+    await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+    with trio.fail_after(5):
+        await app.ended.wait()
+    await trio.testing.wait_all_tasks_blocked()  # the flusher was cancelled; last flush waits
+    return raw, wire
+
+
+async def test_a_flush_cut_short_by_the_connection_ending_sends_no_byte_twice() -> None:
+    app = BigSender()
+    async with run_server(app, transport="tcp") as server:
+        raw, wire = await start_big_flush(server, app)
+        with trio.fail_after(5):
+            while chunk := await raw.stream.receive_some(65536):
+                wire += chunk
+    close_reply = b"\x88\x02" + struct.pack("!H", 1000)
+    assert len(wire) == len(app.WIRE) + len(close_reply)
+    assert bytes(wire) == app.WIRE + close_reply
+
+
+async def test_a_peer_reset_during_the_last_flush_ends_the_connection_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hornbeam_trio")
+    app = BigSender()
+    async with run_server(app, transport="tcp") as server:
+        raw, _ = await start_big_flush(server, app)
+        sock = raw.stream.socket  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()  # RST while the server still has bytes for us
+        with trio.fail_after(5):
+            while server.server.connections:
+                await trio.sleep(0.005)
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert loud == [], [r.getMessage() for r in loud]
+    assert any("last flush" in r.getMessage() for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- timers, TCP
 
 
