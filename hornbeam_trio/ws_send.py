@@ -223,7 +223,16 @@ class DeliveryBatcher:
         return trio.lowlevel.Abort.SUCCEEDED
 
     async def run(self) -> None:
+        """Flush every marked connection; checkpoint every ``CHECKPOINT_EVERY`` of them.
+
+        A publish to 1,000 subscribers is a pass of 1,000 sends: other tasks run
+        between its slices.  A connection marked meanwhile joins ``self.dirty`` for
+        the next round; one still waiting in this round's list just has a longer
+        batch.  Either way its deliveries go out once, in order (a batch is written
+        whole, and whoever writes first, the batcher or the app's send(), takes it).
+        """
         self.task = trio.lowlevel.current_task()
+        flushed = 0
         while True:
             while self.dirty:
                 dirty, self.dirty = self.dirty, []
@@ -232,5 +241,10 @@ class DeliveryBatcher:
                         conn.flush_batch()
                     except Exception:  # a system task must not die: log, go on
                         logger.exception("flushing pub/sub deliveries failed")
+                    flushed += 1
+                    if flushed >= CHECKPOINT_EVERY:
+                        flushed = 0
+                        await checkpoint()  # not parked: mark() just appends meanwhile
+            flushed = 0
             self.parked = True
             await trio.lowlevel.wait_task_rescheduled(self._abort)

@@ -41,6 +41,7 @@ from hornbeam_trio.testing import run_server
 from hornbeam_trio.timers import TimerSweeper
 from hornbeam_trio.transport import LINGER_RESET, RECV_SIZE
 from hornbeam_trio.types import Message, Receive, Scope, Send
+from hornbeam_trio.ws_send import DeliveryBatcher
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "memory"])
 
@@ -483,6 +484,60 @@ async def test_a_peer_reset_during_the_last_flush_ends_the_connection_quietly(
     loud = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert loud == [], [r.getMessage() for r in loud]
     assert any("last flush" in r.getMessage() for r in caplog.records)
+
+
+class BatchedTarget:
+    """What the batcher asks of a connection, done as WebSocketConnection does it: the
+    first delivery of a pass marks it, later ones join its batch, a flush writes it whole."""
+
+    def __init__(self, batcher: DeliveryBatcher, clock: list[int]) -> None:
+        self.batcher = batcher
+        self.clock = clock
+        self.batch: list[int] | None = None
+        self.written: list[int] = []
+        self.first_flush_at: int | None = None
+
+    def deliver(self, item: int) -> None:
+        if self.batch is None:
+            self.batch = [item]
+            self.batcher.mark(self)
+        else:
+            self.batch.append(item)
+
+    def flush_batch(self) -> None:
+        if self.first_flush_at is None:
+            self.first_flush_at = self.clock[0]
+        batch, self.batch = self.batch, None
+        self.written += batch or []
+
+
+async def test_a_delivery_pass_to_many_connections_lets_others_run_and_loses_nothing() -> None:
+    """One publish to 1,000 subscribers must not hold the scheduler for 1,000 sends; what
+    another task publishes during the pass still reaches everyone, once, in order."""
+    batcher = DeliveryBatcher()
+    rounds_published = [0]
+    targets = [BatchedTarget(batcher, rounds_published) for _ in range(1000)]
+    rounds = 5
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for target in targets:
+            target.deliver(0)
+
+        async def publisher() -> None:
+            for n in range(1, rounds + 1):
+                await trio.sleep(0)  # its turns come between the batcher's slices
+                for target in targets:
+                    target.deliver(n)
+                rounds_published[0] = n
+
+        nursery.start_soon(publisher)
+        await trio.testing.wait_all_tasks_blocked()  # published all; the batcher parked
+        nursery.cancel_scope.cancel()
+    # Every round was published while the first pass was under way, not after it.
+    first_flushes = [target.first_flush_at for target in targets]
+    assert (first_flushes[0], first_flushes[-1]) == (0, rounds)
+    assert all(target.written == list(range(rounds + 1)) for target in targets)
 
 
 # --------------------------------------------------------------------------- timers, TCP
