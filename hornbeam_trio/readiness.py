@@ -13,6 +13,9 @@ calls, in its own task, when the socket turns readable and no task waits on it.
 A WebSocket's app reads its socket itself while it sits in ``receive()``; the
 watcher covers the time it is elsewhere (answering pings, noticing the peer
 leave) without a reader task per connection, and without a task switch.
+A watcher that raises is a bug in one connection, not in the server: the hub logs
+it once, drops the watcher and shuts its socket down (the peer sees the end, the
+connection reads EOF at its next look), and every other socket goes on.
 Linux only; elsewhere callers keep using ``trio.lowlevel.wait_readable``.
 
 ``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
@@ -23,12 +26,16 @@ starts; not a Config field, since every Config field is a command-line flag.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
+import socket
 from typing import Any, Protocol, cast
 
 import outcome
 import trio
+
+logger = logging.getLogger("hornbeam_trio")
 
 READINESS_ENV = "HORNBEAM_TRIO_READINESS"
 """Set to ``off``: serve without the hub, as on platforms without epoll."""
@@ -65,7 +72,8 @@ class Watcher(Protocol):
     def on_readable(self) -> bool:
         """Read what is there without blocking; True asks to be called again after a checkpoint.
 
-        Runs in the hub's task: it must not raise and must not block.
+        Runs in the hub's task: it must not block, and should not raise (if it does,
+        the hub drops it and shuts its socket down).
         """
 
 
@@ -135,19 +143,46 @@ class ReadinessHub:
         watcher = self.watchers.get(fd)
         if watcher is None:
             self.ready.add(fd)
-        elif watcher.on_readable():
+            return
+        try:
+            again = watcher.on_readable()
+        except Exception:
+            self._watcher_failed(fd)
+            return
+        if again:
             self._again.append(fd)
+
+    def _watcher_failed(self, fd: int) -> None:
+        """Contain a watcher's bug to its own socket; the hub task must not die of it.
+
+        The socket stays registered (its owner unregisters it when it closes) and is
+        marked hung up, so a later wait on it returns at once and finds EOF.
+        """
+        logger.exception("a socket's readiness watcher failed: shutting that socket down")
+        del self.watchers[fd]
+        self.hung_up.add(fd)
+        self.ready.discard(fd)
+        sock = socket.socket(fileno=fd)  # a view of the fd, detached below: never closes it
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already reset by the peer (ENOTCONN): it has ended either way
+        finally:
+            sock.detach()
 
     def arm(self, fd: int, task: trio.lowlevel.Task) -> bool:
         """Make ``task`` the waiter on ``fd``; False if ``fd`` is ready already (no wait).
 
         For callers that park themselves (``wait_task_rescheduled`` with an abort that
         calls disarm): no coroutine frame or closure of ours while they sleep.
+        One waiter per fd, as in Trio: a second raises ``trio.BusyResourceError``
+        (replacing the first would leave it parked for good).
         """
         if fd in self.ready or fd in self.hung_up:
             self.ready.discard(fd)
             return False
-        self.waiters[fd] = task
+        if self.waiters.setdefault(fd, task) is not task:  # one lookup: on the hot path
+            raise trio.BusyResourceError("another task is already waiting for this socket")
         return True
 
     def disarm(self, fd: int) -> None:

@@ -38,7 +38,7 @@ from .runtime import Runtime, current_runtime, default_runtime
 from .timers import TimerSweeper
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
-from .ws_conn import DeliveryBatcher
+from .ws_send import DeliveryBatcher
 
 if TYPE_CHECKING:
     from .protocol.http11 import Request

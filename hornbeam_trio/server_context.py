@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .timers import TimerSweeper
     from .transport import Transport
     from .types import ASGIApp, Scope
-    from .ws_conn import DeliveryBatcher
+    from .ws_send import DeliveryBatcher
 
 
 class LifespanView(Protocol):

@@ -8,8 +8,9 @@ testing toolkit's in-memory streams use :class:`StreamTransport`, which wraps
 any ``trio.abc.Stream``.
 
 Both expose the same small surface: ``recv()``, ``try_send()`` (never blocks;
-a stream transport always answers 0 so the caller queues), ``send_all()`` and
-``close()``.  Both checkpoint every few operations that did not block, so a
+a stream transport always answers 0 so the caller queues), ``send_some()`` (waits
+for room, then says how much went: a queue that records it never resends a byte),
+``send_all()`` and ``close()``.  Both checkpoint every few operations that did not block, so a
 busy connection neither starves the others nor ignores cancellation.
 """
 
@@ -49,6 +50,14 @@ class Transport(Protocol):
 
     async def recv(self) -> bytes: ...
     def try_send(self, data: bytes | memoryview) -> int: ...
+    async def send_some(self, data: bytes | memoryview) -> int:
+        """Send some of ``data``, waiting for room if need be; how many bytes went.
+
+        Cancelled only while nothing of this call has gone out, so a caller that
+        records the count before its next await never sends a byte twice.
+        """
+        ...
+
     async def send_all(self, data: bytes | memoryview) -> None: ...
     async def close(self) -> None: ...
     def abort(self) -> None: ...
@@ -169,22 +178,34 @@ class SocketTransport:
         except OSError as exc:
             raise TransportClosed(str(exc)) from None
 
+    async def wait_writable(self) -> None:
+        """Park until the kernel takes bytes again; TransportClosed if closed or stalled."""
+        try:
+            if self.stall_timeout is None:
+                await trio.lowlevel.wait_writable(self.sock)
+            else:
+                # Only here, where the kernel refused bytes: the fast path pays nothing.
+                with trio.move_on_after(self.stall_timeout) as timer:
+                    await trio.lowlevel.wait_writable(self.sock)
+                if timer.cancelled_caught:
+                    raise TransportClosed(f"peer took no bytes for {self.stall_timeout:g}s")
+        except trio.ClosedResourceError:
+            raise TransportClosed("closed locally") from None
+
+    async def send_some(self, data: bytes | memoryview) -> int:
+        # No checkpoint once bytes went: a cancel there would lose the count.
+        sent = self.try_send(data)
+        while not sent:
+            await self.wait_writable()
+            sent = self.try_send(data)
+        return sent
+
     async def send_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         total = len(view)
         sent = self.try_send(view)
         while sent < total:
-            try:
-                if self.stall_timeout is None:
-                    await trio.lowlevel.wait_writable(self.sock)
-                else:
-                    # Only here, where the kernel refused bytes: the fast path pays nothing.
-                    with trio.move_on_after(self.stall_timeout) as timer:
-                        await trio.lowlevel.wait_writable(self.sock)
-                    if timer.cancelled_caught:
-                        raise TransportClosed(f"peer took no bytes for {self.stall_timeout:g}s")
-            except trio.ClosedResourceError:
-                raise TransportClosed("closed locally") from None
+            await self.wait_writable()
             sent += self.try_send(view[sent:])
         self._unyielded += 1
         if self._unyielded >= CHECKPOINT_EVERY:
@@ -253,6 +274,13 @@ class StreamTransport:
         if self._closed:
             raise TransportClosed("closed locally")
         return 0
+
+    async def send_some(self, data: bytes | memoryview) -> int:
+        """All of ``data``: a Trio stream shows no partial progress.  Cancelled, it sent
+        an unknown part and the stream is broken (Trio's contract), except the memory
+        streams, which are cancelled only before taking anything."""
+        await self.send_all(data)
+        return len(data)
 
     async def send_all(self, data: bytes | memoryview) -> None:
         try:

@@ -8,9 +8,9 @@ The app runs in the connection's own task, the body of its nursery.  Around it:
 * ``ws_read.py``: how bytes come in: inline in the app's ``receive()`` with the
   readiness hub reading while the app is away (plain TCP), or a reader task
   (TLS, memory streams, other platforms).
-* the send path (``Writer``, the ``DeliveryBatcher``): the app, the protocol's
-  control replies and pub/sub deliveries write with one non-blocking ``send()``
-  and queue only what the kernel did not take.
+* ``ws_send.py``: the send path (``Writer``, the ``DeliveryBatcher``): the app,
+  the protocol's control replies and pub/sub deliveries write with one
+  non-blocking ``send()`` and queue only what the kernel did not take.
 
 How a connection ends, whichever side starts it: the connection leaves OPEN in
 :meth:`WebSocketConnection._end`, once, and :meth:`WebSocketConnection.release`
@@ -36,9 +36,10 @@ from .protocol import websocket as wsproto
 from .protocol.http11 import ResponseEncoder, simple_response
 from .pubsub import Delivery
 from .runtime import ConnectionContext, current_connection
-from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
+from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
 from .ws_read import MAX_QUEUED_EVENTS, InlineReader, Reader, TaskReader
+from .ws_send import DeliveryBatcher, Writer
 from .ws_session import (
     CLOSED,
     CLOSING,
@@ -59,9 +60,6 @@ if TYPE_CHECKING:
     from .types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("hornbeam_trio")
-
-SEND_HIGH_WATER = 256 * 1024
-"""Queued bytes above which the app's send() waits for the socket to drain."""
 
 
 def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
@@ -89,183 +87,6 @@ def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
         and bool(inner)
         and all(_only_disconnects(e, client_gone=client_gone) for e in inner)
     )
-
-
-class Writer:
-    """The connection's single send path: non-blocking first, queue only the rest."""
-
-    __slots__ = (
-        "_drained",
-        "_flushing",
-        "_nursery",
-        "_unyielded",
-        "pending",
-        "pending_bytes",
-        "pending_deliveries",
-        "streamed",
-        "transport",
-    )
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.pending: list[tuple[bytes | memoryview, bool]] = []
-        """A list, not a deque: an idle connection holds an empty one (a deque costs 600 B)."""
-        self.pending_bytes = 0
-        self.pending_deliveries = 0
-        self._nursery: trio.Nursery | None = None
-        self._flushing = False
-        self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
-        self._unyielded = 0
-        self.streamed = isinstance(transport, StreamTransport)
-
-    def attach(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-
-    def write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
-        """Send now what the kernel takes; queue the rest.  Raises TransportClosed."""
-        if not self.pending:
-            sent = self.transport.try_send(data)
-            if sent == len(data):
-                return
-            self._enqueue(memoryview(data)[sent:] if sent else data, delivery)
-        else:
-            self._enqueue(data, delivery)
-
-    def _enqueue(self, data: bytes | memoryview, delivery: bool) -> None:
-        self.pending.append((data, delivery))
-        self.pending_bytes += len(data)
-        if delivery:
-            self.pending_deliveries += 1
-        if not self._flushing and self._nursery is not None:
-            self._flushing = True
-            self._nursery.start_soon(self._flush)
-
-    def drop_queued_deliveries(self, *, keep_newest: int = 0) -> int:
-        """Forget queued deliveries not yet started (never the head, which may be half sent)."""
-        if self.pending_deliveries <= keep_newest:
-            return 0
-        head = self.pending.pop(0) if self.pending else None
-        to_drop = self.pending_deliveries - keep_newest
-        if head is not None and head[1]:
-            to_drop -= 1  # the head stays even though it is a delivery
-        kept: list[tuple[bytes | memoryview, bool]] = []
-        dropped = 0
-        for item in self.pending:
-            if item[1] and dropped < to_drop:
-                dropped += 1
-                self.pending_bytes -= len(item[0])
-                self.pending_deliveries -= 1
-            else:
-                kept.append(item)
-        if head is not None:
-            kept.insert(0, head)
-        self.pending = kept
-        return dropped
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending:
-                data, delivery = self.pending[0]
-                await self.transport.send_all(data)
-                del self.pending[0]
-                self.pending_bytes -= len(data)
-                if delivery:
-                    self.pending_deliveries -= 1
-                if self.pending_bytes <= SEND_HIGH_WATER // 2 and self._drained:
-                    self._drained.unpark_all()
-        except TransportClosed:
-            self.pending.clear()
-            self.pending_bytes = 0
-            self.pending_deliveries = 0
-        finally:
-            self._flushing = False
-            if self._drained:
-                self._drained.unpark_all()
-
-    async def write(self, data: bytes) -> None:
-        """The app's send(): waits only when too much is queued (backpressure)."""
-        if not self.pending and self.streamed:
-            # TLS / in-memory: no non-blocking send, so write from the app's own task
-            # rather than spawn a flusher per message (the stream's lock keeps order
-            # with deliveries queued meanwhile).
-            await self.transport.send_all(data)
-            return
-        if self.write_counted(data):
-            await self.settle()
-
-    def write_counted(self, data: bytes) -> bool:
-        """write() without the await: True when the caller must ``await settle()``.
-
-        The app's send() calls this directly: no coroutine per message.
-        """
-        self.write_nowait(data)
-        if self.pending_bytes > SEND_HIGH_WATER:
-            return True
-        self._unyielded += 1
-        return self._unyielded >= CHECKPOINT_EVERY
-
-    async def settle(self) -> None:
-        """Wait for the queue to drain below the high-water mark, or just checkpoint."""
-        if self.pending_bytes > SEND_HIGH_WATER:
-            while self.pending_bytes > SEND_HIGH_WATER // 2 and self._flushing:
-                if self._drained is None:
-                    self._drained = trio.lowlevel.ParkingLot()
-                await self._drained.park()
-            if self.pending and not self._flushing:
-                raise TransportClosed("connection closed while sending")
-            return
-        self._unyielded = 0
-        await checkpoint()
-
-    async def final_flush(self, timeout: float) -> None:
-        """Last bounded attempt to get queued bytes (the close frame) out."""
-        with trio.move_on_after(timeout):
-            while self.pending:
-                data, _ = self.pending.pop(0)
-                await self.transport.send_all(data)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.pending_deliveries = 0
-
-
-class DeliveryBatcher:
-    """Coalesces pub/sub deliveries: one send() per connection per scheduler pass.
-
-    A publisher that publishes several messages before yielding (a burst read in
-    one recv) would otherwise cost one syscall per message per subscriber; the
-    syscall, not Python, is the price of a delivery.  Deliveries wait at most until
-    the batcher's next turn, which comes right after the publishing task yields.
-    One per server: serve() runs it in its own nursery, so it ends with the server.
-    """
-
-    def __init__(self) -> None:
-        self.dirty: list[WebSocketConnection] = []
-        self.task: trio.lowlevel.Task | None = None
-        self.parked = False
-
-    def mark(self, conn: WebSocketConnection) -> None:
-        self.dirty.append(conn)
-        if self.parked:
-            self.parked = False
-            assert self.task is not None
-            trio.lowlevel.reschedule(self.task)
-
-    def _abort(self, _: Any) -> trio.lowlevel.Abort:
-        self.parked = False
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    async def run(self) -> None:
-        self.task = trio.lowlevel.current_task()
-        while True:
-            while self.dirty:
-                dirty, self.dirty = self.dirty, []
-                for conn in dirty:
-                    try:
-                        conn.flush_batch()
-                    except Exception:  # a system task must not die: log, go on
-                        logger.exception("flushing pub/sub deliveries failed")
-            self.parked = True
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
 class WebSocketConnection(WebSocketSession):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 
 from hornbeam_trio.readiness import ReadinessHub
+from hornbeam_trio.transport import LINGER_RESET
 
 pytestmark = pytest.mark.skipif(not ReadinessHub.available(), reason="needs Linux epoll")
 
@@ -178,3 +180,90 @@ async def test_interrupt_wakes_the_waiter_without_data_and_arm_sees_a_kept_edge(
         await trio.testing.wait_all_tasks_blocked()
         assert hub.arm(a.fileno(), trio.lowlevel.current_task()) is False  # ready: no wait
         assert a.fileno() not in hub.waiters
+
+
+async def test_a_second_waiter_on_one_socket_is_refused_and_the_first_still_wakes() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        woke = await start_waiter(hub, a, nursery)
+        with trio.fail_after(1), pytest.raises(trio.BusyResourceError):
+            await hub.wait_readable(a.fileno())
+        b.send(b"z")
+        with trio.fail_after(1):
+            await woke.wait()  # the first waiter was kept, not replaced
+        assert a.fileno() not in hub.waiters
+
+
+class FailingWatcher:
+    """A watcher with a bug: raises on every call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_readable(self) -> bool:
+        self.calls += 1
+        raise RuntimeError("watcher bug")
+
+
+def watcher_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "readiness watcher failed" in r.getMessage()]
+
+
+async def test_a_failing_watcher_shuts_its_socket_down_and_the_hub_serves_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="hornbeam_trio")
+    async with running_hub() as (hub, a, b, _):
+        c, d = socket.socketpair()
+        c.setblocking(False)
+        try:
+            hub.register(c.fileno())
+            bad, good = FailingWatcher(), RecordingWatcher(c)
+            hub.watch(a.fileno(), bad)
+            hub.watch(c.fileno(), good)
+            b.send(b"x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert bad.calls == 1  # dropped: the shutdown's own edge did not reach it
+            assert a.fileno() not in hub.watchers
+            b.settimeout(1)
+            assert b.recv(10) == b""  # the peer sees the end
+            with trio.fail_after(1):
+                await hub.wait_readable(a.fileno())  # hung up: a wait returns at once
+            d.send(b"y")  # the hub goes on for the other socket
+            await trio.testing.wait_all_tasks_blocked()
+            assert good.read == b"y"
+            [record] = watcher_failures(caplog)  # logged once, with the traceback
+            assert record.exc_info is not None and "watcher bug" in str(record.exc_info[1])
+        finally:
+            hub.unregister(c.fileno())
+            c.close()
+            d.close()
+
+
+async def test_a_watcher_failing_on_a_reset_socket_is_contained_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer's RST comes first: shutting the socket down then fails with ENOTCONN."""
+    caplog.set_level(logging.ERROR, logger="hornbeam_trio")
+    hub = ReadinessHub()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        peer = socket.create_connection(listener.getsockname())
+        sock, _ = listener.accept()
+    sock.setblocking(False)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            hub.register(sock.fileno())
+            bad = FailingWatcher()
+            hub.watch(sock.fileno(), bad)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            peer.close()  # RST
+            await trio.testing.wait_all_tasks_blocked()
+            assert bad.calls == 1
+            assert len(watcher_failures(caplog)) == 1
+            with trio.fail_after(1):
+                await hub.wait_readable(sock.fileno())  # hung up: returns at once
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()

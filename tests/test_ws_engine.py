@@ -33,13 +33,15 @@ from test_websocket import (
     client_frame,
 )
 
-from hornbeam_trio import ws_conn, ws_session
+from hornbeam_trio import ws_conn, ws_read, ws_session
+from hornbeam_trio.readiness import ReadinessHub
 from hornbeam_trio.runtime import current_connection
 from hornbeam_trio.server import serve
 from hornbeam_trio.testing import run_server
 from hornbeam_trio.timers import TimerSweeper
 from hornbeam_trio.transport import LINGER_RESET, RECV_SIZE
 from hornbeam_trio.types import Message, Receive, Scope, Send
+from hornbeam_trio.ws_send import DeliveryBatcher
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "memory"])
 
@@ -250,6 +252,49 @@ async def test_a_failure_while_reading_for_an_absent_app_closes_only_that_connec
             assert other.closed is None
 
 
+@pytest.mark.skipif(not ReadinessHub.available(), reason="watchers exist only with the hub")
+async def test_a_failing_watcher_ends_its_own_connection_and_the_server_serves_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that escapes ``on_readable`` reaches the hub, not the app's reads: the hub
+    must contain it to that socket (a dead hub task would take the server down)."""
+    away = AwayApp()
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") == "/away":
+            await away(scope, receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    original = ws_read.InlineReader.on_readable
+
+    def failing(self: ws_read.InlineReader) -> bool:
+        if self.conn is away.connection:
+            raise RuntimeError("injected watcher bug")
+        return original(self)
+
+    monkeypatch.setattr(ws_read.InlineReader, "on_readable", failing)
+    caplog.set_level(logging.ERROR, logger="hornbeam_trio")
+    async with run_server(router, transport="tcp", check_leaks=True) as server:
+        raw = await RawClient.connect(server, "/away")
+        await away.accepted.wait()
+        await raw.send_frame(OP_TEXT, b"read by the hub")  # the app is away: the watcher
+        await raw.expect_eof()  # its socket was shut down
+        away.release.set()
+        with trio.fail_after(5):
+            await away.ended.wait()  # its next receive() found the end
+        assert away.received[-1]["type"] == "websocket.disconnect"
+        assert away.received[-1]["code"] == 1006
+        async with server.websocket("/") as other:
+            await other.send("still served")
+            assert await other.receive() == "still served"
+    failures = [r for r in caplog.records if "readiness watcher failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+
+
 @TRANSPORTS
 async def test_app_returning_with_unread_messages_still_completes_the_close_handshake(
     transport: str,
@@ -352,6 +397,147 @@ async def test_eof_behind_data_the_app_reads_itself_is_not_missed() -> None:
     texts = [m.get("text") for m in app.received]
     assert texts[:-1] == [f"a{i}" for i in range(100)] + [f"b{i}" for i in range(100)]
     assert app.received[-1]["type"] == "websocket.disconnect"
+
+
+# --------------------------------------------------------------------------- the send path
+
+
+class BigSender:
+    """Sends one message larger than the kernel takes at once, then waits in receive().
+
+    The server's send buffer is made small so most of the message stays queued in the
+    connection's Writer, drained by its flusher task as the client reads.
+    """
+
+    PAYLOAD = bytes(range(256)) * 1000  # 256,000 bytes: under the Writer's high-water mark
+    WIRE = b"\x82\x7f" + struct.pack("!Q", len(PAYLOAD)) + PAYLOAD
+
+    def __init__(self) -> None:
+        self.taken_at_once = -1
+        self.sent = trio.Event()
+        self.ended = trio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        try:
+            await receive()
+            await send({"type": "websocket.accept"})
+            context = current_connection.get()
+            assert context is not None
+            connection: ws_conn.WebSocketConnection = context.pusher  # type: ignore[assignment]
+            connection.transport.sock.setsockopt(  # type: ignore[attr-defined]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+            )
+            await send({"type": "websocket.send", "bytes": self.PAYLOAD})
+            self.taken_at_once = len(self.WIRE) - connection.writer.pending_bytes
+            self.sent.set()
+            await receive()  # the client's close
+        finally:
+            self.ended.set()
+
+
+async def start_big_flush(server: Any, app: BigSender) -> tuple[RawClient, bytearray]:
+    """Connect, let the flusher send part of the queued message, then send our close
+    without reading on: the connection ends with its flusher cancelled halfway and its
+    last flush waiting for the client to read. Returns the bytes read so far."""
+    raw = await RawClient.connect(server)
+    raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # type: ignore[attr-defined]
+    await app.sent.wait()
+    wire = bytearray(raw.buffer)
+    with trio.fail_after(5):
+        # More than the kernel took at the send() itself: the flusher has sent some too.
+        while len(wire) <= app.taken_at_once:
+            wire += await raw.stream.receive_some(4096)
+    await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+    with trio.fail_after(5):
+        await app.ended.wait()
+    await trio.testing.wait_all_tasks_blocked()  # the flusher was cancelled; last flush waits
+    return raw, wire
+
+
+async def test_a_flush_cut_short_by_the_connection_ending_sends_no_byte_twice() -> None:
+    app = BigSender()
+    async with run_server(app, transport="tcp") as server:
+        raw, wire = await start_big_flush(server, app)
+        with trio.fail_after(5):
+            while chunk := await raw.stream.receive_some(65536):
+                wire += chunk
+    close_reply = b"\x88\x02" + struct.pack("!H", 1000)
+    assert len(wire) == len(app.WIRE) + len(close_reply)
+    assert bytes(wire) == app.WIRE + close_reply
+
+
+async def test_a_peer_reset_during_the_last_flush_ends_the_connection_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hornbeam_trio")
+    app = BigSender()
+    async with run_server(app, transport="tcp") as server:
+        raw, _ = await start_big_flush(server, app)
+        sock = raw.stream.socket  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()  # RST while the server still has bytes for us
+        with trio.fail_after(5):
+            while server.server.connections:
+                await trio.sleep(0.005)
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert loud == [], [r.getMessage() for r in loud]
+    assert any("last flush" in r.getMessage() for r in caplog.records)
+
+
+class BatchedTarget:
+    """What the batcher asks of a connection, done as WebSocketConnection does it: the
+    first delivery of a pass marks it, later ones join its batch, a flush writes it whole."""
+
+    def __init__(self, batcher: DeliveryBatcher, clock: list[int]) -> None:
+        self.batcher = batcher
+        self.clock = clock
+        self.batch: list[int] | None = None
+        self.written: list[int] = []
+        self.first_flush_at: int | None = None
+
+    def deliver(self, item: int) -> None:
+        if self.batch is None:
+            self.batch = [item]
+            self.batcher.mark(self)
+        else:
+            self.batch.append(item)
+
+    def flush_batch(self) -> None:
+        if self.first_flush_at is None:
+            self.first_flush_at = self.clock[0]
+        batch, self.batch = self.batch, None
+        self.written += batch or []
+
+
+async def test_a_delivery_pass_to_many_connections_lets_others_run_and_loses_nothing() -> None:
+    """One publish to 1,000 subscribers must not hold the scheduler for 1,000 sends; what
+    another task publishes during the pass still reaches everyone, once, in order."""
+    batcher = DeliveryBatcher()
+    rounds_published = [0]
+    targets = [BatchedTarget(batcher, rounds_published) for _ in range(1000)]
+    rounds = 5
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for target in targets:
+            target.deliver(0)
+
+        async def publisher() -> None:
+            for n in range(1, rounds + 1):
+                await trio.sleep(0)  # its turns come between the batcher's slices
+                for target in targets:
+                    target.deliver(n)
+                rounds_published[0] = n
+
+        nursery.start_soon(publisher)
+        await trio.testing.wait_all_tasks_blocked()  # published all; the batcher parked
+        nursery.cancel_scope.cancel()
+    # Every round was published while the first pass was under way, not after it.
+    first_flushes = [target.first_flush_at for target in targets]
+    assert (first_flushes[0], first_flushes[-1]) == (0, rounds)
+    assert all(target.written == list(range(rounds + 1)) for target in targets)
 
 
 # --------------------------------------------------------------------------- timers, TCP
