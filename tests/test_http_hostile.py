@@ -20,9 +20,10 @@ import trio
 import trio.testing
 from http_apps import RawHTTP
 
-from hornbeam_trio import state_get, state_set, subscription
+from hornbeam_trio import ClientDisconnected, publish, state_get, state_set, subscription
 from hornbeam_trio.http_conn import HTTPConnection
 from hornbeam_trio.protocol.http11 import DEFAULT_MAX_HEAD_SIZE
+from hornbeam_trio.readiness import READINESS_ENV, ReadinessHub
 from hornbeam_trio.testing import TestServer, run_server
 from hornbeam_trio.transport import RECV_SIZE
 from hornbeam_trio.types import Message, Receive, Scope, Send
@@ -403,7 +404,10 @@ async def test_host_headers_other_than_one_get_400(head: bytes, status: int) -> 
 
 
 class EventStream:
-    """SSE over a quiet topic: an owned key, then the topic's messages as events."""
+    """SSE over a quiet topic: an owned key, then the topic's messages as events.
+
+    A sloppy one: a write that fails (ClientDisconnected) does not stop it.
+    """
 
     def __init__(self) -> None:
         self.streaming = trio.Event()
@@ -422,12 +426,18 @@ class EventStream:
             self.streaming.set()
             async for message in messages:
                 body = b"data: %s\n\n" % str(message).encode()
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                try:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                except ClientDisconnected:
+                    pass
         self.ended_at = trio.current_time()
         self.ended.set()
         state_set("late", 1, owned=True)  # raises ConnectionEnded: a normal end here
 
 
+@pytest.mark.skipif(
+    not ReadinessHub.available(), reason="the hub sees a hang-up while the app is away"
+)
 @pytest.mark.parametrize("leave", ["close", "reset"])
 async def test_a_streaming_client_that_leaves_releases_its_connection_at_once(
     leave: str,
@@ -455,4 +465,27 @@ async def test_a_streaming_client_that_leaves_releases_its_connection_at_once(
     assert stats["owned_keys"] == []
     assert state_get("viewer") is None
     assert state_get("late") is None
+    assert server.app_errors == []
+
+
+async def test_without_the_hub_a_departed_streaming_client_is_released_at_a_failed_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The portable path (TLS, no epoll) learns of the departure from the next write that
+    fails, and ends the connection then, even for an app that ignores the failure."""
+    monkeypatch.setenv(READINESS_ENV, "off")
+    app = EventStream()
+    async with run_server(app) as server:
+        stream = await server.open_stream()
+        await stream.send_all(get(b"/events"))
+        with trio.fail_after(5):
+            await app.streaming.wait()
+        await trio.aclose_forcefully(stream)
+        with trio.fail_after(5):
+            while not app.ended.is_set():
+                publish("quiet", "tick")
+                await trio.sleep(0.01)
+        stats = server.stats()
+    assert stats["topics"] == {}
+    assert stats["owned_keys"] == []
     assert server.app_errors == []
