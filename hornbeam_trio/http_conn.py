@@ -395,15 +395,7 @@ class HTTPConnection:
 class RequestCycle:
     """One request/response: the ASGI ``receive`` and ``send`` of an ``http`` scope."""
 
-    __slots__ = (
-        "body_done",
-        "conn",
-        "encoder",
-        "keep_alive",
-        "request",
-        "status",
-        "written",
-    )
+    __slots__ = ("body_done", "conn", "encoder", "keep_alive", "request", "status", "written")
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self.conn = conn

@@ -390,7 +390,7 @@ class HTTPParser:
             elif name == b"content-length":
                 self._content_length = value
             elif name == b"transfer-encoding":
-                self._chunked = True  # llhttp refuses a request whose last coding is not
+                self._chunked = True  # llhttp refuses any other final coding
             elif name == b"expect":
                 self._expect = value
             else:
