@@ -52,6 +52,8 @@ HELP: dict[str, str] = {
     "max_request_line_size": "longest request line accepted, in bytes",
     "max_header_size": "longest single header accepted, in bytes",
     "max_headers": "most headers accepted in one request",
+    "max_request_head_size": "largest request line plus headers, in bytes; more gets 431",
+    "max_request_body_size": "largest request body, in bytes; more gets 413 (default: no limit)",
     "shutdown_timeout": (
         "seconds the whole shutdown may take: open connections, then lifespan shutdown"
     ),

@@ -66,6 +66,15 @@ class Config:
     max_request_line_size: int = 4094
     max_header_size: int = 8190
     max_headers: int = 100
+    max_request_head_size: int = 64 * 1024
+    """Bytes of a request line plus its headers (and, apart, of chunked trailers); more
+    gets 431 as soon as it is seen.  Bounds what an unfinished head can hold: 64 KiB is
+    Envoy's default (60 KiB) rounded up, above nginx's 4 x 8 KiB and Node's 16 KiB, and
+    far above what browsers send (cookies included); max_headers x max_header_size alone
+    would allow 800 KiB per connection."""
+    max_request_body_size: int | None = None
+    """Bytes of one request body; more gets 413 (a Content-Length before the app runs,
+    a chunked body as it arrives).  None: no limit (the app reads the body as it comes)."""
     shutdown_timeout: float = 10.0
     """Seconds in-flight HTTP responses get to finish after shutdown begins."""
 
@@ -111,12 +120,15 @@ class Config:
                 )
         if self.limit_concurrency is not None:
             _require_int("limit_concurrency", self.limit_concurrency, minimum=1)
+        if self.max_request_body_size is not None:
+            _require_int("max_request_body_size", self.max_request_body_size, minimum=0)
         for name in (
             "workers",
             "backlog",
             "max_request_line_size",
             "max_header_size",
             "max_headers",
+            "max_request_head_size",
             "websocket_max_frame_size",
             "subscriber_queue_size",
         ):

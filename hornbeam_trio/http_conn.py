@@ -9,6 +9,15 @@ are deadlines on cancel scopes, never extra tasks.
 
 A request that asks to upgrade to WebSocket is handed, with the bytes that
 followed its head, to :class:`~hornbeam_trio.ws_conn.WebSocketConnection`.
+
+A client that leaves while its app is busy elsewhere (streaming from a quiet
+``subscription()``, say) is noticed without a task of its own: on plain TCP
+the connection is the readiness hub's watcher of its socket, and a hang-up
+while the app runs ends the connection's context at once (its subscriptions
+and ``subscription()`` iterators end, owned keys are undone).  It never reads
+for the app: pipelined bytes stay in the kernel for the next request.  Without
+the hub (TLS, in-memory streams, platforms without epoll) the departure is
+seen at the app's next ``receive()`` or ``send()``.
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ from .protocol.http11 import (
     HTTPParser,
     Request,
     ResponseEncoder,
+    loggable_path,
     simple_response,
 )
 from .runtime import ConnectionContext, current_connection
 from .transport import Transport, TransportClosed
-from .types import ASGI_VERSION, ClientDisconnected
+from .types import ASGI_VERSION, ClientDisconnected, ConnectionEnded
 from .ws_conn import WebSocketConnection
 
 if TYPE_CHECKING:
+    from .readiness import ReadinessHub
     from .server_context import ServerContext
     from .timers import TimerSweeper
     from .types import Message, Scope
@@ -44,6 +55,13 @@ logger = logging.getLogger("hornbeam_trio")
 access_logger = logging.getLogger("hornbeam_trio.access")
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+
+DRAIN_LIMIT = 65536
+"""Unread request body skipped after a complete response to keep the connection;
+a longer one (or one that stalls or breaks) closes it instead."""
+
+_ANSWERED = "the server already answered this request"
+_GONE = "client went away"
 
 
 class _HeadTimer:
@@ -95,24 +113,65 @@ class HTTPConnection:
             max_request_line_size=config.max_request_line_size,
             max_header_size=config.max_header_size,
             max_headers=config.max_headers,
+            max_head_size=config.max_request_head_size,
+            max_body_size=config.max_request_body_size,
         )
         self.idle = True
-        """Between requests: shutdown may close us at once."""
+        """Between requests: shutdown may close us at once.  Otherwise a request is
+        being served: its app runs (the hub's hang-up then means the client left)."""
         self.scope: trio.CancelScope | None = None
         self.context: ConnectionContext | None = None
         self.websocket: WebSocketConnection | None = None
         self.eof = False
-        # Fix (tests/test_http.py): a parse error found after complete pipelined
-        # requests waits until those are answered; and once the server has answered
-        # an error itself (400/408...), nothing else may follow on the wire.
+        # A parse error found after complete pipelined requests waits until those
+        # are answered.
         self.parse_error: HTTPError | None = None
-        self.rejected = False
+        self.closed_reason: str | None = None
+        """Why nothing more may be written: the server answered an error itself
+        (400/408...: nothing may follow it on the wire), or the client left."""
         # Read once per connection, not per request (RequestCycle's hot path).
         self.request_timeout = config.request_timeout_s
+        self.max_head_size = config.max_request_head_size
         self.access_log = config.access_log
         self.root_path = config.root_path
         self.scheme = server.http_scheme
         self.head_timer = _HeadTimer(server.timers)
+        self.hub: ReadinessHub | None = getattr(transport, "hub", None)
+        self.fd: int = getattr(transport, "fd", -1)
+        self.hung_up: set[int] | frozenset[int] = frozenset()
+        """The hub's set of sockets whose peer hung up (empty without the hub)."""
+        if self.hub is not None:
+            self.hub.watch(self.fd, self)
+            self.hung_up = self.hub.hung_up
+
+    def on_readable(self) -> bool:
+        """The readiness hub: the socket is readable and this task is not waiting on it.
+
+        Never reads (pipelined bytes wait in the kernel for their turn): it only
+        clears ``drained`` so the next ``recv()`` looks before it waits, since the
+        hub keeps no "ready" mark for a watched socket.  A hang-up (FIN or reset)
+        while an app runs is the client leaving.  Runs in the hub's task: never
+        blocks or raises.
+        """
+        self.transport.drained = False  # type: ignore[attr-defined]
+        if not self.idle and self.closed_reason is None and self.fd in self.hung_up:
+            self.client_left()
+        return False
+
+    def client_left(self) -> None:
+        """The client is gone while its app runs: end what the connection owns, now.
+
+        Called wherever that is seen first: the hub's hang-up, EOF in ``receive()``,
+        a failed write.  The app's ``subscription()`` loops end and its owned keys
+        are undone; its ``receive()`` returns ``http.disconnect`` and its ``send()``
+        raises ``ClientDisconnected``.  Half-closing (FIN after the request) counts
+        as leaving, as in uvicorn.
+        """
+        self.eof = True
+        if self.closed_reason is None:
+            self.closed_reason = _GONE
+        if self.context is not None:
+            self.context.end()
 
     def begin_shutdown(self) -> None:
         ws = self.websocket
@@ -237,7 +296,9 @@ class HTTPConnection:
         return event
 
     async def _reject(self, error: HTTPError) -> None:
-        self.rejected = True
+        if self.closed_reason is not None:
+            return  # answered already, or nobody to answer
+        self.closed_reason = _ANSWERED
         headers: list[tuple[bytes, bytes]] = []
         if error.status == 503:
             headers.append((b"retry-after", b"1"))
@@ -278,10 +339,8 @@ class HTTPConnection:
                 # Before the app runs, WebSocket handshakes included: answer 503 and close.
                 await self._reject(HTTPError(503, "service unavailable"))
                 return None
-            if event.upgrade == b"websocket":
+            if event.upgrade is not None:  # WebSocket: any other offer was declined
                 return event
-            if event.upgrade is not None and event.upgrade.startswith(b"h2"):
-                event.upgrade = None  # h2c: ignore the offer, answer over HTTP/1.1
             cycle = RequestCycle(self, event)
             await cycle.run()
             if not cycle.keep_alive or self.eof:
@@ -291,6 +350,8 @@ class HTTPConnection:
     async def _upgrade(self, request: Request) -> WebSocketConnection | None:
         """Validate the handshake; the connection to run, or None once refused."""
         server = self.server
+        if self.hub is not None:
+            self.hub.unwatch(self.fd)
         try:
             key = wsproto.check_handshake(request.method, request.headers)
             wsproto.check_origin(request.headers, server.config.websocket_allowed_origins)
@@ -369,22 +430,31 @@ class RequestCycle:
         lifespan = server.lifespan
         if lifespan.supported:
             scope["state"] = lifespan.state.copy()
+        hung_up = conn.hung_up
+        if hung_up and conn.fd in hung_up:  # it hung up before its app started: no edge to come
+            conn.client_left()
         try:
             await server.app(scope, self.receive, self.send)
         except ClientDisconnected:
             self.keep_alive = False
         except Exception as exc:
-            logger.exception("HTTP app raised (%s %s)", self.request.method, self.request.path)
-            server.report_app_error(exc)
             self.keep_alive = False
-            if not self.written and not conn.rejected:
-                await self._write(simple_response(500, b"Internal Server Error"))
-                self.status = 500
-                return
+            if isinstance(exc, ConnectionEnded) and conn.closed_reason is _GONE:
+                pass  # an owned write after its client left: the normal end of such an app
+            else:
+                logger.exception(
+                    "HTTP app raised (%s %s)", request.method, loggable_path(request.raw_path)
+                )
+                server.report_app_error(exc)
+                if not self.written and conn.closed_reason is None:
+                    await self._write(simple_response(500, b"Internal Server Error"))
+                    self.status = 500
+                    return
         if not self.encoder.complete:
-            if not self.written and not conn.rejected:  # no 500 after our own 408/400
+            if not self.written and conn.closed_reason is None:  # no 500 after our own 408/400
                 logger.error(
-                    "HTTP app returned without a complete response (%s)", self.request.path
+                    "HTTP app returned without a complete response (%s)",
+                    loggable_path(request.raw_path),
                 )
                 await self._write(simple_response(500, b"Internal Server Error"))
                 self.status = 500
@@ -392,47 +462,73 @@ class RequestCycle:
         else:
             self.keep_alive = self.keep_alive and self.encoder.keep_alive
         if self.keep_alive and not self.body_done:
-            if self.request.expect_continue:
-                # Fix (tests/test_http.py): no "100 Continue" was sent, so the client may
-                # never send the body; waiting to skip it stalled into a stray 408.
+            if request.expect_continue:
+                # No "100 Continue" was sent, so the client may never send the body:
+                # waiting to skip it would stall.
                 self.keep_alive = False
             elif conn.parser.skip_end_of_message():
                 self.body_done = True  # no body (or all read): no coroutine to drain it
             else:
-                # Skip the unread body so the next request parses; a large one is not worth it.
-                self.keep_alive = await self._drain_body(limit=65536)
+                self.keep_alive = await self._drain_body(DRAIN_LIMIT)
         if conn.access_log:
-            client = conn.transport.client
+            client = transport.client
             access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
                 f"{client[0]}:{client[1]}" if client else "-",
-                self.request.method,
-                self.request.path,
-                self.request.http_version,
+                request.method,
+                loggable_path(request.raw_path),
+                request.http_version,
                 self.status,
             )
 
     async def _drain_body(self, limit: int) -> bool:
+        """Skip the unread body so the next request parses; True if it ended in ``limit`` bytes.
+
+        The app's response is complete, so nothing more may be answered for this
+        request: a body that stalls past the timeout, turns out malformed or runs
+        past ``limit`` closes the connection quietly, never with a 408 or 400
+        after the app's response.
+        """
+        conn = self.conn
+        parser = conn.parser
+        timeout = conn.request_timeout or inf
         seen = 0
         while True:
-            event = await self.conn._next_event(self.conn.request_timeout)
-            if event is None:
-                return False
+            event = parser.next_event()
+            if event is NEED_DATA:
+                if conn.parse_error is not None or conn.eof:
+                    return False
+                with trio.move_on_after(timeout) as timer:
+                    data = await conn.transport.recv()
+                if timer.cancelled_caught:
+                    return False
+                if not data:
+                    conn.eof = True
+                try:
+                    parser.feed(data)
+                except HTTPError as exc:
+                    # Bytes of this body: the connection closes (above).  A malformed
+                    # request after it: answered in its turn, after this body's end.
+                    conn.parse_error = exc
+                continue
             if event is END_OF_MESSAGE:
                 self.body_done = True
                 return True
-            seen += len(event)
+            seen += len(event)  # type: ignore[arg-type]
             if seen > limit:
                 return False
 
     async def _write(self, data: bytes) -> None:
-        if self.conn.rejected:
-            # receive() timed out or hit a bad chunk and the server answered (408/400).
-            raise ClientDisconnected("the server already answered this request")
+        reason = self.conn.closed_reason
+        if reason is not None:
+            # receive() timed out or hit a bad chunk and the server answered (408/400),
+            # or the client left.
+            raise ClientDisconnected(reason)
         try:
             await self.conn.transport.send_all(data)
         except TransportClosed:
-            raise ClientDisconnected("client went away") from None
+            self.conn.client_left()
+            raise ClientDisconnected(_GONE) from None
 
     async def receive(self) -> Message:
         if self.body_done:
@@ -444,7 +540,8 @@ class RequestCycle:
         if request.expect_continue and not self.encoder.started:
             request.expect_continue = False
             await self._write(CONTINUE_RESPONSE)
-        event = await self.conn._next_event(self.conn.request_timeout)
+        conn = self.conn
+        event = await conn._next_event(conn.request_timeout)
         if event is None:
             self.body_done = True
             self.keep_alive = False
@@ -452,27 +549,43 @@ class RequestCycle:
         if event is END_OF_MESSAGE:
             self.body_done = True
             return {"type": "http.request", "body": b"", "more_body": False}
+        # The parser hands out what one read completed as one chunk; the end of the
+        # body read with it goes in the same message.
+        if conn.parser.skip_end_of_message():
+            self.body_done = True
+            return {"type": "http.request", "body": event, "more_body": False}
         return {"type": "http.request", "body": event, "more_body": True}
 
     async def _wait_disconnect(self) -> Message:
-        """After the body: block until the client goes away (long-poll / streaming apps)."""
+        """After the body: block until the client goes away (long-poll / streaming apps).
+
+        Reads on, so that the client's leaving is seen however it comes (EOF, reset).
+        Pipelined requests read meanwhile are parsed and kept for their turn while
+        the parser holds at most ``max_request_head_size`` bytes; past that, bytes
+        are read and dropped, and the connection closes after this response instead
+        of serving them.  So memory stays bounded and the disconnect is never missed.
+        """
         conn = self.conn
+        budget = conn.max_head_size - conn.parser.buffered  # counted once per call, not per read
         while True:
             try:
                 data = await conn.transport.recv()
             except TransportClosed:
                 data = b""
             if not data:
-                conn.eof = True
+                conn.client_left()
                 self.keep_alive = False
                 return _DISCONNECT
+            if not self.keep_alive or conn.parse_error is not None:
+                continue  # nothing after this response is served: not kept
+            budget -= len(data)
+            if budget < 0:
+                self.keep_alive = False  # over the budget: dropped from here on
+                continue
             try:
                 conn.parser.feed(data)  # pipelined next request: keep it for later
-            except HTTPError:
-                self.keep_alive = False
-                return _DISCONNECT
-            if conn.parser.pending_events > 64:
-                await trio.sleep_forever()
+            except HTTPError as exc:
+                conn.parse_error = exc  # answered in its turn, after this response
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -487,12 +600,13 @@ class RequestCycle:
                 self.written = True
                 # self._write(data), inlined: one coroutine fewer per response.
                 conn = self.conn
-                if conn.rejected:
-                    raise ClientDisconnected("the server already answered this request")
+                if conn.closed_reason is not None:
+                    raise ClientDisconnected(conn.closed_reason)
                 try:
                     await conn.transport.send_all(data)
                 except TransportClosed:
-                    raise ClientDisconnected("client went away") from None
+                    conn.client_left()
+                    raise ClientDisconnected(_GONE) from None
         elif kind == "http.response.start":
             if encoder.started:
                 raise RuntimeError("http.response.start sent twice")

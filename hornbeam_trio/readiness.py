@@ -123,6 +123,10 @@ class ReadinessHub:
             self.ready.discard(fd)
             self._dispatch(fd)
 
+    def unwatch(self, fd: int) -> None:
+        """Readiness nobody waits for is kept as a mark again, for the next wait."""
+        self.watchers.pop(fd, None)
+
     def interrupt(self, fd: int) -> bool:
         """Wake the task waiting on ``fd`` as if it were readable (it re-checks its state).
 

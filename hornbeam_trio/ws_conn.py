@@ -33,7 +33,7 @@ import trio
 from trio.lowlevel import checkpoint, current_task, wait_task_rescheduled
 
 from .protocol import websocket as wsproto
-from .protocol.http11 import ResponseEncoder, simple_response
+from .protocol.http11 import ResponseEncoder, loggable_path, simple_response
 from .pubsub import Delivery
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
@@ -206,7 +206,9 @@ class WebSocketConnection(WebSocketSession):
                     # receive() or from a send() that raised.
                     if not _only_disconnects(exc, client_gone=self.close_code is not None):
                         error = True
-                        logger.exception("WebSocket app raised (path %s)", self.scope.get("path"))
+                        logger.exception(
+                            "WebSocket app raised (path %s)", loggable_path(self.request.raw_path)
+                        )
                         self._on_app_error(exc)
                 finally:
                     self.app_done = True

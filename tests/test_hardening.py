@@ -62,6 +62,8 @@ def test_hardening_defaults() -> None:
     assert config.limit_concurrency is None
     assert config.websocket_allowed_origins == ()
     assert config.tls_handshake_timeout == 10.0
+    assert config.max_request_head_size == 65536
+    assert config.max_request_body_size is None
 
 
 @pytest.mark.parametrize(
@@ -75,6 +77,9 @@ def test_hardening_defaults() -> None:
         ({"tls_handshake_timeout": "soon"}, "tls_handshake_timeout"),
         ({"websocket_allowed_origins": ("",)}, "websocket_allowed_origins"),
         ({"websocket_allowed_origins": (3,)}, "websocket_allowed_origins"),
+        ({"max_request_head_size": 0}, "max_request_head_size"),
+        ({"max_request_body_size": -1}, "max_request_body_size"),
+        ({"max_request_body_size": True}, "max_request_body_size"),
     ],
 )
 def test_bad_hardening_values_name_the_option(options: dict[str, Any], option: str) -> None:

@@ -25,6 +25,8 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from .headers import CACHE_MAX, CACHED_VALUE_MAX_LEN, check_name, check_value
+
 __all__ = [
     "CONTINUE_RESPONSE",
     "END_OF_MESSAGE",
@@ -35,6 +37,7 @@ __all__ = [
     "Request",
     "ResponseEncoder",
     "Sentinel",
+    "loggable_path",
     "simple_response",
 ]
 
@@ -92,7 +95,15 @@ CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # request-line tail, ": ", OWS and CRLF of such an invisible partial line.
 _PARTIAL_LINE_SLACK: Final = 64
 
-_WATCHED_REQUEST_HEADERS: Final = frozenset((b"content-length", b"expect", b"upgrade"))
+DEFAULT_MAX_HEAD_SIZE: Final = 64 * 1024
+"""Request line plus headers, and apart chunked trailers (Config.max_request_head_size)."""
+
+_WATCHED_REQUEST_HEADERS: Final = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade")
+)
+
+UPGRADE_ACCEPTED: Final = b"websocket"
+"""The one protocol a connection may switch to; every other Upgrade offer is declined."""
 
 # Method strings are interned once so a request costs no decode for them.
 _METHOD_NAMES: dict[bytes, str] = {}
@@ -124,30 +135,69 @@ class _Callbacks:
         self.on_message_complete = parser._on_message_complete
 
 
+class _DeclinedUpgradeBody:
+    """Callbacks of the second httptools parser that reads a declined upgrade's body.
+
+    llhttp skips the body of any request that offers an upgrade and hands every
+    later byte over as the new protocol's.  When the offer is declined, the body
+    is still the app's: a fresh parser, primed with a head that carries only the
+    request's framing (Content-Length or chunked), reads it with the same rules.
+    """
+
+    __slots__ = ("on_body", "on_message_complete")
+
+    def __init__(self, parser: HTTPParser) -> None:
+        self.on_body = parser._on_body
+        self.on_message_complete = parser._on_last_message_complete
+
+
+class _Stop(Exception):
+    """Raised from a callback to stop httptools after the connection's last request.
+
+    llhttp itself refuses data after a ``Connection: close`` message, but not after
+    one this parser decided to close on (a declined upgrade, chunked HTTP/1.0): it
+    would go on parsing as if keep-alive.
+    """
+
+
 class HTTPParser:
     """Request parser for one connection; handles pipelined requests in order.
 
     Events, in order, per request: one :class:`Request`, zero or more non-empty
     ``bytes`` body chunks, ``END_OF_MESSAGE``.  ``NEED_DATA`` means nothing
-    complete is buffered.
+    complete is buffered.  The body bytes one :meth:`feed` completes come out as
+    one event, however many chunks carried them.
 
     After a request that is not keep-alive has ended, further input is discarded:
     the connection closes after its response, so whatever follows is never served.
-    After a request with ``upgrade`` set, parsing stops for good and the following
-    bytes (and any fed later) collect in :attr:`upgrade_tail`.
+    That includes a request whose ``Upgrade`` offer is declined (anything but
+    WebSocket, e.g. ``h2c``): it is served over HTTP/1.1, body included, then the
+    connection closes.  After a WebSocket upgrade request, parsing stops for good
+    and the following bytes (and any fed later, up to ``max_head_size``) collect
+    in :attr:`upgrade_tail`.
+
+    Memory: what the parser holds for a request head is bounded by
+    ``max_head_size`` (+ ``max_header_size`` for a line httptools has not
+    reported yet) plus one feed; a body is handed out as it arrives.
     """
 
     __slots__ = (
+        "_body_parts",
         "_body_size",
+        "_chunked",
         "_closed",
         "_content_length",
+        "_declined",
         "_error",
         "_events",
         "_expect",
+        "_head_size",
         "_headers",
+        "_hosts",
         "_in_message",
         "_keep_alive",
         "_max_body_size",
+        "_max_head_size",
         "_max_header_size",
         "_max_headers",
         "_max_partial",
@@ -165,26 +215,35 @@ class HTTPParser:
         max_request_line_size: int = 4094,
         max_header_size: int = 8190,
         max_headers: int = 100,
+        max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
         max_body_size: int | None = None,
     ) -> None:
         self._max_request_line_size = max_request_line_size
         self._max_header_size = max_header_size
         self._max_headers = max_headers
+        self._max_head_size = max_head_size
         self._max_body_size = max_body_size
         self._max_partial = max_header_size + _PARTIAL_LINE_SLACK
         self._events: deque[Event] = deque()
         self._error: HTTPError | None = None
-        self._upgrade_tail: bytes | None = None
+        self._upgrade_tail: bytearray | None = None
         self._closed = False
         self._in_message = False
         self._keep_alive = True
+        self._declined = False
         # Bytes consumed since httptools last reported anything: they sit in its
         # invisible partial header buffer (see feed()).
         self._partial = 0
+        # Names and values of the head's headers so far (of its trailers after it).
+        self._head_size = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._hosts = 0
         self._body_size = 0
+        self._body_parts: list[bytes] = []
+        """Body chunks of the current feed, joined into one event at its end."""
         self._content_length: bytes | None = None
+        self._chunked = False
         self._expect: bytes | None = None
         self._upgrade: bytes | None = None
         self._parser = httptools.HttpRequestParser(_Callbacks(self))
@@ -200,8 +259,12 @@ class HTTPParser:
         """
         if self._error is not None:
             raise self._error
-        if self._upgrade_tail is not None:
-            self._upgrade_tail += data
+        tail = self._upgrade_tail
+        if tail is not None:
+            if len(tail) + len(data) > self._max_head_size:
+                self._error = HTTPError(400, "too much data before the upgrade was answered")
+                raise self._error
+            tail += data
             return
         if self._closed:
             return
@@ -217,19 +280,29 @@ class HTTPParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade_tail = data[exc.args[0] :]
+            if self._declined:
+                self._read_declined_upgrade_body(data[exc.args[0] :])
+            else:
+                self._upgrade_tail = bytearray(data[exc.args[0] :])
             return
         except httptools.HttpParserError as exc:
             if self._error is not None:  # raised by one of our callbacks
                 raise self._error from None
+            if self._closed:  # bytes after the last request (_Stop, or llhttp's own error)
+                return
             if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__:
                 raise exc.__context__ from None  # a bug in a callback, not a bad request
-            if self._closed:  # bytes after a non-keep-alive request: ignored
-                return
             self._error = HTTPError(400, str(exc) or "malformed request")
             raise self._error from None
-        if self._partial > self._max_partial and self._in_message:
-            self._fail(431, "header line too large")
+        if self._in_message:  # else every body part went out with its END_OF_MESSAGE
+            parts = self._body_parts
+            if parts:
+                self._events.append(parts[0] if len(parts) == 1 else b"".join(parts))
+                parts.clear()
+            if self._partial > self._max_partial:
+                self._fail(431, "header line too large")
+            if self._head_size + len(self._url) + self._partial > self._max_head_size:
+                self._fail(431, "request head too large")
 
     def next_event(self) -> Event:
         """Pop the next event, or return ``NEED_DATA``."""
@@ -248,12 +321,20 @@ class HTTPParser:
     @property
     def upgrade_tail(self) -> bytes:
         """Bytes after the head of an upgrade request (e.g. the first WebSocket frames)."""
-        return self._upgrade_tail if self._upgrade_tail is not None else b""
+        return bytes(self._upgrade_tail) if self._upgrade_tail is not None else b""
 
     @property
-    def pending_events(self) -> int:
-        """Queued events; lets the caller stop reading while a pipeline backs up."""
-        return len(self._events)
+    def buffered(self) -> int:
+        """About how many bytes of input the parser holds: queued events, the head in
+        progress, the upgrade tail.  For accounting and tests, not the hot path."""
+        held = len(self._upgrade_tail or b"") + self._head_size + self._partial
+        for event in self._events:
+            if isinstance(event, Request):
+                held += len(event.raw_path) + len(event.query_string)
+                held += sum(len(n) + len(v) for n, v in event.headers)
+            elif isinstance(event, bytes):
+                held += len(event)
+        return held
 
     @property
     def at_message_boundary(self) -> bool:
@@ -273,8 +354,10 @@ class HTTPParser:
         self._partial = 0
         self._url = b""
         self._headers = []
+        self._hosts = 0
         self._body_size = 0
         self._content_length = None
+        self._chunked = False
         self._expect = None
         self._upgrade = None
 
@@ -288,8 +371,10 @@ class HTTPParser:
         # Chunked trailers arrive here too, after _on_headers_complete swapped in a
         # fresh list: they get the same limits and are then dropped with it.
         self._partial = 0
-        if len(name) + len(value) > self._max_header_size:
+        size = len(name) + len(value)
+        if size > self._max_header_size:
             self._fail(431, "header too large")
+        self._head_size += size
         headers = self._headers
         if len(headers) >= self._max_headers:
             self._fail(431, "too many headers")
@@ -300,8 +385,12 @@ class HTTPParser:
             value = value.rstrip(b" \t")
         headers.append((name, value))
         if name in _WATCHED_REQUEST_HEADERS:
-            if name == b"content-length":
+            if name == b"host":
+                self._hosts += 1
+            elif name == b"content-length":
                 self._content_length = value
+            elif name == b"transfer-encoding":
+                self._chunked = True  # llhttp refuses any other final coding
             elif name == b"expect":
                 self._expect = value
             else:
@@ -318,8 +407,18 @@ class HTTPParser:
             method = _METHOD_NAMES.setdefault(method_bytes, method_bytes.decode("ascii"))
         url = self._url
         # method SP request-target SP HTTP/1.x
-        if len(method_bytes) + len(url) + 10 > self._max_request_line_size:
+        line = len(method_bytes) + len(url) + 10
+        if line > self._max_request_line_size:
             self._fail(414, "request line too long")
+        # _head_size counted every header's name and value.
+        if self._head_size + line > self._max_head_size:
+            self._fail(431, "request head too large")
+        # Trailers, if any, count from here; the next head starts from them (rarely > 0).
+        self._head_size = 0
+        hosts = self._hosts
+        # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
+        if hosts != 1 and (hosts or version == "1.1"):
+            self._fail(400, "more than one Host header" if hosts else "no Host header")
         if method == "CONNECT":
             self._fail(501, "CONNECT is not supported")
         target = _origin_targets.get(url)
@@ -342,14 +441,24 @@ class HTTPParser:
         length = self._content_length
         if max_body is not None and length is not None and int(length) > max_body:
             self._fail(413, "request body too large")
+        self._keep_alive = keep_alive = parser.should_keep_alive()
+        if self._chunked and version == "1.0":
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+            # framing; serve it, then close.
+            self._keep_alive = keep_alive = False
         upgrade = None
         if parser.should_upgrade():
-            if self._upgrade is None:
+            offer = self._upgrade
+            if offer is None:
                 self._fail(400, "upgrade without an Upgrade header")
+            elif _has_token(offer, UPGRADE_ACCEPTED):
+                upgrade = UPGRADE_ACCEPTED
             else:
-                upgrade = self._upgrade.lower()
+                # Declined (h2c, anything but WebSocket): answered over HTTP/1.1, then
+                # the connection closes.  feed() reads the body llhttp skips.
+                self._declined = True
+                self._keep_alive = keep_alive = False
         expect = self._expect
-        self._keep_alive = keep_alive = parser.should_keep_alive()
         headers = self._headers
         self._headers = []  # collects (and limits) trailers, if any
         self._events.append(
@@ -372,14 +481,49 @@ class HTTPParser:
             self._body_size += len(chunk)
             if self._body_size > self._max_body_size:
                 self._fail(413, "request body too large")
-        self._events.append(chunk)
+        self._body_parts.append(chunk)
 
     def _on_message_complete(self) -> None:
-        self._in_message = False
         self._partial = 0
+        if self._keep_alive:
+            self._in_message = False
+            events = self._events
+            parts = self._body_parts
+            if parts:
+                events.append(parts[0] if len(parts) == 1 else b"".join(parts))
+                parts.clear()
+            events.append(END_OF_MESSAGE)
+        elif not self._declined:  # declined: httptools skipped the body, feed() reads it
+            self._on_last_message_complete()
+
+    def _on_last_message_complete(self) -> NoReturn:
+        self._end_of_last_message()
+        raise _Stop
+
+    def _end_of_last_message(self) -> None:
+        """The request after which the connection closes has ended: parse nothing more."""
+        self._in_message = False
+        self._closed = True
+        parts = self._body_parts
+        if parts:
+            self._events.append(parts[0] if len(parts) == 1 else b"".join(parts))
+            parts.clear()
         self._events.append(END_OF_MESSAGE)
-        if not self._keep_alive:
-            self._closed = True
+
+    def _read_declined_upgrade_body(self, tail: bytes) -> None:
+        length = self._content_length
+        if self._chunked:
+            framing = b"transfer-encoding: chunked"
+        elif length is not None and int(length):
+            framing = b"content-length: " + length
+        else:
+            self._end_of_last_message()
+            return
+        self._parser = httptools.HttpRequestParser(_DeclinedUpgradeBody(self))
+        self._parser.feed_data(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        self._partial = 0
+        if tail:
+            self.feed(tail)
 
 
 # -- response side --------------------------------------------------------------
@@ -393,12 +537,6 @@ _CONNECTION_CLOSE: Final = b"connection: close\r\n"
 _CONNECTION_KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _TE_CHUNKED: Final = b"transfer-encoding: chunked\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-
-# bytes.translate(None, delete) leaves exactly the characters that are not allowed.
-_TOKEN_CHARS: Final = (
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
-_FIELD_VALUE_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 _WATCHED_RESPONSE_HEADERS: Final = frozenset(
     (b"content-length", b"transfer-encoding", b"connection", b"date", b"server")
@@ -415,6 +553,21 @@ _time = time.time
 _origin_targets: dict[bytes, tuple[bytes, str, bytes]] = {}
 _TARGET_CACHE_MAX: Final = 1024
 _CACHED_TARGET_MAX_LEN: Final = 256
+
+
+_LOGGABLE_CHARS: Final = bytes(range(0x21, 0x7F))
+
+
+def loggable_path(raw_path: bytes) -> str:
+    """``raw_path`` for a log line: visible ASCII as sent, any other byte percent-encoded.
+
+    The request target comes from the network: decoded, ``%0d%0a`` would forge a
+    log line and raw escape sequences would reach a terminal.  Off the hot path:
+    only log lines call it.
+    """
+    if not raw_path.translate(None, _LOGGABLE_CHARS):
+        return raw_path.decode("ascii")
+    return "".join(chr(byte) if 0x21 <= byte < 0x7F else f"%{byte:02X}" for byte in raw_path)
 
 
 def _decode_path(raw_path: bytes) -> str:
@@ -456,16 +609,8 @@ def _date_header() -> bytes:
     return _date_line
 
 
-# Header names and short values that passed validation before: apps send the same
-# few again and again, and a lookup is ~10x cheaper than bytes.translate().  Bounded:
-# emptied when full.
-_CACHE_MAX: Final = 1024
-_CACHED_VALUE_MAX_LEN: Final = 64
-_valid_names: dict[bytes, bytes] = {}
-"""Valid header name -> its lowercase form."""
-_valid_values: set[bytes] = set()
-
-
+# Header pairs that passed validation before: apps send the same few again and
+# again.  Bounded: emptied when full.
 _valid_headers: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
 """Valid (name, value) pair -> (lowercase name, value, its header line)."""
 
@@ -473,48 +618,19 @@ _valid_headers: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
 def _check_header(pair: Iterable[bytes]) -> tuple[bytes, bytes, bytes]:
     """Validate one response header: (lowercase name, value, header line), remembered."""
     name, value = pair
-    try:
-        lname = _valid_names.get(name)
-        known_value = value in _valid_values
-    except TypeError:  # unhashable (bytearray): checked, never remembered
-        lname = None
-        known_value = False
-    if lname is None:
-        lname = _check_name(name)
-    if not known_value:
-        _check_value(value)
+    lname = check_name(name)
+    check_value(value)
     known = (lname, value, b"".join((name, b": ", value, b"\r\n")))
     if (
         type(pair) is tuple
         and type(name) is bytes
         and type(value) is bytes
-        and len(value) <= _CACHED_VALUE_MAX_LEN
+        and len(value) <= CACHED_VALUE_MAX_LEN
     ):
-        if len(_valid_headers) >= _CACHE_MAX:
+        if len(_valid_headers) >= CACHE_MAX:
             _valid_headers.clear()
         _valid_headers[pair] = known
     return known
-
-
-def _check_name(name: bytes) -> bytes:
-    """Validate a response header name; its lowercase form (remembered)."""
-    if not name or name.translate(None, _TOKEN_CHARS):
-        raise ValueError(f"invalid header name {name!r}")
-    lname = name.lower()
-    if type(name) is bytes:
-        if len(_valid_names) >= _CACHE_MAX:
-            _valid_names.clear()
-        _valid_names[name] = lname
-    return lname
-
-
-def _check_value(value: bytes) -> None:
-    if value.translate(None, _FIELD_VALUE_CHARS):
-        raise ValueError(f"invalid header value {value!r}")
-    if type(value) is bytes and len(value) <= _CACHED_VALUE_MAX_LEN:
-        if len(_valid_values) >= _CACHE_MAX:
-            _valid_values.clear()
-        _valid_values.add(value)
 
 
 def _has_token(value: bytes, token: bytes) -> bool:

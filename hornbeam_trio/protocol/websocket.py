@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from websockets.exceptions import InvalidHeaderFormat
 from websockets.headers import parse_extension
 
+from .headers import check_name, check_value
+
 __all__ = [
     "OP_BINARY",
     "OP_CLOSE",
@@ -719,29 +721,30 @@ def negotiate_deflate(
     """Pick the first acceptable permessage-deflate offer; other extensions are ignored.
 
     A malformed Sec-WebSocket-Extensions header declines compression rather than the
-    connection: the client may still talk uncompressed.
+    connection: the client may still talk uncompressed.  Each header line is a
+    complete list (RFC 9110 5.3), so only the lines that mention
+    ``permessage-deflate`` are parsed, in order, up to the first acceptable offer:
+    parsing is linear in the head (bounded by ``max_request_head_size``), and
+    lines of other extensions cost a substring search.
     """
     if not enabled:
         return None, None
-    values = _header_values(headers, b"sec-websocket-extensions")
-    if not values:
-        return None, None
-    try:
-        offers = parse_extension(", ".join(values))
-    except InvalidHeaderFormat:
-        return None, None
-    for name, params in offers:
-        if name == "permessage-deflate":
-            accepted = _deflate_offer(params)
-            if accepted is not None:
-                return accepted
+    for value in _header_values(headers, b"sec-websocket-extensions"):
+        if "permessage-deflate" not in value:
+            continue
+        try:
+            offers = parse_extension(value)
+        except InvalidHeaderFormat:
+            return None, None
+        for name, params in offers:
+            if name == "permessage-deflate":
+                accepted = _deflate_offer(params)
+                if accepted is not None:
+                    return accepted
     return None, None
 
 
-def _check_header_bytes(value: bytes) -> bytes:
-    if b"\r" in value or b"\n" in value:
-        raise ValueError(f"header contains a line break: {value!r}")
-    return value
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding"))
 
 
 def accept_response(
@@ -751,7 +754,14 @@ def accept_response(
     extensions: bytes | None = None,
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> bytes:
-    """The 101 response head; refuses CR/LF in app-supplied headers (response splitting)."""
+    """The 101 response head; raises ValueError for a header the app may not send.
+
+    App-supplied headers pass the one validation HTTP responses get
+    (``protocol/headers.py``: token names, no NUL/CR/LF in values), and a 101
+    carries no message framing (RFC 9110 8.6, RFC 9112 6.1), so Content-Length
+    and Transfer-Encoding are refused too.  The server answers such an accept as
+    an app error: HTTP 500, before any byte of the handshake.
+    """
     accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
     lines = [
         b"HTTP/1.1 101 Switching Protocols",
@@ -760,10 +770,15 @@ def accept_response(
         b"Sec-WebSocket-Accept: " + accept,
     ]
     if subprotocol is not None:
-        lines.append(b"Sec-WebSocket-Protocol: " + _check_header_bytes(subprotocol.encode()))
+        value = subprotocol.encode()
+        check_value(value)
+        lines.append(b"Sec-WebSocket-Protocol: " + value)
     if extensions is not None:
-        lines.append(b"Sec-WebSocket-Extensions: " + _check_header_bytes(extensions))
+        lines.append(b"Sec-WebSocket-Extensions: " + extensions)  # ours (negotiate_deflate)
     for name, value in extra_headers:
-        lines.append(_check_header_bytes(name) + b": " + _check_header_bytes(value))
+        if check_name(name) in _FRAMING_HEADERS:
+            raise ValueError(f"a 101 response carries no {name.decode()} header")
+        check_value(value)
+        lines.append(name + b": " + value)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
