@@ -62,7 +62,8 @@ EXITS = [
 class Shape:
     main: str
     """"receive": the app's task reads; "iterate": it forwards a subscription();
-    "starlette": a Starlette endpoint (receive_text loop, AnyIO task group)."""
+    "starlette": a Starlette endpoint (receive_text loop, AnyIO task group);
+    "http_stream": an HTTP streaming response (SSE) forwarding a subscription()."""
     push: bool
     iterator: bool
     owned: bool
@@ -72,7 +73,42 @@ class Shape:
     """How long the client takes to answer the server's Close."""
 
     def topic_subscribers(self) -> int:
+        if self.main == "http_stream":
+            return 1
         return int(self.push) + int(self.iterator) + int(self.main == "iterate")
+
+
+HTTP_EXITS = ("client_close", "reset", "app_raise", "test_cancel")
+"""The exits an HTTP stream has: no Close frame, idle timer or slow-consumer close, and a
+server shutdown lets in-flight responses run for --shutdown-timeout, by design."""
+
+
+def make_http_stream_app(shape: Shape, record: Record) -> Any:
+    """Issue 12 case 4: an SSE response forwarding a subscription until the client leaves."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            if shape.owned:
+                state_set("g:presence", True, owned=True)
+                state_incr("g:online", owned=True)
+            record.started.set()
+            async with subscription(TOPIC) as messages:
+                record.iterators.append(messages)
+                async for message in messages:
+                    if message == "raise":
+                        raise RuntimeError("the app fails on purpose")
+                    body = f"data: {message}\n\n".encode()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            if shape.shield:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(SHIELD)
+            record.app_returned_at = trio.current_time()
+
+    return app
 
 
 def make_starlette_app(shape: Shape, record: Record) -> Any:
@@ -149,6 +185,8 @@ class TaskCounter(trio.abc.Instrument):
 def make_app(shape: Shape, record: Record) -> Any:
     if shape.main == "starlette":
         return make_starlette_app(shape, record)
+    if shape.main == "http_stream":
+        return make_http_stream_app(shape, record)
 
     async def forward(send: Any) -> None:
         async with subscription(TOPIC) as messages:
@@ -314,18 +352,27 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
                 make_app(shape, record), transport=transport, raise_app_errors=False, **options
             ) as server, trio.open_nursery() as nursery:
                 outcome["errors"] = server.app_errors
-                client = await RawClient.connect(server)
-                wire = Wire(client)
-                wire.close_reply_delay = shape.close_reply_delay
-                answer = exit_path not in ("idle_timeout",)
-                nursery.start_soon(lambda: wire.run(answer_pings=answer))
+                wire: Wire | None = None
+                if shape.main == "http_stream":
+                    stream = await server.open_stream()
+                    await stream.send_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+                    nursery.start_soon(drain, stream)
+                else:
+                    client = await RawClient.connect(server)
+                    wire = Wire(client)
+                    wire.close_reply_delay = shape.close_reply_delay
+                    answer = exit_path not in ("idle_timeout",)
+                    nursery.start_soon(lambda: wire.run(answer_pings=answer))
                 with trio.fail_after(5):
                     await record.started.wait()
                     while stats()["topics"].get(TOPIC, 0) != shape.topic_subscribers():
                         await trio.sleep(0.001)
                 publish(TOPIC, "hello")
                 nursery.start_soon(busy_topic)
-                end = await trigger(exit_path, shape, client, wire, server, transport)
+                if wire is None:
+                    end = await trigger_http(exit_path, stream, transport)
+                else:
+                    end = await trigger(exit_path, shape, client, wire, server, transport)
                 outcome["end"] = end
                 if exit_path == "test_cancel":
                     test_scope.cancel()
@@ -357,11 +404,36 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
         allowed = RELEASE_WITHIN + (SHIELD if shape.shield else 0.0) + 0.2
         assert record.app_returned_at - outcome["end"] <= allowed, (exit_path, outcome)
     # Nothing after the Close.
-    if exit_path != "test_cancel":
+    if exit_path != "test_cancel" and outcome["wire"] is not None:
         assert outcome["wire"].data_after_close() == [], outcome["wire"].opcodes
     # Only the app's own bug counts as an app error.
     expected_errors = 1 if exit_path == "app_raise" else 0
     assert len(outcome["errors"]) == expected_errors, outcome["errors"]
+
+
+async def drain(stream: trio.abc.Stream) -> None:
+    """An SSE client: reads whatever comes until the stream ends."""
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def trigger_http(exit_path: str, stream: trio.abc.Stream, transport: str) -> float:
+    now = trio.current_time()
+    if exit_path == "client_close":
+        await stream.aclose()
+    elif exit_path == "reset":
+        if transport == "tcp":
+            sock = stream.socket  # type: ignore[attr-defined]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        else:
+            await trio.aclose_forcefully(stream)
+    elif exit_path == "app_raise":
+        publish(TOPIC, "raise")
+    return now
 
 
 async def busy_topic() -> None:
@@ -424,7 +496,7 @@ async def trigger(
 
 shapes = st.builds(
     Shape,
-    main=st.sampled_from(["receive", "iterate", "starlette"]),
+    main=st.sampled_from(["receive", "iterate", "starlette", "http_stream"]),
     push=st.booleans(),
     iterator=st.booleans(),
     owned=st.booleans(),
@@ -446,6 +518,8 @@ shapes = st.builds(
 def test_every_exit_path_releases_everything(shape: Shape, exit_path: str, transport: str) -> None:
     if exit_path == "slow_consumer":  # something must be subscribed to fall behind
         assume(transport == "tcp" and shape.topic_subscribers() > 0)
+    if shape.main == "http_stream":
+        assume(exit_path in HTTP_EXITS)
     trio.run(scenario, shape, exit_path, transport)
 
 
@@ -455,6 +529,8 @@ def test_each_exit_path_with_everything_held(exit_path: str, transport: str) -> 
     """The fullest shape on every exit path and transport, whatever hypothesis draws."""
     if exit_path == "slow_consumer" and transport == "memory":
         pytest.skip("memory streams buffer without bound: no slow consumer to make")
-    for main in ("receive", "iterate", "starlette"):
+    for main in ("receive", "iterate", "starlette", "http_stream"):
+        if main == "http_stream" and exit_path not in HTTP_EXITS:
+            continue
         shape = Shape(main, True, True, True, "trio", True, close_reply_delay=0.1)
         trio.run(scenario, shape, exit_path, transport)
