@@ -192,8 +192,9 @@ async def chat_session(scope: dict[str, Any], receive: Any, send: Any) -> None:
             publish(topic, message)
     finally:
         # Runs however the session ends, cancellation included (nothing here awaits).
-        # The presence key is still there (the server removes it, being owned, once
-        # this connection is over), so the leave notice lists the others by hand.
+        # The presence key is owned: the server has removed it if the client is gone
+        # already, and will once the connection is over otherwise, so the leave notice
+        # lists the others by hand either way.
         others = [name for name in room_users(room) if name != user]
         publish(topic, {"type": "leave", "user": user, "users": others, "ts": time.time()})
 
