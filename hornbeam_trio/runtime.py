@@ -114,6 +114,7 @@ class ConnectionContext:
         "pusher",
         "runtime",
         "subscriptions",
+        "task",
     )
 
     def __init__(self, runtime: Runtime, kind: str, config: Config) -> None:
@@ -122,6 +123,8 @@ class ConnectionContext:
         self.config = config
         self.id = runtime.next_id()
         self.nursery: trio.Nursery | None = None
+        self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        """The connection's own task: an HTTP app runs in it, a WebSocket app too."""
         self.pusher: Subscriber | None = None
         """Server-side push target for ``subscribe(topic)`` (the WebSocket connection)."""
         self.subscriptions: dict[tuple[str, Subscriber], None] = {}
@@ -183,12 +186,12 @@ class ConnectionContext:
             self.runtime.backend.note_released(self.id, [key])
 
     def task_count(self) -> int:
-        nursery = self.nursery
-        if nursery is None:
+        """The connection's own task and every task below it (what its app started)."""
+        task = self.task
+        if task is None:
             return 0
-        # The connection's own task (it runs a WebSocket app) and all below it.
         count = 1
-        stack = list(nursery.parent_task.child_nurseries)
+        stack = list(task.child_nurseries)
         while stack:
             current = stack.pop()
             for task in current.child_tasks:

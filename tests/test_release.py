@@ -229,3 +229,25 @@ async def test_case5_send_after_the_client_left_is_a_checkpoint() -> None:
             await finished.wait()
     assert results["ticks during 100 failed sends"] >= 50
     assert results["in a cancelled scope"] == "Cancelled"
+
+
+async def test_case4_stats_counts_the_task_of_an_http_connection() -> None:
+    """An HTTP app runs in its connection's task: stats() counts it (it showed 0)."""
+    inside = trio.Event()
+    leave = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        inside.set()
+        await leave.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with run_server(app) as server, trio.open_nursery() as nursery:
+        nursery.start_soon(server.get, "/")
+        await inside.wait()
+        counts = stats()
+        assert counts["http_connections"] == 1
+        assert list(counts["tasks_per_connection"].values()) == [1]
+        leave.set()
