@@ -376,7 +376,8 @@ def test_frame_at_the_limit_is_accepted() -> None:
 
 
 def test_fragmented_total_over_the_limit_fails() -> None:
-    proto = ServerProtocol(max_message_size=10)
+    # Each fragment is charged its payload plus FRAGMENT_OVERHEAD.
+    proto = ServerProtocol(max_message_size=10 + 2 * ws.FRAGMENT_OVERHEAD)
     assert proto.receive_data(frame(2, b"a" * 6, fin=False)) == []
     assert proto.receive_data(frame(9, b"control frames do not count")) == []
     assert proto.receive_data(frame(0, b"b" * 4, fin=False)) == []
@@ -385,7 +386,7 @@ def test_fragmented_total_over_the_limit_fails() -> None:
 
 
 def test_limit_applies_per_message() -> None:
-    proto = ServerProtocol(max_message_size=10)
+    proto = ServerProtocol(max_message_size=10 + ws.FRAGMENT_OVERHEAD)
     for _ in range(3):
         assert proto.receive_data(frame(2, b"a" * 6, fin=False) + frame(0, b"b" * 4)) == [
             b"a" * 6 + b"b" * 4
