@@ -150,7 +150,9 @@ class InlineReader:
                 if not data:
                     conn._transport_lost()
                     return False
-                if conn._received(data) or transport.drained:
+                if conn._received(data):
+                    return False
+                if transport.drained and not conn.more_to_parse():
                     return False
             return True
         except TransportClosed:

@@ -593,9 +593,7 @@ class ServerProtocol:
             elif not self._append(payload, fin, events, validated=poff):
                 return -1
 
-    def _append(
-        self, data: bytes, fin: bool, events: list[Event], *, validated: int = 0
-    ) -> bool:
+    def _append(self, data: bytes, fin: bool, events: list[Event], *, validated: int = 0) -> bool:
         """Add decoded bytes to the message in progress (one bytearray); emit it when whole.
 
         Text is validated as it comes (its first ``validated`` bytes already were), so
