@@ -60,6 +60,10 @@ HELP: dict[str, str] = {
     "websocket_timeout": "ms without any frame from the peer before a WebSocket closes (0: never)",
     "websocket_max_frame_size": "largest WebSocket frame, and message, accepted, in bytes",
     "websocket_compress": "negotiate permessage-deflate compression",
+    "websocket_max_queue_bytes": (
+        "decoded bytes of received WebSocket messages queued for an app away from "
+        "receive() before reading stops"
+    ),
     "websocket_ping_interval": "ms between server pings on a quiet WebSocket (0: no pings)",
     "websocket_allowed_origins": (
         "origin (or fnmatch pattern) a WebSocket handshake may come from; repeat for several;"

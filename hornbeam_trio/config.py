@@ -84,6 +84,10 @@ class Config:
     websocket_max_frame_size: int = 16 * 1024 * 1024
     """Largest frame, and largest reassembled message, accepted (bytes)."""
     websocket_compress: bool = False
+    websocket_max_queue_bytes: int = 1024 * 1024
+    """Decoded bytes of received messages (text: characters) queued for an app that is
+    not calling receive() before reading stops (TCP backpressure), besides the 64-message
+    bound.  The message that crosses it is queued whole."""
     websocket_ping_interval: int = 20000
     """ms between server pings on a quiet connection (0 disables)."""
     websocket_allowed_origins: tuple[str, ...] = ()
@@ -130,6 +134,7 @@ class Config:
             "max_headers",
             "max_request_head_size",
             "websocket_max_frame_size",
+            "websocket_max_queue_bytes",
             "subscriber_queue_size",
         ):
             _require_int(name, getattr(self, name), minimum=1)

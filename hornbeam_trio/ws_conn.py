@@ -39,7 +39,7 @@ from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
 from .ws_read import MAX_QUEUED_EVENTS, InlineReader, Reader, TaskReader
-from .ws_send import DeliveryBatcher, Writer
+from .ws_send import SEND_HIGH_WATER, DeliveryBatcher, Writer
 from .ws_session import (
     CLOSED,
     CLOSING,
@@ -108,9 +108,11 @@ class WebSocketConnection(WebSocketSession):
         "_failure",
         "_inline",
         "_key",
+        "_max_queue_bytes",
         "_nursery",
         "_on_app_error",
         "_pre_accept",
+        "_queued_bytes",
         "_reader",
         "_recv_unyielded",
         "_tail",
@@ -168,6 +170,9 @@ class WebSocketConnection(WebSocketSession):
         """Set when the app's task reads its socket in receive() (plain TCP with the hub)."""
         self._reader: Reader = self._inline or TaskReader(self, transport)
         self._events: list[Message] = [{"type": "websocket.connect"}]
+        self._queued_bytes = 0
+        """Decoded bytes (text: characters) of the messages in ``_events``: a running count."""
+        self._max_queue_bytes = config.websocket_max_queue_bytes
         self._app_waiter: trio.lowlevel.Task | None = None
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
@@ -334,6 +339,7 @@ class WebSocketConnection(WebSocketSession):
         else:
             while self.state is not CLOSED:
                 self._events.clear()  # nobody will receive() them now
+                self._queued_bytes = 0
                 await self.receive()  # reads on, the app being done
 
     async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
@@ -356,6 +362,19 @@ class WebSocketConnection(WebSocketSession):
                 # reading is over (after the app: until the peer answers our close).
                 waited = False
                 while not events and self.state is not CLOSED:
+                    protocol = self.protocol
+                    if protocol is not None and protocol.more:
+                        self._received(b"")  # what the last read left to inflate
+                        continue
+                    if self.writer.pending_bytes > SEND_HIGH_WATER:
+                        # Our replies are not being taken: read no more until they are.
+                        try:
+                            await self.writer.settle()
+                        except TransportClosed:
+                            self._transport_lost()
+                            break
+                        waited = True
+                        continue
                     try:
                         data = inline.poll()
                         if data is None:  # the hub is armed for this task: park
@@ -379,15 +398,25 @@ class WebSocketConnection(WebSocketSession):
                 if waited:
                     self._recv_unyielded = 0  # it waited for the socket: a checkpoint
                     if events:
-                        return events.pop(0)
+                        message = events.pop(0)
+                        if events:
+                            self._dequeued(message)
+                        else:
+                            self._queued_bytes = 0
+                        return message
         if events:
             self._recv_unyielded += 1
             if self._recv_unyielded >= CHECKPOINT_EVERY:
                 self._recv_unyielded = 0
                 await checkpoint()
-            if len(events) == MAX_QUEUED_EVENTS:
+            if len(events) == MAX_QUEUED_EVENTS or self._queued_bytes >= self._max_queue_bytes:
                 self._reader.resume()
-            return events.pop(0)
+            message = events.pop(0)
+            if events:
+                self._dequeued(message)
+            else:
+                self._queued_bytes = 0
+            return message
         if self.close_code is not None or self.state is REJECTED:
             await checkpoint()
             return {"type": "websocket.disconnect", "code": self.close_code or 1006}
@@ -398,8 +427,37 @@ class WebSocketConnection(WebSocketSession):
         self._app_waiter = current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
         if events:
-            return events.pop(0)
+            message = events.pop(0)
+            if events:
+                self._dequeued(message)
+            else:
+                self._queued_bytes = 0
+            return message
         return {"type": "websocket.disconnect", "code": self.close_code or 1006}
+
+    def _dequeued(self, message: Message) -> None:
+        """The app took ``message`` and others still wait: uncount its bytes."""
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes")
+        if data is not None:
+            self._queued_bytes -= len(data)
+
+    def more_to_parse(self) -> bool:
+        protocol = self.protocol
+        return protocol is not None and protocol.more
+
+    def app_behind(self) -> bool:
+        """The app has enough to take (messages or bytes): read no more until it takes some.
+
+        The rest stays in the kernel (TCP backpressure); also while our replies are not
+        being taken (the writer above its high-water mark).
+        """
+        return (
+            len(self._events) >= MAX_QUEUED_EVENTS
+            or self._queued_bytes >= self._max_queue_bytes
+            or self.writer.pending_bytes > SEND_HIGH_WATER
+        )
 
     def _read_failed(self) -> None:
         """A bug while reading (ours, or the app's code under us): this connection ends, 1011."""
@@ -482,6 +540,7 @@ class WebSocketConnection(WebSocketSession):
         self.protocol = protocol
         self.state = OPEN
         self._events.clear()  # the connect event was consumed; nothing else is queued yet
+        self._queued_bytes = 0
         self.last_activity = trio.current_time()
         # Through the writer, the connection's one ordered send path: a Close sent while
         # the head is still partly queued (shutdown, say) goes after it, never inside it.
@@ -538,16 +597,33 @@ class WebSocketConnection(WebSocketSession):
 
         True when reading is over.  One function, not two: it runs once per read.
         """
-        self.last_activity = self._timers.clock()  # the run's clock, bound: per read
-        if self.pinged:
-            # Our ping is answered (or the peer spoke): the next ping is due one
-            # ping interval from now, earlier than the entry the timers hold
-            # (last activity + idle timeout, set while the ping was out).
-            self.pinged = False
-            self._timers.schedule(self, self.next_deadline())
         protocol = self.protocol
         assert protocol is not None
-        events = protocol.receive_data(data)
+        writer = self.writer
+        if writer.pending:
+            # Earlier bytes still wait: pings in this read leave only their latest pong.
+            protocol.hold_pongs = True
+            events = protocol.receive_data(data)
+            protocol.hold_pongs = False
+            pong = protocol.pong
+            if pong is not None:
+                protocol.pong = None
+                writer.owe_pong(pong)
+        else:
+            events = protocol.receive_data(data)
+        # Timers (ws_session.frames_parsed, inlined for a complete frame and nothing
+        # else to track): complete frames are activity, bytes of a frame are not.
+        if events or protocol.active:
+            protocol.active = False
+            if self.pinged or protocol.receiving_frame or self.frame_started != math.inf:
+                if self.frames_parsed(self._timers.clock(), True, protocol.receiving_frame):
+                    # Our ping is answered: the next is due one ping interval from now,
+                    # earlier than the entry the timers hold.
+                    self._timers.schedule(self, self.next_deadline())
+            else:
+                self.last_activity = self._timers.clock()  # the run's clock, bound: per read
+        elif protocol.receiving_frame or self.frame_started != math.inf:
+            self.frames_parsed(self._timers.clock(), False, protocol.receiving_frame)
         outgoing = protocol.outgoing
         if outgoing:
             failure = events[-1] if events else None
@@ -578,9 +654,11 @@ class WebSocketConnection(WebSocketSession):
             if cls is str:
                 if self.state is OPEN:  # after our Close, messages are read and dropped
                     queue.append({"type": "websocket.receive", "text": event})
+                    self._queued_bytes += len(event)  # type: ignore[arg-type]
             elif cls is bytes:
                 if self.state is OPEN:
                     queue.append({"type": "websocket.receive", "bytes": event})
+                    self._queued_bytes += len(event)  # type: ignore[arg-type]
             elif cls is wsproto.CloseReceived:
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
@@ -610,6 +688,11 @@ class WebSocketConnection(WebSocketSession):
                 self._finish_reading()
         elif action is TimerAction.IDLE:
             self.close_now(1001, "idle timeout")
+        elif action is TimerAction.FRAME_TIMEOUT:
+            # Not idle: the peer holds a frame open (bytes trickled).  1008, a policy
+            # violation, so it can tell this from the 1001 of a quiet connection.
+            logger.info("closing WebSocket: frame not completed in time (1008)")
+            self.close_now(1008, "frame not completed in time")
         elif action is TimerAction.PING:
             protocol = self.protocol
             assert protocol is not None

@@ -16,8 +16,12 @@ message), and while the app is elsewhere the hub calls
 streams, the hub turned off: what other platforms take): a task in the
 connection's nursery reads and queues events.
 
-Both stop reading once ``MAX_QUEUED_EVENTS`` wait for an app that is away, so
-the rest stays in the kernel (TCP backpressure) and nothing is lost.
+Both stop reading once ``MAX_QUEUED_EVENTS`` messages, or
+``--websocket-max-queue-bytes`` of them, wait for an app that is away, and while
+the connection's writer holds more than ``SEND_HIGH_WATER`` bytes the peer has not
+taken: the rest stays in the kernel (TCP backpressure) and nothing is lost.  A
+read whose inflated output reached the protocol's per-call bound leaves frames
+unparsed (``more_to_parse``): each reader goes on with them before reading more.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import trio
 from trio.lowlevel import current_task
 
 from .transport import CHECKPOINT_EVERY, TransportClosed
+from .ws_send import SEND_HIGH_WATER
 from .ws_session import CLOSED, OPEN
 
 if TYPE_CHECKING:
     from .readiness import ReadinessHub
     from .transport import SocketTransport, Transport
     from .types import Message
+    from .ws_send import Writer
     from .ws_session import ConnState
 
 
@@ -43,7 +49,16 @@ class Connection(Protocol):
 
     state: ConnState
     app_done: bool
+    writer: Writer
     _events: list[Message]
+
+    def app_behind(self) -> bool:
+        """Enough is queued for the app (messages or bytes), or our replies wait unsent."""
+        ...
+
+    def more_to_parse(self) -> bool:
+        """The last read left frames to parse (its inflate bound was reached)."""
+        ...
 
     def _received(self, data: bytes) -> bool:
         """Bytes from the peer -> events; True when reading is over."""
@@ -118,21 +133,26 @@ class InlineReader:
         if conn.state is CLOSED:
             return False
         transport = self.transport
-        events = conn._events
         try:
             for _ in range(CHECKPOINT_EVERY):
-                if len(events) >= MAX_QUEUED_EVENTS and not conn.app_done:
-                    # The app is behind: leave the rest in the kernel (TCP backpressure);
-                    # its next receive() reads on from there.
+                if not conn.app_done and conn.app_behind():
+                    # Leave the rest in the kernel (TCP backpressure); the app's next
+                    # receive() reads on from there, as does the peer's next bytes.
                     transport.drained = False
                     return False
+                if conn.more_to_parse():
+                    if conn._received(b""):
+                        return False
+                    continue
                 data = transport.recv_nowait()
                 if data is None:
                     return False
                 if not data:
                     conn._transport_lost()
                     return False
-                if conn._received(data) or transport.drained:
+                if conn._received(data):
+                    return False
+                if transport.drained and not conn.more_to_parse():
                     return False
             return True
         except TransportClosed:
@@ -184,10 +204,17 @@ class TaskReader:
                 while conn.state is not CLOSED:
                     if conn.app_done:
                         events.clear()  # nobody will receive() them: read on for the close
-                    elif len(events) >= MAX_QUEUED_EVENTS and conn.state is OPEN:
+                    elif conn.state is OPEN and conn.app_behind():
+                        if conn.writer.pending_bytes > SEND_HIGH_WATER:
+                            await conn.writer.settle()  # our replies go first
+                            continue
                         if self._lot is None:
                             self._lot = trio.lowlevel.ParkingLot()
                         await self._lot.park()
+                        continue
+                    if conn.more_to_parse():
+                        conn._received(b"")
+                        await trio.lowlevel.checkpoint()
                         continue
                     data = await transport.recv()
                     if not data:

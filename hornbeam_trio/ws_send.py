@@ -52,6 +52,7 @@ class Writer:
         "pending",
         "pending_bytes",
         "pending_deliveries",
+        "pong",
         "streamed",
         "transport",
     )
@@ -62,6 +63,8 @@ class Writer:
         """A list, not a deque: an idle connection holds an empty one (a deque costs 600 B)."""
         self.pending_bytes = 0
         self.pending_deliveries = 0
+        self.pong: bytes | None = None
+        """The latest pong owed while earlier bytes wait: at most one is ever held."""
         self._nursery: trio.Nursery | None = None
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
@@ -80,6 +83,14 @@ class Writer:
             self._enqueue(memoryview(data)[sent:] if sent else data, delivery)
         else:
             self._enqueue(data, delivery)
+
+    def owe_pong(self, frame: bytes) -> None:
+        """A pong while earlier bytes wait: hold only the latest (RFC 6455 5.5.3 lets a
+        pong answer just the most recent ping), sent right after the item now going out."""
+        if self.pending:
+            self.pong = frame
+        else:
+            self.write_nowait(frame)
 
     def _enqueue(self, data: bytes | memoryview, delivery: bool) -> None:
         self.pending.append((data, delivery))
@@ -128,6 +139,11 @@ class Writer:
                 self.pending_bytes -= len(data)
                 if delivery:
                     self.pending_deliveries -= 1
+                pong = self.pong
+                if pong is not None:  # never behind our Close: pings are not answered after it
+                    self.pong = None
+                    self.pending.insert(0, (pong, False))
+                    self.pending_bytes += len(pong)
                 if self.pending_bytes <= SEND_HIGH_WATER // 2 and self._drained:
                     self._drained.unpark_all()
                 unyielded += 1
@@ -136,6 +152,7 @@ class Writer:
                     await checkpoint()
         except TransportClosed:
             self.pending.clear()
+            self.pong = None
             self.pending_bytes = 0
             self.pending_deliveries = 0
         finally:

@@ -74,7 +74,9 @@ class TimerAction(enum.Enum):
     CLOSE_TIMED_OUT = "close timed out"
     """Our Close went unanswered: give up on the handshake (1006)."""
     IDLE = "idle"
-    """The peer was silent for the idle timeout: close 1001."""
+    """No frame began for the idle timeout: close 1001."""
+    FRAME_TIMEOUT = "frame timeout"
+    """A frame begun an idle timeout ago is still not complete: close 1008."""
     PING = "ping"
     """Quiet for the ping interval: send a ping."""
 
@@ -93,6 +95,7 @@ class WebSocketSession:
         "close_code",
         "close_deadline",
         "close_reason",
+        "frame_started",
         "grace_deadline",
         "last_activity",
         "pinged",
@@ -106,6 +109,13 @@ class WebSocketSession:
         """Set once, when the connection leaves OPEN (or HANDSHAKE) for good."""
         self.close_reason = ""
         self.last_activity = 0.0
+        """When the last complete frame other than a ping arrived: a ping proves only that
+        the peer writes, and a flood of them from a peer that reads nothing must not keep
+        it open.  A live peer answers our pings, and a pong counts."""
+        self.frame_started = math.inf
+        """When the first byte of a frame still incomplete arrived (inf: none is).  From
+        then the frame, not silence, is timed: it must be complete within the idle
+        timeout, so bytes trickled one at a time never hold a connection open."""
         self.pinged = False
         self.close_deadline = math.inf
         self.grace_deadline = math.inf
@@ -159,6 +169,26 @@ class WebSocketSession:
         return True
 
     # ------------------------------------------------------------------ clocks
+    def frames_parsed(self, now: float, complete: bool, partial: bool) -> bool:
+        """Bytes were parsed: ``complete`` if a whole frame other than a ping came,
+        ``partial`` if a frame is still arriving.  True when a deadline moved earlier
+        (our ping was answered: the next one is due a ping interval from now), so the
+        caller reschedules its timer.  The shell inlines the common case (complete,
+        not partial, no ping out); ``test_ws_session.py`` checks both.
+        """
+        moved = False
+        if complete:
+            self.last_activity = now
+            if self.pinged:
+                self.pinged = False
+                moved = True
+        if partial:
+            if complete or self.frame_started == math.inf:
+                self.frame_started = now  # a frame began at the latest now
+        else:
+            self.frame_started = math.inf
+        return moved
+
     def next_deadline(self) -> float:
         """The earliest instant at which :meth:`timer_action` may have work."""
         state = self.state
@@ -171,7 +201,8 @@ class WebSocketSession:
             return deadline
         idle = self._idle_timeout
         if idle is not None:
-            deadline = min(deadline, self.last_activity + idle)
+            begun = self.frame_started
+            deadline = min(deadline, (self.last_activity if begun == math.inf else begun) + idle)
         ping = self._ping_interval
         if ping is not None and not self.pinged:
             deadline = min(deadline, self.last_activity + ping)
@@ -190,8 +221,13 @@ class WebSocketSession:
         if state is CLOSING:
             return TimerAction.NONE
         idle = self._idle_timeout
-        if idle is not None and now >= self.last_activity + idle:
-            return TimerAction.IDLE
+        if idle is not None:
+            begun = self.frame_started
+            if begun != math.inf:
+                if now >= begun + idle:
+                    return TimerAction.FRAME_TIMEOUT
+            elif now >= self.last_activity + idle:
+                return TimerAction.IDLE
         ping = self._ping_interval
         if ping is not None and not self.pinged and now >= self.last_activity + ping:
             self.pinged = True

@@ -376,7 +376,8 @@ def test_frame_at_the_limit_is_accepted() -> None:
 
 
 def test_fragmented_total_over_the_limit_fails() -> None:
-    proto = ServerProtocol(max_message_size=10)
+    # Each fragment is charged its payload plus FRAGMENT_OVERHEAD.
+    proto = ServerProtocol(max_message_size=10 + 2 * ws.FRAGMENT_OVERHEAD)
     assert proto.receive_data(frame(2, b"a" * 6, fin=False)) == []
     assert proto.receive_data(frame(9, b"control frames do not count")) == []
     assert proto.receive_data(frame(0, b"b" * 4, fin=False)) == []
@@ -385,7 +386,7 @@ def test_fragmented_total_over_the_limit_fails() -> None:
 
 
 def test_limit_applies_per_message() -> None:
-    proto = ServerProtocol(max_message_size=10)
+    proto = ServerProtocol(max_message_size=10 + ws.FRAGMENT_OVERHEAD)
     for _ in range(3):
         assert proto.receive_data(frame(2, b"a" * 6, fin=False) + frame(0, b"b" * 4)) == [
             b"a" * 6 + b"b" * 4
@@ -868,3 +869,83 @@ def test_full_session_with_the_websockets_client() -> None:
     client.receive_data(bytes(server.outgoing))
     assert client.close_rcvd is not None and client.close_rcvd.code == 1000
     assert server.closed
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+
+def test_one_byte_fragments_are_kept_in_one_buffer_not_one_object_each() -> None:
+    import tracemalloc
+
+    for opcode in (1, 2):
+        proto = ServerProtocol()
+        data = frame(opcode, b"a", fin=False) + frame(0, b"b", fin=False) * 20_000
+        tracemalloc.start()
+        assert proto.receive_data(data) == []
+        held, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert held < 100_000, held  # a bytearray of 20 KB, not 20,000 objects
+        (message,) = proto.receive_data(frame(0, b"c"))
+        assert message == ("a" if opcode == 1 else b"a") + (
+            "b" * 20_000 + "c" if opcode == 1 else b"b" * 20_000 + b"c"
+        )
+
+
+def test_tiny_fragments_are_charged_a_per_frame_overhead_against_the_limit() -> None:
+    proto = ServerProtocol(max_message_size=1000)
+    data = frame(2, b"x", fin=False) + frame(0, b"y", fin=False) * 998 + frame(0, b"z")
+    # 1,000 payload bytes would fit; 1,000 frames of overhead do not.
+    assert proto.receive_data(data) == [ProtocolFailure(1009, "message too big")]
+    fits = ServerProtocol(max_message_size=1000)
+    assert fits.receive_data(frame(2, b"x" * 400, fin=False) + frame(0, b"y" * 400)) == [
+        b"x" * 400 + b"y" * 400
+    ]
+
+
+def test_a_burst_of_deflate_bombs_is_inflated_one_bound_per_call() -> None:
+    size = 4 * 1024 * 1024
+    z = zlib.compressobj(wbits=-15)
+    bomb = z.compress(b"\0" * size) + z.flush(zlib.Z_SYNC_FLUSH)
+    proto = ServerProtocol(deflate=ws.DeflateParams(), max_inflate_per_call=1024 * 1024)
+    events = proto.receive_data(frame(2, bomb[:-4], rsv=4) * 4)
+    calls = 1
+    got: list[ws.Event] = list(events)
+    while proto.more:
+        events = proto.receive_data(b"")
+        calls += 1
+        assert len(events) <= 1  # never two bombs decoded in one call
+        got += events
+    assert got == [b"\0" * size] * 4
+    assert calls >= 16  # 16 MiB inflated 1 MiB at a time
+
+
+def test_a_partial_text_frame_is_held_once_as_received_not_also_decoded() -> None:
+    import tracemalloc
+
+    proto = ServerProtocol()
+    data = frame(1, b"t" * (4 * 1024 * 1024))
+    tracemalloc.start()
+    assert proto.receive_data(data[:-1]) == []
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 6 * 1024 * 1024, held  # the raw frame (4 MiB), no decoded copy beside it
+    assert proto.receive_data(data[-1:]) == ["t" * (4 * 1024 * 1024)]
+
+
+def test_pings_while_earlier_output_waits_leave_only_the_latest_pong() -> None:
+    proto = ServerProtocol()
+    proto.hold_pongs = True
+    assert proto.receive_data(frame(9, b"one") + frame(9, b"two")) == []
+    assert proto.outgoing == b""
+    assert proto.pong is not None
+    assert [(f.opcode, f.data) for f in server_frames(proto.pong)] == [(Opcode.PONG, b"two")]
+
+
+def test_only_complete_frames_other_than_pings_are_activity() -> None:
+    proto = ServerProtocol()
+    proto.receive_data(frame(9, b"ping"))
+    assert not proto.active and not proto.receiving_frame
+    proto.receive_data(frame(10, b"pong")[:3])
+    assert not proto.active and proto.receiving_frame
+    proto.receive_data(frame(10, b"pong")[3:])
+    assert proto.active and not proto.receiving_frame

@@ -114,3 +114,31 @@ def test_an_app_already_done_gets_no_grace() -> None:
     s.end(CLOSED, 1000)
     assert s.reading_over(1.0) is False
     assert s.grace_deadline == math.inf
+
+
+def test_a_frame_begun_gets_the_idle_timeout_to_complete_then_frame_timeout() -> None:
+    s = opened(websocket_timeout=10_000, websocket_ping_interval=0)
+    s.frames_parsed(0.0, True, False)
+    assert s.next_deadline() == 10.0
+    s.frames_parsed(9.0, False, True)  # a frame's first bytes, just before the idle timeout
+    s.frames_parsed(12.0, False, True)  # more bytes of it: no reset
+    assert s.next_deadline() == 19.0  # its own deadline, from its first byte
+    assert s.timer_action(18.9) is TimerAction.NONE
+    assert s.timer_action(19.0) is TimerAction.FRAME_TIMEOUT
+
+
+def test_a_completed_frame_resets_the_idle_timer_and_ends_the_frame_deadline() -> None:
+    s = opened(websocket_timeout=10_000, websocket_ping_interval=0)
+    s.frames_parsed(5.0, False, True)
+    s.frames_parsed(7.0, True, False)
+    assert s.frame_started == math.inf
+    assert s.next_deadline() == 17.0
+    assert s.timer_action(17.0) is TimerAction.IDLE
+
+
+def test_pings_alone_are_not_activity() -> None:
+    s = opened(websocket_timeout=10_000, websocket_ping_interval=0)
+    s.frames_parsed(0.0, True, False)
+    for t in range(1, 10):
+        s.frames_parsed(float(t), False, False)  # a ping: parsed, not activity
+    assert s.timer_action(10.0) is TimerAction.IDLE

@@ -63,6 +63,16 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+FRAGMENT_OVERHEAD = 64
+"""Bytes charged against ``max_message_size`` for each frame of a fragmented message,
+beyond its payload: about what parsing and tracking one frame costs.  A message of
+one-byte fragments is refused (1009) after ``max_message_size / 65`` of them, where
+it would otherwise cost as much CPU as 64 times its size in large frames."""
+
+INFLATE_PER_CALL = 1024 * 1024
+"""Decompressed bytes one ``receive_data`` call may produce: what a burst of small
+compressed frames can decode at once before the caller decides whether to go on."""
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -203,7 +213,6 @@ class ServerProtocol:
     """One server-side WebSocket connection after the 101 response."""
 
     __slots__ = (
-        "_bparts",
         "_buf",
         "_cnct",
         "_cwbits",
@@ -212,6 +221,7 @@ class ServerProtocol:
         "_done",
         "_failed",
         "_fast_n",
+        "_frag",
         "_inflater",
         "_max",
         "_msg_op",
@@ -223,11 +233,19 @@ class ServerProtocol:
         "_pos",
         "_snct",
         "_swbits",
-        "_tparts",
         "_utf8",
+        "_zfin",
+        "_zleft",
+        "_zlimit",
+        "_zrest",
+        "active",
         "close_received",
         "close_sent",
+        "hold_pongs",
+        "more",
         "outgoing",
+        "pong",
+        "receiving_frame",
     )
 
     def __init__(
@@ -235,9 +253,10 @@ class ServerProtocol:
         *,
         max_message_size: int = 16 * 1024 * 1024,
         deflate: DeflateParams | None = None,
+        max_inflate_per_call: int = INFLATE_PER_CALL,
     ) -> None:
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be positive")
+        if max_message_size < 1 or max_inflate_per_call < 1:
+            raise ValueError("max_message_size and max_inflate_per_call must be positive")
         self.outgoing = bytearray()
         self.close_sent = False
         self.close_received = False
@@ -253,11 +272,24 @@ class ServerProtocol:
         # The fragmented message in progress (its first frame is complete).
         self._msg_op = 0  # OP_TEXT / OP_BINARY, 0 when none
         self._msg_z = False  # compressed
-        self._msg_size = 0  # wire bytes so far, checked against _max at each header
+        self._msg_size = 0  # wire bytes so far + FRAGMENT_OVERHEAD a frame, checked against _max
         self._msg_out = 0  # decompressed bytes so far
-        self._tparts: list[str] = []
-        self._bparts: list[bytes] = []
-        self._utf8 = _Utf8Decoder()
+        self._frag = bytearray()  # the message's payload so far (decompressed), text or binary
+        self._utf8 = _Utf8Decoder()  # validates text as it comes; its output is dropped
+        self._zlimit = max_inflate_per_call
+        self._zleft = max_inflate_per_call  # inflated bytes this call may still produce
+        self._zrest: bytes | None = None  # input of a frame whose inflation hit _zleft
+        self._zfin = False  # that frame ends its message
+        self.more = False
+        """Parsing stopped at the call's inflate bound: ``receive_data(b"")`` goes on."""
+        self.active = False
+        """A complete frame other than a ping was parsed (the caller clears it)."""
+        self.hold_pongs = False
+        """Set by the caller while its earlier output is not sent: pings then leave only
+        the latest pong in :attr:`pong` (RFC 6455 5.5.3), not one each in ``outgoing``."""
+        self.pong: bytes | None = None
+        self.receiving_frame = False
+        """Bytes of a frame not yet complete (or not yet parsed: :attr:`more`) are held."""
         self._deflate = deflate
         self._inflater: zlib._Decompress | None = None
         self._deflater: zlib._Compress | None = None
@@ -319,7 +351,11 @@ class ServerProtocol:
     # ------------------------------------------------------------------ receiving
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Parse every complete frame in ``data`` (plus what was buffered); see module docs."""
+        """Parse every complete frame in ``data`` (plus what was buffered); see module docs.
+
+        Inflated output is bounded per call (``max_inflate_per_call``): once it is spent,
+        parsing stops and :attr:`more` says so; ``receive_data(b"")`` goes on from there.
+        """
         if self._done:
             return []
         buf = self._buf
@@ -341,9 +377,11 @@ class ServerProtocol:
         else:
             buf += data
             pos = self._pos
-            if len(buf) - pos < self._need:
+            if len(buf) - pos < self._need and self._zrest is None:
                 return []
             src = buf
+        self.more = False
+        self._zleft = self._zlimit
         events: list[Event] = []
         with memoryview(src) as mv:
             pos = self._parse(src, mv, pos, events)
@@ -363,6 +401,7 @@ class ServerProtocol:
         elif pos < len(data):
             buf += memoryview(data)[pos:]
             self._pos = 0
+        self.receiving_frame = len(buf) > self._pos or self.more
         return events
 
     def _fail(self, events: list[Event], code: int, reason: str) -> int:
@@ -372,8 +411,9 @@ class ServerProtocol:
             self.close_sent = True
             self.outgoing += encode_close(code, reason)
         events.append(ProtocolFailure(code, reason))
-        self._tparts.clear()
-        self._bparts.clear()
+        self._frag.clear()
+        self._zrest = None
+        self.more = False
         return -1
 
     def _parse(self, src: bytes | bytearray, mv: memoryview, pos: int, events: list[Event]) -> int:
@@ -383,10 +423,26 @@ class ServerProtocol:
         control-frame shape, fragmentation order) run before anything else arrives, and
         the size limit runs as soon as the length is known, before any payload.
         """
+        if self._zrest is not None:
+            # A frame whose inflation stopped at the last call's output bound: go on with it.
+            rest = self._zrest
+            fin = self._zfin
+            resumed = self._inflate(rest, fin, events, resumed=True)
+            if resumed is None or not self._append(resumed, fin, events):
+                return -1
+            if self._zrest is not None:
+                self.more = True
+                self._need = 0
+                return pos
         end = len(src)
         while True:
             avail = end - pos
             if avail < 2:
+                self._need = 0
+                return pos
+            if self._zleft <= 0:
+                # This call's inflated output is spent: the rest waits for the next call.
+                self.more = True
                 self._need = 0
                 return pos
             b0 = src[pos]
@@ -436,20 +492,21 @@ class ServerProtocol:
             start = pos + hdr
             if avail < total:
                 # Text is validated as it arrives so invalid UTF-8 fails fast even inside
-                # one large frame; other payloads wait for the whole frame.
+                # one large frame; the decoded text is dropped (the frame is decoded once
+                # whole), so a partial frame is held once, as received.  Other payloads
+                # wait for the whole frame.
                 if (op == 1 and not z) or (op == 0 and self._msg_op == 1 and not self._msg_z):
                     got = avail - hdr
                     poff = self._poff
                     if got > poff:
                         if op == 1 and not poff:
                             self._utf8.reset()
-                            self._tparts.clear()
                         mask = src[start - 4 : start]
                         if poff & 3:
                             mask = mask[poff & 3 :] + mask[: poff & 3]
                         chunk = _apply_mask(mv[start + poff : pos + avail], mask)
                         try:
-                            self._tparts.append(self._utf8.decode(chunk))
+                            self._utf8.decode(chunk)
                         except UnicodeDecodeError:
                             return self._fail(events, 1007, "invalid UTF-8")
                         self._poff = got
@@ -457,38 +514,34 @@ class ServerProtocol:
                 else:
                     self._need = total
                 return pos
-            mask = src[start - 4 : start]
+            payload = _apply_mask(mv[start : pos + total], src[start - 4 : start])
             poff = self._poff
             if poff:
                 self._poff = 0
-                if poff & 3:
-                    mask = mask[poff & 3 :] + mask[: poff & 3]
-                payload = _apply_mask(mv[start + poff : pos + total], mask)
-            else:
-                payload = _apply_mask(mv[start : pos + total], mask)
             pos += total
-            fin = b0 & 0x80
+            fin = b0 & 0x80 != 0
 
             if op > 2:
                 if op == OP_PING:
                     if not self.close_sent:
-                        out = self.outgoing
-                        out.append(0x8A)
-                        out.append(ln)
-                        out += payload
-                elif op == OP_CLOSE:
+                        if self.hold_pongs:
+                            self.pong = encode_frame(OP_PONG, payload)
+                        else:
+                            out = self.outgoing
+                            out.append(0x8A)
+                            out.append(ln)
+                            out += payload
+                    continue  # a ping proves the peer writes, not that it reads
+                self.active = True
+                if op == OP_CLOSE:
                     self._on_close(payload, events)
                     return pos
-                continue  # pongs only prove liveness, which any received data does too
+                continue  # pongs only prove liveness
 
-            if op and fin and not poff:
-                # A whole message in one frame: the common case.
-                if z:
-                    self._msg_out = 0
-                    inflated = self._inflate(payload, True, events)
-                    if inflated is None:
-                        return -1
-                    payload = inflated
+            self.active = True
+            if op and fin and not z:
+                # A whole uncompressed message in one frame: the common case.  A streamed
+                # text frame had its prefix validated already; decode() checks it all.
                 if op == OP_TEXT:
                     try:
                         events.append(payload.decode())
@@ -498,64 +551,105 @@ class ServerProtocol:
                     events.append(payload)
                 continue
 
-            if op:  # first frame of a fragmented message (or a streamed text frame)
+            if op:  # first frame of a fragmented or compressed message
+                self._msg_out = 0
+                if fin:  # compressed, in one frame
+                    inflated = self._inflate(payload, True, events)
+                    if inflated is None:
+                        return -1
+                    if self._zrest is None:  # inflated whole within this call's bound
+                        if op == OP_TEXT:
+                            try:
+                                events.append(inflated.decode())
+                            except UnicodeDecodeError:
+                                return self._fail(events, 1007, "invalid UTF-8")
+                        else:
+                            events.append(inflated)
+                        continue
                 self._msg_op = op
                 self._msg_z = z
                 self._msg_size = 0
-                self._msg_out = 0
-                if op == OP_TEXT:
-                    if not poff:
-                        self._utf8.reset()
-                        self._tparts.clear()
-                else:
-                    self._bparts.clear()
+                if op == OP_TEXT and not poff:
+                    self._utf8.reset()
+                if fin:  # the rest of its inflation comes in later calls
+                    if not self._append(inflated, True, events):
+                        return -1
+                    self.more = True
+                    self._need = 0
+                    return pos
             else:
-                op = self._msg_op
                 z = self._msg_z
-            self._msg_size += ln
+            # Every frame of a fragmented message costs parsing and bookkeeping beyond
+            # its payload: charged against the limit, so tiny fragments run out first.
+            self._msg_size += ln + FRAGMENT_OVERHEAD
             if z:
-                inflated = self._inflate(payload, bool(fin), events)
-                if inflated is None:
+                inflated = self._inflate(payload, fin, events)
+                if inflated is None or not self._append(inflated, fin, events):
                     return -1
-                payload = inflated
-            if op == OP_TEXT:
-                try:
-                    self._tparts.append(self._utf8.decode(payload, bool(fin)))
-                except UnicodeDecodeError:
-                    return self._fail(events, 1007, "invalid UTF-8")
-                if fin:
-                    events.append("".join(self._tparts))
-                    self._tparts.clear()
-                    self._msg_op = self._msg_size = 0
-            else:
-                self._bparts.append(payload)
-                if fin:
-                    events.append(b"".join(self._bparts))
-                    self._bparts.clear()
-                    self._msg_op = self._msg_size = 0
+                if self._zrest is not None:
+                    self.more = True
+                    self._need = 0
+                    return pos
+            elif not self._append(payload, fin, events, validated=poff):
+                return -1
 
-    def _inflate(self, payload: bytes, fin: bool, events: list[Event]) -> bytes | None:
-        """Decompress one frame of a compressed message; ``None`` when that failed the connection.
+    def _append(self, data: bytes, fin: bool, events: list[Event], *, validated: int = 0) -> bool:
+        """Add decoded bytes to the message in progress (one bytearray); emit it when whole.
 
-        zlib's ``max_length`` caps the output at one byte over the remaining budget, so a
-        decompression bomb costs at most ``max_message_size`` of memory before it is
-        refused; output that fits means zlib had nothing left to emit.
+        Text is validated as it comes (its first ``validated`` bytes already were), so
+        invalid UTF-8 fails at once, and decoded once, whole, at the end.  False when
+        the connection failed.
+        """
+        last = fin and self._zrest is None
+        if self._msg_op == OP_TEXT:
+            try:
+                self._utf8.decode(memoryview(data)[validated:] if validated else data, last)
+            except UnicodeDecodeError:
+                self._fail(events, 1007, "invalid UTF-8")
+                return False
+        frag = self._frag
+        frag += data
+        if last:
+            events.append(frag.decode() if self._msg_op == OP_TEXT else bytes(frag))
+            frag.clear()
+            self._msg_op = self._msg_size = 0
+        return True
+
+    def _inflate(
+        self, payload: bytes, fin: bool, events: list[Event], *, resumed: bool = False
+    ) -> bytes | None:
+        """Decompress (part of) one frame of a compressed message; ``None`` when that failed.
+
+        zlib's ``max_length`` caps the output at one byte over the message's remaining
+        budget, so a decompression bomb costs at most ``max_message_size`` before it is
+        refused; and at what is left of this call's ``max_inflate_per_call``, so a burst
+        of bombs is inflated one bound at a time.  Output that reached the call's bound
+        may have more behind it: the unconsumed input waits in ``_zrest``.
         """
         d = self._inflater
         if d is None:
             d = self._inflater = zlib.decompressobj(wbits=-self._cwbits)
-        if fin:
+        if fin and not resumed:
             payload += _DEFLATE_TAIL
         budget = self._max - self._msg_out
+        left = self._zleft
+        limit = budget + 1 if budget < left else left
         try:
-            out = d.decompress(payload, budget + 1)
+            out = d.decompress(payload, limit)
         except zlib.error:
             self._fail(events, 1007, "invalid compressed data")
             return None
-        if len(out) > budget:
+        n = len(out)
+        if n > budget:
             self._fail(events, 1009, "message too big")
             return None
-        self._msg_out += len(out)
+        self._msg_out += n
+        self._zleft = left - n
+        if n == limit:
+            self._zrest = d.unconsumed_tail
+            self._zfin = fin
+            return out
+        self._zrest = None
         if fin and (self._cnct or d.eof):
             # No context takeover, or the peer ended the deflate stream: start afresh.
             self._inflater = None

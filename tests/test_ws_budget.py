@@ -1,0 +1,135 @@
+"""What one WebSocket connection may cost, over real sockets (issue 16, findings 2-5).
+
+Each test sends the hostile bytes and checks the server's own accounting: the
+writer's pending bytes, the decoded bytes queued for the app, the close code.
+The sans-I/O halves (protocol, session) are in test_ws_protocol.py and
+test_ws_session.py; the budget as a whole is stated in the README ("Memory per
+connection").
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import trio
+import ws_apps
+from test_websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, RawClient, client_frame
+from test_ws_engine import AwayApp
+
+from hornbeam_trio.testing import run_server
+from hornbeam_trio.transport import RECV_SIZE
+from hornbeam_trio.ws_conn import WebSocketConnection
+
+
+def queued_bytes(conn: WebSocketConnection) -> int:
+    """Decoded bytes waiting for the app, counted from the queue itself."""
+    return sum(
+        len(m.get("bytes") or m.get("text") or b"")
+        for m in conn._events
+        if m["type"] == "websocket.receive"
+    )
+
+
+async def test_a_ping_flood_from_a_client_that_never_reads_keeps_one_pong_and_idles_out() -> None:
+    app = AwayApp()
+    app.release.set()  # the app waits in receive(): it reads its socket itself
+    burst = client_frame(OP_PING, b"p" * 125) * 400  # ~52 KB of pings a write
+    async with run_server(app, websocket_timeout=1500, websocket_ping_interval=0) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        conn = app.connection
+        assert conn is not None
+        most = 0
+        with trio.move_on_after(8):
+            while not app.ended.is_set():
+                try:
+                    await raw.send(burst)  # never reading a byte of the pongs
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                most = max(most, conn.writer.pending_bytes)
+                # One read's pongs at most, then only the latest is held.
+                assert conn.writer.pending_bytes <= 2 * RECV_SIZE, most
+        # Pings alone are not activity: the flood ends at the idle timeout.
+        assert app.received[-1]["type"] == "websocket.disconnect"
+        assert conn.close_code == 1001
+        await raw.stream.aclose()
+
+
+async def test_deflate_bombs_for_an_app_away_from_receive_queue_bytes_not_messages() -> None:
+    bomb_size = 2 * 1024 * 1024
+    z = zlib.compressobj(wbits=-15)
+    payload = z.compress(b"\0" * bomb_size) + z.flush(zlib.Z_SYNC_FLUSH)
+    bomb = client_frame(OP_BINARY, payload[:-4], rsv=4)  # ~2 KB each on the wire
+    count = 12
+    app = AwayApp()
+    async with run_server(app, websocket_compress=True) as server:
+        raw = await RawClient.connect(
+            server, headers=[("Sec-WebSocket-Extensions", "permessage-deflate")]
+        )
+        assert raw.header("sec-websocket-extensions") == "permessage-deflate"
+        await app.accepted.wait()
+        conn = app.connection
+        assert conn is not None
+        await raw.send(bomb * count)
+        with trio.fail_after(10):
+            while not conn._events:
+                await trio.sleep(0.01)
+        await trio.sleep(0.3)  # time enough to read on, were it going to
+        # The bound (1 MiB by default) plus the one message that crossed it.
+        assert queued_bytes(conn) <= conn.config.websocket_max_queue_bytes + bomb_size
+        assert conn._queued_bytes == queued_bytes(conn)  # the running count agrees
+        app.release.set()
+        with trio.fail_after(20):
+            while len(app.received) < count:
+                await trio.sleep(0.01)
+        expected = {"type": "websocket.receive", "bytes": b"\0" * bomb_size}
+        assert app.received == [expected] * count  # all of them, in order
+        assert conn._queued_bytes == 0
+        await raw.send_frame(OP_CLOSE, b"\x03\xe8")
+        assert (await raw.receive_close()).close_code == 1000
+        await app.ended.wait()
+
+
+async def test_one_byte_continuation_frames_are_charged_their_overhead_and_refused() -> None:
+    async with run_server(ws_apps.echo(), websocket_max_frame_size=4096) as server:
+        raw = await RawClient.connect(server)
+        # Fragments of a reasonable size pass as before.
+        await raw.send(
+            client_frame(OP_TEXT, b"a" * 500, fin=False)
+            + b"".join(client_frame(OP_CONT, b"b" * 500, fin=i == 4) for i in range(5))
+        )
+        echo = await raw.receive_frame()
+        assert (echo.opcode, echo.payload) == (OP_TEXT, b"a" * 500 + b"b" * 2500)
+        # 1 + 200 one-byte fragments: 201 payload bytes, but 201 frames of overhead.
+        await raw.send(
+            client_frame(OP_BINARY, b"x", fin=False)
+            + b"".join(client_frame(OP_CONT, b"y", fin=i == 199) for i in range(200))
+        )
+        close = await raw.receive_close()
+        assert close.close_code == 1009
+
+
+async def test_a_frame_trickled_one_byte_at_a_time_is_closed_1008_at_its_own_deadline() -> None:
+    async with run_server(
+        ws_apps.echo(), websocket_timeout=600, websocket_ping_interval=0
+    ) as server:
+        raw = await RawClient.connect(server)
+        frame = client_frame(OP_TEXT, b"t" * 100)
+
+        async def trickle() -> None:
+            for i in range(len(frame)):
+                try:
+                    await raw.send(frame[i : i + 1])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                await trio.sleep(0.1)  # well within the idle timeout, byte by byte
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            started = trio.current_time()
+            close = await raw.receive_close(timeout=3)
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        assert close.close_code == 1008
+        assert 0.5 <= elapsed < 2.0
+        await raw.stream.aclose()
