@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hornbeam_trio")
 
+_INF = math.inf
+
 
 def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
     """True when ``exc`` is how an app ends once its client left, not an app error.
@@ -361,15 +363,16 @@ class WebSocketConnection(WebSocketSession):
                 # Read the socket here, in the caller's task, until an event is queued or
                 # reading is over (after the app: until the peer answers our close).
                 waited = False
+                protocol: wsproto.ServerProtocol = self.protocol  # type: ignore[assignment]
+                writer = self.writer
                 while not events and self.state is not CLOSED:
-                    protocol = self.protocol
-                    if protocol is not None and protocol.more:
+                    if protocol.more:
                         self._received(b"")  # what the last read left to inflate
                         continue
-                    if self.writer.pending_bytes > SEND_HIGH_WATER:
+                    if writer.pending and writer.pending_bytes > SEND_HIGH_WATER:
                         # Our replies are not being taken: read no more until they are.
                         try:
-                            await self.writer.settle()
+                            await writer.settle()
                         except TransportClosed:
                             self._transport_lost()
                             break
@@ -599,9 +602,9 @@ class WebSocketConnection(WebSocketSession):
         """
         protocol = self.protocol
         assert protocol is not None
-        writer = self.writer
-        if writer.pending:
+        if self.writer.pending:
             # Earlier bytes still wait: pings in this read leave only their latest pong.
+            writer = self.writer
             protocol.hold_pongs = True
             events = protocol.receive_data(data)
             protocol.hold_pongs = False
@@ -614,15 +617,14 @@ class WebSocketConnection(WebSocketSession):
         # Timers (ws_session.frames_parsed, inlined for a complete frame and nothing
         # else to track): complete frames are activity, bytes of a frame are not.
         if events or protocol.active:
-            protocol.active = False
-            if self.pinged or protocol.receiving_frame or self.frame_started != math.inf:
+            if self.pinged or protocol.receiving_frame or self.frame_started != _INF:
                 if self.frames_parsed(self._timers.clock(), True, protocol.receiving_frame):
                     # Our ping is answered: the next is due one ping interval from now,
                     # earlier than the entry the timers hold.
                     self._timers.schedule(self, self.next_deadline())
             else:
                 self.last_activity = self._timers.clock()  # the run's clock, bound: per read
-        elif protocol.receiving_frame or self.frame_started != math.inf:
+        elif protocol.receiving_frame or self.frame_started != _INF:
             self.frames_parsed(self._timers.clock(), False, protocol.receiving_frame)
         outgoing = protocol.outgoing
         if outgoing:

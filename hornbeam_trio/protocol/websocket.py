@@ -283,7 +283,8 @@ class ServerProtocol:
         self.more = False
         """Parsing stopped at the call's inflate bound: ``receive_data(b"")`` goes on."""
         self.active = False
-        """A complete frame other than a ping was parsed (the caller clears it)."""
+        """The last ``receive_data`` parsed a complete frame other than a ping (a call
+        that returns events may leave it stale: events are activity already)."""
         self.hold_pongs = False
         """Set by the caller while its earlier output is not sent: pings then leave only
         the latest pong in :attr:`pong` (RFC 6455 5.5.3), not one each in ``outgoing``."""
@@ -372,9 +373,11 @@ class ServerProtocol:
                         return [_apply_mask(data[6:], data[2:6]).decode()]
                     except UnicodeDecodeError:
                         pass  # the general path reports it
+            self.active = False
             src: bytes | bytearray = data
             pos = 0
         else:
+            self.active = False
             buf += data
             pos = self._pos
             if len(buf) - pos < self._need and self._zrest is None:
