@@ -61,8 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hornbeam_trio")
 
-_INF = math.inf
-
 
 def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
     """True when ``exc`` is how an app ends once its client left, not an app error.
@@ -600,8 +598,7 @@ class WebSocketConnection(WebSocketSession):
 
         True when reading is over.  One function, not two: it runs once per read.
         """
-        protocol = self.protocol
-        assert protocol is not None
+        protocol: wsproto.ServerProtocol = self.protocol  # type: ignore[assignment]
         if self.writer.pending:
             # Earlier bytes still wait: pings in this read leave only their latest pong.
             writer = self.writer
@@ -617,14 +614,14 @@ class WebSocketConnection(WebSocketSession):
         # Timers (ws_session.frames_parsed, inlined for a complete frame and nothing
         # else to track): complete frames are activity, bytes of a frame are not.
         if events or protocol.active:
-            if self.pinged or protocol.receiving_frame or self.frame_started != _INF:
+            if self.watching or protocol.receiving_frame:
                 if self.frames_parsed(self._timers.clock(), True, protocol.receiving_frame):
                     # Our ping is answered: the next is due one ping interval from now,
                     # earlier than the entry the timers hold.
                     self._timers.schedule(self, self.next_deadline())
             else:
                 self.last_activity = self._timers.clock()  # the run's clock, bound: per read
-        elif protocol.receiving_frame or self.frame_started != _INF:
+        elif self.watching or protocol.receiving_frame:
             self.frames_parsed(self._timers.clock(), False, protocol.receiving_frame)
         outgoing = protocol.outgoing
         if outgoing:
