@@ -171,7 +171,9 @@ class WebSocketConnection(WebSocketSession):
         self._reader: Reader = self._inline or TaskReader(self, transport)
         self._events: list[Message] = [{"type": "websocket.connect"}]
         self._queued_bytes = 0
-        """Decoded bytes (text: characters) of the messages in ``_events``: a running count."""
+        """Decoded bytes (text: characters) of the messages queued behind the one the app
+        takes next (``_events[1:]``): a running count.  The head is bounded by the message
+        size limit already, and leaving it out keeps the count off the one-message path."""
         self._max_queue_bytes = config.websocket_max_queue_bytes
         self._app_waiter: trio.lowlevel.Task | None = None
         self._recv_unyielded = 0
@@ -401,9 +403,7 @@ class WebSocketConnection(WebSocketSession):
                     if events:
                         message = events.pop(0)
                         if events:
-                            self._dequeued(message)
-                        else:
-                            self._queued_bytes = 0
+                            self._dequeued()
                         return message
         if events:
             self._recv_unyielded += 1
@@ -414,9 +414,7 @@ class WebSocketConnection(WebSocketSession):
                 self._reader.resume()
             message = events.pop(0)
             if events:
-                self._dequeued(message)
-            else:
-                self._queued_bytes = 0
+                self._dequeued()
             return message
         if self.close_code is not None or self.state is REJECTED:
             await checkpoint()
@@ -430,17 +428,15 @@ class WebSocketConnection(WebSocketSession):
         if events:
             message = events.pop(0)
             if events:
-                self._dequeued(message)
-            else:
-                self._queued_bytes = 0
+                self._dequeued()
             return message
         return {"type": "websocket.disconnect", "code": self.close_code or 1006}
 
-    def _dequeued(self, message: Message) -> None:
-        """The app took ``message`` and others still wait: uncount its bytes."""
-        data = message.get("text")
+    def _dequeued(self) -> None:
+        """The app took the head; the next message becomes the head: uncount it."""
+        data = self._events[0].get("text")
         if data is None:
-            data = message.get("bytes")
+            data = self._events[0].get("bytes")
         if data is not None:
             self._queued_bytes -= len(data)
 
@@ -652,12 +648,14 @@ class WebSocketConnection(WebSocketSession):
             cls = event.__class__
             if cls is str:
                 if self.state is OPEN:  # after our Close, messages are read and dropped
+                    if queue:
+                        self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "text": event})
-                    self._queued_bytes += len(event)  # type: ignore[arg-type]
             elif cls is bytes:
                 if self.state is OPEN:
+                    if queue:
+                        self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "bytes": event})
-                    self._queued_bytes += len(event)  # type: ignore[arg-type]
             elif cls is wsproto.CloseReceived:
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()

@@ -22,10 +22,10 @@ from hornbeam_trio.ws_conn import WebSocketConnection
 
 
 def queued_bytes(conn: WebSocketConnection) -> int:
-    """Decoded bytes waiting for the app, counted from the queue itself."""
+    """Decoded bytes waiting behind the message the app takes next, counted from the queue."""
     return sum(
         len(m.get("bytes") or m.get("text") or b"")
-        for m in conn._events
+        for m in conn._events[1:]
         if m["type"] == "websocket.receive"
     )
 
