@@ -75,6 +75,7 @@ from coredis.exceptions import RedisError, ResponseError
 
 from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
 from .codec import decode_message, decode_value, encode_message, encode_value
+from .redis_outage import OutageLog, reason
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -86,6 +87,8 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _Op = tuple[str, str, Any]
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
+_PACE = b"hornbeam-pace"
+"""The argument of the PINGs that pace a draining backlog (keepalive PINGs have none)."""
 
 
 def redact(url: str) -> str:
@@ -123,7 +126,6 @@ class RedisBackend:
         self.token = uuid.uuid4().hex
         """This process's name in the lease registry."""
         self.namespace = namespace
-        self.max_pending = max_pending
         self.flush_timeout = flush_timeout
         self.subscribe_timeout = subscribe_timeout
         self.connect_timeout = connect_timeout
@@ -146,12 +148,25 @@ class RedisBackend:
         self._stop_deadline = float("inf")
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: int | None = None
-        # outage accounting
-        self._down_since: float | None = None
-        self._loss_logged = False
-        self._lost_before = (0, 0)
-        self.lost_publishes = 0
-        self.lost_writes = 0
+        self.outage = OutageLog(redact(url), max_pending)
+        """Outage episodes, their log lines and what was lost (redis_outage.py)."""
+        self._writer_scope: trio.CancelScope | None = None
+        """The writer's loop: its deadline is the end of ``flush_timeout`` at shutdown."""
+        self._inflight: list[_Op] = []
+        self._stopped_lost = 0
+        """Operations made after the backend stopped (counted, logged once)."""
+        self._resubscribed = trio.Event()
+        """Set while the subscriber connection is subscribed to every wanted topic (the
+        process's own channel, subscribed last, acknowledges the lot: Redis answers the
+        SUBSCRIBEs of one connection in order)."""
+        self._process_channel = f"{namespace}:process:{self.token}".encode()
+        self._peers: set[str] = set()
+        """Other server processes on this Redis (lease registry, read every lease refresh)."""
+        self._peers_gate = False
+        """The writer lost Redis: before its backlog goes out, the peers subscribe again."""
+        self._reset_writer = False
+        """The subscriber lost its connection: the writer's, idle, is likely dead too."""
+        self._pace_waiters: deque[trio.Event] = deque()
         # subscriptions: wanted (local subscribers exist) vs confirmed by Redis
         self._wanted: set[str] = set()
         self._subscribed: set[str] = set()
@@ -165,6 +180,23 @@ class RedisBackend:
         self.keepalive = 15.0
         """Seconds of silence on the subscriber connection before a PING (and as long
         again for its answer before reconnecting)."""
+
+    @property
+    def max_pending(self) -> int:
+        """Operations kept queued while Redis is away; beyond, new ones are dropped."""
+        return self.outage.max_pending
+
+    @max_pending.setter
+    def max_pending(self, value: int) -> None:
+        self.outage.max_pending = value
+
+    @property
+    def lost_publishes(self) -> int:
+        return self.outage.lost_publishes
+
+    @property
+    def lost_writes(self) -> int:
+        return self.outage.lost_writes
 
     # -- lifecycle -----------------------------------------------------------
     def attach(self, deliver_local: LocalDeliver) -> None:
@@ -183,6 +215,8 @@ class RedisBackend:
                 await trio.sleep_forever()
             finally:
                 self._stop_deadline = trio.current_time() + self.flush_timeout
+                if self._writer_scope is not None:
+                    self._writer_scope.deadline = self._stop_deadline
                 self._enqueue(("E", self.token, None))  # a clean exit: drop our lease
                 self._stop.set()
                 self._work.set()
@@ -198,7 +232,7 @@ class RedisBackend:
                         await client.ping()
                 except _FAILURES as exc:
                     raise BackendUnavailable(
-                        f"cannot reach Redis at {redact(self.url)}: {exc or type(exc).__name__}"
+                        f"cannot reach Redis at {redact(self.url)}: {reason(exc)}"
                     ) from None
                 async with trio.open_nursery() as nursery:
                     self._client = client
@@ -209,7 +243,7 @@ class RedisBackend:
                     nursery.start_soon(self._lease_loop, client)
                     task_status.started()
                     try:
-                        await self._write_loop(client)
+                        dropped = await self._write_loop(client.connection_pool)
                     finally:
                         self._closed = True
                         self._client = None
@@ -217,15 +251,25 @@ class RedisBackend:
                         if self._writer_connection is not None:
                             await trio.aclose_forcefully(self._writer_connection[0])
                             self._writer_connection = None
+        if dropped is not None:
+            publishes, writes = dropped
+            raise BackendUnavailable(
+                f"Redis at {redact(self.url)} unreachable at shutdown: dropped "
+                f"{publishes} queued publishes and {writes} writes "
+                f"(flush_timeout {self.flush_timeout:g}s)"
+            )
 
     # -- the writer ------------------------------------------------------------
     def _enqueue(self, op: _Op) -> None:
         with self._lock:  # the façade may be called from trio.to_thread workers too
             if self._closed:
-                self._lose(op, "the Redis backend has stopped")
+                self._lose_stopped(op)
                 return
             if len(self._queue) >= self.max_pending:
-                self._lose(op, f"{self.max_pending} operations are already waiting for Redis")
+                if op[0] == "Q":
+                    op[2].fail(BackendUnavailable(f"state.{op[1]}: the queue is full"))
+                else:
+                    self.outage.lost(op[0] == "P")
                 return
             self._queue.append(op)
         if not self._work.is_set():
@@ -238,33 +282,58 @@ class RedisBackend:
     def _set_work(self) -> None:
         self._work.set()
 
-    def _lose(self, op: _Op, why: str) -> None:
-        if op[0] == "Q":  # someone awaits it: tell them, count nothing
-            op[2].fail(BackendUnavailable(f"state.{op[1]}: {why}"))
+    def _lose_stopped(self, op: _Op) -> None:
+        if op[0] == "Q":  # someone awaits it: tell them
+            op[2].fail(BackendUnavailable(f"state.{op[1]}: the Redis backend has stopped"))
             return
-        if op[0] == "P":
-            self.lost_publishes += 1
-        else:
-            self.lost_writes += 1
-        if self._down_since is None or not self._loss_logged:
-            # during an outage: once, then the total when Redis is back
-            self._loss_logged = self._down_since is not None
-            logger.warning("Redis backend: dropping a %s: %s", _describe(op), why)
+        self._stopped_lost += 1
+        if self._stopped_lost == 1:
+            logger.warning(
+                "Redis backend: dropping a %s (and any later one): the backend has stopped",
+                _describe(op),
+            )
 
-    async def _write_loop(self, client: coredis.Redis[bytes]) -> None:
+    async def _write_loop(self, pool: Any) -> tuple[int, int] | None:
+        """Send the queue in batches until stopped and empty; at the end of
+        ``flush_timeout`` drop what is left: (publishes, writes) dropped, or None."""
         queue = self._queue
-        while True:
-            if not queue:
-                if self._stop.is_set():
-                    return
-                self._work = trio.Event()
-                await self._work.wait()
-                continue
-            batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
-            await self._send(client, batch)
+        with trio.CancelScope(deadline=self._stop_deadline) as scope:
+            self._writer_scope = scope
+            while True:
+                if not queue:
+                    if "writer" in self.outage.down_parts:
+                        self.outage.part_up("writer", trio.current_time())
+                    self.outage.drained()
+                    if self._stop.is_set():
+                        return None
+                    self._work = trio.Event()
+                    await self._work.wait()
+                    continue
+                batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
+                await self._send(pool, batch)
+        with self._lock:
+            self._closed = True
+            left = [*self._inflight, *queue]
+            queue.clear()
+        self._inflight = []
+        publishes = writes = 0
+        for op in left:
+            if op[0] == "Q":
+                op[2].fail(BackendUnavailable(f"state.{op[1]}: the Redis backend has stopped"))
+            elif op[0] == "E":
+                pass  # our lease record: it runs out by itself, then our keys are released
+            elif op[0] == "P":
+                publishes += 1
+            else:
+                writes += 1
+        return (publishes, writes) if publishes or writes else None
 
     async def _await_subscriptions(self, batch: list[_Op]) -> None:
-        """Let pending SUBSCRIBEs of the batch's topics go first (one bound per batch)."""
+        """Before publishes go out, this process is subscribed to every topic it has
+        subscribers for: after a lost subscriber connection, for as long as it takes
+        (what was queued meanwhile would reach no one here otherwise); a SUBSCRIBE
+        still in flight on a live connection, at most ``subscribe_timeout``."""
+        await self._resubscribed.wait()
         with trio.move_on_after(self.subscribe_timeout):
             for kind, topic, _ in batch:
                 if kind == "P":
@@ -272,14 +341,50 @@ class RedisBackend:
                     if event is not None:
                         await event.wait()
 
-    async def _send(self, client: coredis.Redis[bytes], batch: list[_Op]) -> None:
-        delay = 0.05
-        replies: list[Any] | None = None
-        while batch:
-            await self._await_subscriptions(batch)
-            try:
+    async def _await_peers(self, pool: Any) -> None:
+        """After this process lost Redis, its backlog waits until every other server
+        process it knew of has subscribed again (``PUBSUB NUMSUB`` of their own
+        channels), so what it queued reaches their subscribers too; a process that does
+        not come back within ``lease_ttl`` is taken for gone."""
+        peers = sorted(self._peers)
+        channels = [f"{self.namespace}:process:{token}" for token in peers]
+        missing = channels
+        with trio.move_on_after(self.lease_ttl):
+            while missing:
                 with trio.fail_after(self.command_timeout):
-                    replies = await self._pipeline(client.connection_pool, batch)
+                    (reply,) = await self._roundtrip(
+                        pool, [_command(b"PUBSUB", b"NUMSUB", *missing)]
+                    )
+                counts = _ok(reply)
+                missing = [
+                    channel.decode()
+                    for channel, count in zip(counts[::2], counts[1::2], strict=True)
+                    if not count
+                ]
+                if missing:
+                    await trio.sleep(0.05)
+        if missing:
+            logger.warning(
+                "Redis backend: %d other server process(es) did not subscribe again within "
+                "%gs; sending the queued publishes without them",
+                len(missing),
+                self.lease_ttl,
+            )
+
+    async def _send(self, pool: Any, batch: list[_Op]) -> None:
+        delay = 0.05
+        self._inflight = batch
+        publishes = any(op[0] == "P" for op in batch)
+        replies: list[Any] = []
+        while batch:
+            if publishes:
+                await self._await_subscriptions(batch)
+            try:
+                if publishes and self._peers_gate:
+                    await self._await_peers(pool)
+                    self._peers_gate = False
+                with trio.fail_after(self.command_timeout):
+                    replies = await self._pipeline(pool, batch)
             except (*_FAILURES, trio.BrokenResourceError, hiredis.ProtocolError) as exc:
                 connection, self._writer_connection = self._writer_connection, None
                 if connection is not None:
@@ -288,41 +393,38 @@ class RedisBackend:
                 for op in batch:
                     if op[0] == "Q":
                         op[2].fail(exc)
-                batch = [op for op in batch if op[0] != "Q"]
-                if self._stop.is_set() and trio.current_time() + delay > self._stop_deadline:
-                    for op in batch:
-                        self._lose(op, "Redis is unreachable and the server is stopping")
-                    return
-                if self._down_since is None:
-                    self._down_since = trio.current_time()
-                    self._lost_before = (self.lost_publishes, self.lost_writes)
-                    logger.warning(
-                        "Redis at %s unreachable (%s); retrying with backoff, "
-                        "keeping at most %d publishes and writes queued",
-                        redact(self.url),
-                        exc or type(exc).__name__,
-                        self.max_pending,
-                    )
+                batch = self._inflight = [op for op in batch if op[0] != "Q"]
+                self.outage.part_down("writer", reason(exc), trio.current_time())
+                self._peers_gate = bool(self._peers)
                 await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
                 continue
             break
-        if replies is None:  # nothing left to send
-            return
-        if self._down_since is not None:
-            logger.warning(
-                "Redis at %s reachable again after %.1fs; lost while it was not: "
-                "%d publishes, %d writes",
-                redact(self.url),
-                trio.current_time() - self._down_since,
-                self.lost_publishes - self._lost_before[0],
-                self.lost_writes - self._lost_before[1],
-            )
-            self._down_since = None
-            self._loss_logged = False
+        self._inflight = []
+        if "writer" in self.outage.down_parts:
+            self.outage.sent(len(batch))
+            if publishes:
+                await self._pace()
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 logger.error("Redis refused a command: %s", reply)
+
+    async def _pace(self) -> None:
+        """While a backlog drains, each batch waits until this process's subscriber
+        connection has read every message Redis queued for it before: Redis's output
+        buffer for a subscriber then holds at most about one batch, far below
+        ``client-output-buffer-limit pubsub`` (the other processes read as fast)."""
+        send = self._subscriber_send
+        if send is None:
+            return
+        answered = trio.Event()
+        self._pace_waiters.append(answered)
+        try:
+            await send(_command(b"PING", _PACE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # the session ends (and wakes the waiters)
+        with trio.move_on_after(self.command_timeout):
+            await answered.wait()
 
     async def _pipeline(self, pool: Any, batch: list[_Op]) -> list[Any]:
         """Send the batch as one write on the writer's own connection; hand awaited
@@ -350,6 +452,19 @@ class RedisBackend:
             else:  # "E"
                 commands.append(_command(b"DEL", self._owned))
                 commands.append(_command(b"ZREM", self._leases, name))
+        replies = await self._roundtrip(pool, commands)
+        for query, start in reversed(queries):
+            query.succeed(replies[start : start + len(query.commands)])
+            del replies[start : start + len(query.commands)]
+        return replies  # those of the queued operations
+
+    async def _roundtrip(self, pool: Any, commands: list[bytes]) -> list[Any]:
+        """``commands`` in one write on the writer's own connection; their replies."""
+        if self._reset_writer:
+            self._reset_writer = False
+            if self._writer_connection is not None:
+                await trio.aclose_forcefully(self._writer_connection[0])
+                self._writer_connection = None
         if self._writer_connection is None:
             stream = await _open_stream(pool)
             reader: Any = hiredis.Reader()
@@ -371,10 +486,7 @@ class RedisBackend:
                 reader.feed(data)
             else:
                 replies.append(reply)
-        for query, start in reversed(queries):
-            query.succeed(replies[start : start + len(query.commands)])
-            del replies[start : start + len(query.commands)]
-        return replies  # those of the queued operations
+        return replies
 
     # -- pub/sub -------------------------------------------------------------
     def publish(self, topic: str, message: Any) -> int:
@@ -429,19 +541,26 @@ class RedisBackend:
                 with trio.fail_after(self.connect_timeout):
                     stream = await _open_stream(pool)
             except _FAILURES as exc:
-                logger.debug("Redis subscriber: cannot connect: %s", exc)
+                self.outage.part_down("subscriber", reason(exc), trio.current_time())
             else:
                 try:
                     await self._subscriber_session(stream, pool.connection_kwargs)
                     delay = 0.05
                 except (*_FAILURES, trio.BrokenResourceError, hiredis.ProtocolError) as exc:
-                    logger.debug("Redis subscriber connection lost: %s", exc)
+                    # Redis gone, or it dropped this connection (its output buffer for
+                    # us was over client-output-buffer-limit pubsub): the same outage.
+                    self.outage.part_down("subscriber", reason(exc), trio.current_time())
                     delay = 0.05
                 finally:
                     self._subscriber_send = None
                     self._requested.clear()
                     self._subscribed.clear()
-                    # until subscribed again, a publish to these waits (subscribe_timeout)
+                    if self._resubscribed.is_set():
+                        self._resubscribed = trio.Event()
+                    self._reset_writer = True
+                    while self._pace_waiters:
+                        self._pace_waiters.popleft().set()
+                    # until subscribed again, a publish to these waits
                     for topic in self._wanted:
                         self._pending_subs.setdefault(topic, trio.Event())
                     await trio.aclose_forcefully(stream)
@@ -463,6 +582,8 @@ class RedisBackend:
         self._requested = set(wanted)
         for chunk in _chunks(wanted):
             await send(_command(b"SUBSCRIBE", *[prefix + topic for topic in chunk]))
+        # last: its acknowledgement says every SUBSCRIBE before it is in place
+        await send(_command(b"SUBSCRIBE", self._process_channel))
         self._subscriber_send = send
         self._subs_changed.set()  # whatever changed while we were connecting
         await self._read_pushes(stream, reader, send)
@@ -502,6 +623,13 @@ class RedisBackend:
                         logger.warning("ignoring a message on %r: %s", reply[1], exc)
                         continue
                     deliver(reply[1][cut:].decode(), payload)
+                elif kind == b"pong":
+                    if reply[1] == _PACE and self._pace_waiters:
+                        self._pace_waiters.popleft().set()
+                elif kind == b"subscribe" and reply[1] == self._process_channel:
+                    self._resubscribed.set()
+                    if "subscriber" in self.outage.down_parts:
+                        self.outage.part_up("subscriber", trio.current_time())
                 elif kind == b"subscribe":
                     topic = reply[1][cut:].decode()
                     if topic in self._requested:
@@ -526,7 +654,7 @@ class RedisBackend:
         while True:
             try:
                 with trio.fail_after(self.command_timeout):
-                    reclaimed = await client.eval(
+                    answer: Any = await client.eval(
                         _LEASE_SCRIPT,
                         keys=[self._leases],
                         args=[
@@ -538,8 +666,10 @@ class RedisBackend:
                         ],
                     )
             except _FAILURES as exc:
-                logger.debug("lease refresh failed: %s", exc)  # the writer reports outages
+                logger.debug("lease refresh failed: %s", reason(exc))  # outages: OutageLog
             else:
+                reclaimed, live = answer
+                self._peers = {token.decode() for token in live} - {self.token}
                 if reclaimed:
                     logger.warning(
                         "released the owned state keys of %s server process(es) whose "
@@ -580,7 +710,7 @@ class RedisBackend:
         except (RedisConnectionError, OSError, TimeoutError, trio.TooSlowError) as exc:
             raise BackendUnavailable(
                 f"state.{call}: Redis at {redact(self.url)} did not answer "
-                f"({exc or type(exc).__name__})"
+                f"({reason(exc)})"
             ) from exc
 
     async def _query(self, call: str, *commands: bytes) -> list[Any]:
@@ -721,7 +851,8 @@ _OUR_OPTIONS = {"lease_ttl"}
 
 _LEASE_SCRIPT = """
 -- Refresh this process's lease; release what dead processes owned.  Atomic, so two
--- processes sweeping at once never give a key back twice.
+-- processes sweeping at once never give a key back twice.  Returns the number of
+-- processes released and the tokens of those alive.
 -- KEYS[1] lease registry (sorted set: process token -> expiry, Redis clock, ms)
 -- ARGV: token, lease ms, owned-hash prefix, state-key prefix, most to reclaim per call
 if redis.replicate_commands then redis.replicate_commands() end
@@ -745,7 +876,7 @@ for _, token in ipairs(dead) do
   redis.call('DEL', owned)
   redis.call('ZREM', KEYS[1], token)
 end
-return #dead
+return {#dead, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 
 
