@@ -57,6 +57,8 @@ def free_port() -> int:
 class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
+    directory: str = ""
+    options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -64,6 +66,15 @@ class RedisServer:
 
     def command(self, *args: str | int | bytes) -> Any:
         return command(self.port, *args)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to any client (as a crash or an OOM kill)."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> None:
+        """A new, empty redis-server on the same port (after ``kill()``)."""
+        self.process = _start(self.port, self.directory, self.options)
 
 
 def command(port: int, *args: str | int | bytes) -> Any:
@@ -86,45 +97,52 @@ def command(port: int, *args: str | int | bytes) -> Any:
             reader.feed(chunk)
 
 
+def _start(port: int, directory: str, options: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    """redis-server on ``port``, answering PING when this returns."""
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+            *options,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if command(port, "PING") == b"PONG":
+                return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server on port {port} did not start")
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer]:
-    """redis-server on ``port`` (a free one by default) until the block ends."""
+def redis_server(port: int | None = None, *options: str) -> Iterator[RedisServer]:
+    """redis-server on ``port`` (a free one by default) until the block ends;
+    ``options`` are more redis-server flags (``"--client-output-buffer-limit", ...``)."""
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="hornbeam-redis-") as tmp:
-        process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = RedisServer(port, process)
+        server = RedisServer(port, _start(port, tmp, options), tmp, options)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    if server.command("PING") == b"PONG":
-                        break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {port} did not start")
-                time.sleep(0.01)
             yield server
         finally:
-            process.terminate()
+            server.process.terminate()
             try:
-                process.wait(5)
+                server.process.wait(5)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                server.process.kill()
+                server.process.wait()

@@ -113,20 +113,14 @@ class RedisBackend:
     ) -> None:
         url, options = _split_options(url)
         self.url = url
-        try:
-            self.lease_ttl = float(options.get("lease_ttl", lease_ttl))
-        except ValueError:
-            raise ValueError(
-                f"lease_ttl must be a number of seconds, got {options['lease_ttl']!r}"
-            ) from None
+        self.lease_ttl = _seconds(options, "lease_ttl", lease_ttl)
         """Seconds after which the owned keys of a process that stopped refreshing its
         lease (killed, frozen, cut off) are released by any other process."""
-        if not self.lease_ttl > 0:
-            raise ValueError(f"lease_ttl must be > 0 seconds, got {self.lease_ttl!r}")
+        self.flush_timeout = _seconds(options, "flush_timeout", flush_timeout)
+        """Seconds the writer gets at shutdown to send what is queued."""
         self.token = uuid.uuid4().hex
         """This process's name in the lease registry."""
         self.namespace = namespace
-        self.flush_timeout = flush_timeout
         self.subscribe_timeout = subscribe_timeout
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -333,13 +327,21 @@ class RedisBackend:
         subscribers for: after a lost subscriber connection, for as long as it takes
         (what was queued meanwhile would reach no one here otherwise); a SUBSCRIBE
         still in flight on a live connection, at most ``subscribe_timeout``."""
-        await self._resubscribed.wait()
+        if not self._resubscribed.is_set():
+            # what queues up meanwhile is a backlog: paced, and it waits for the peers
+            self._enter_backlog("the subscriber connection is lost")
+            await self._resubscribed.wait()
         with trio.move_on_after(self.subscribe_timeout):
             for kind, topic, _ in batch:
                 if kind == "P":
                     event = self._pending_subs.get(topic)
                     if event is not None:
                         await event.wait()
+
+    def _enter_backlog(self, why: str) -> None:
+        """The writer cannot send: until the queue is empty again, it is a backlog."""
+        self.outage.part_down("writer", why, trio.current_time())
+        self._peers_gate = bool(self._peers)
 
     async def _await_peers(self, pool: Any) -> None:
         """After this process lost Redis, its backlog waits until every other server
@@ -394,8 +396,7 @@ class RedisBackend:
                     if op[0] == "Q":
                         op[2].fail(exc)
                 batch = self._inflight = [op for op in batch if op[0] != "Q"]
-                self.outage.part_down("writer", reason(exc), trio.current_time())
-                self._peers_gate = bool(self._peers)
+                self._enter_backlog(reason(exc))
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -839,7 +840,8 @@ def _describe(op: _Op) -> str:
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Our own query options (``?lease_ttl=5``) out of the URL; the rest goes to coredis."""
+    """Our own query options (``?lease_ttl=5&flush_timeout=2``) out of the URL; the rest
+    goes to coredis."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     ours = {name: value for name, value in query if name in _OUR_OPTIONS}
@@ -847,7 +849,17 @@ def _split_options(url: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
 
 
-_OUR_OPTIONS = {"lease_ttl"}
+_OUR_OPTIONS = {"lease_ttl", "flush_timeout"}
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    try:
+        value = float(options.get(name, default))
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {options[name]!r}") from None
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return value
 
 _LEASE_SCRIPT = """
 -- Refresh this process's lease; release what dead processes owned.  Atomic, so two
