@@ -67,3 +67,12 @@ def guarantees(session: nox.Session) -> None:
     session.env["HORNBEAM_GUARANTEE_EXAMPLES"] = session.posargs[0] if session.posargs else "2000"
     session.env["HORNBEAM_GUARANTEE_RANDOM"] = "1"
     session.run("pytest", "tests/test_guarantees.py", "-p", "no:randomly", "--timeout", "3600")
+
+
+@nox.session
+def redis_faults(session: nox.Session) -> None:
+    """tests/test_redis_outage.py with the 12 s outage too (redis-server must be installed)."""
+    session.install("-e", ".[test,redis]")
+    session.env["HORNBEAM_REDIS_FAULTS"] = "1"
+    session.env["HORNBEAM_CI"] = "1"
+    session.run("pytest", "tests/test_redis_outage.py", "-p", "no:randomly", *session.posargs)

@@ -10,7 +10,7 @@ and how a failed startup is told in one line.
 Exit codes: 0 clean shutdown; 1 forced by a second signal, or the listening
 sockets could not be opened; 2 bad usage, configuration or app reference
 (reported by the CLI); 3 the app failed its lifespan startup, or the backend
-(Redis) was unreachable.
+(Redis) was unreachable at startup, or still at shutdown with operations queued.
 """
 
 from __future__ import annotations

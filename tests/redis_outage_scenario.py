@@ -6,17 +6,21 @@ A real redis-server; two server processes of ``tests.apps.outage_app`` on it; in
 (so the second process only subscribes).  The publisher sends ``{"seq": n}`` at ``rate``
 per second throughout; after ``before`` seconds Redis is killed (SIGKILL), restarted on
 the same port (empty) ``outage`` seconds later, and the publisher goes on for ``after``
-seconds.  Each client counts what it received; each process's log is kept.
+seconds.  With ``freeze``, the second process is stopped (SIGSTOP) from the kill until
+``freeze`` seconds after the restart: it comes back to Redis late.  Each client counts
+what it received; each process's log is kept.  With ``burst``, the first process
+publishes that many at once (numbered on) as the outage begins.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from example_server import eventually, example_server
+from example_server import eventually, example_server, http_get
 from redis_server import RedisServer, free_port, redis_server
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -80,6 +84,9 @@ async def run_outage(
     after: float = 1.0,
     deliver_timeout: float = 20.0,
     redis_options: tuple[str, ...] = (),
+    freeze: float = 0.0,
+    burst: int = 0,
+    server_flags: tuple[str, ...] = (),
 ) -> OutageReport:
     report = OutageReport(outage)
     port = free_port()
@@ -87,12 +94,14 @@ async def run_outage(
         url = f"{redis.url}?lease_ttl={LEASE_TTL:g}"
         servers = []
         async with (
-            example_server(APP, "--backend", url) as one,
-            example_server(APP, "--backend", url) as two,
+            example_server(APP, "--backend", url, *server_flags) as one,
+            example_server(APP, "--backend", url, *server_flags) as two,
         ):
             servers = [one, two]
-            await _run_clients(redis, servers, report, receivers, rate, before, after,
-                               deliver_timeout)
+            await _run_clients(
+                redis, servers, report, receivers, rate, before, after, deliver_timeout, freeze,
+                burst,
+            )
         report.logs = [server.log() for server in servers]
     return report
 
@@ -106,6 +115,8 @@ async def _run_clients(
     before: float,
     after: float,
     deliver_timeout: float,
+    freeze: float,
+    burst: int,
 ) -> None:
     async with trio.open_nursery() as nursery:
         dones = []
@@ -143,8 +154,18 @@ async def _run_clients(
 
         await publish_for(before)
         redis.kill()
+        if freeze:
+            servers[1].process.send_signal(signal.SIGSTOP)
+        if burst:
+            path = f"/publish/r/{report.sent}/{burst}"
+            response = await http_get(servers[0], path, timeout=60)
+            assert response.text == f"queued {burst}"
+            report.sent += burst
         await publish_for(report.outage)
         redis.restart()
+        if freeze:
+            await publish_for(freeze)
+            servers[1].process.send_signal(signal.SIGCONT)
         await publish_for(after)
         await publisher.send_message('{"to": "r", "message": {"seq": -1}}')
         with trio.move_on_after(deliver_timeout):

@@ -76,6 +76,38 @@ async def test_publishes_queued_during_a_redis_outage_reach_every_client_of_both
     _assert_nothing_lost_and_two_lines_each(report)
 
 
+@pytest.mark.skipif(not LONG, reason=LONG_ONLY)
+async def test_an_overflowing_outage_loses_exactly_what_it_logs_once(
+    redis_available: None,
+) -> None:
+    """100,500 publishes at once while Redis is away (the queue holds 100,000): the end
+    line's count is exactly what every client missed, and the overflow is one line."""
+    # each client is sent the whole backlog at once: its queue must hold it (else 1013)
+    flags = ("--subscriber-queue-size", "110000")
+    report = await run_outage(1.0, burst=100_500, deliver_timeout=60, server_flags=flags)
+    for process in (0, 1):
+        assert len(report.lines(process, "unreachable")) == 1, report.logs[process]
+        assert len(report.lines(process, "reachable again")) == 1, report.logs[process]
+    assert len(report.lines(0, "already wait for Redis")) == 1, report.logs[0]
+    (back,) = report.lines(0, "reachable again")
+    lost = int(back.split("lost while it was not: ")[1].split(" publishes")[0])
+    assert lost >= 500 and back.endswith("(queue full at 100000)"), back
+    for client in report.clients:
+        assert client.missing(report.sent) == lost, (client.process, lost)
+        assert client.in_order()
+    assert report.lines(1, "already wait for Redis") == []  # it queued nothing
+
+
+async def test_a_backlog_waits_until_a_late_peer_process_has_subscribed_again(
+    redis_available: None,
+) -> None:
+    """The second process is frozen through the outage and 1.5 s after Redis is back: the
+    first one's backlog waits for its channel (without that wait, its clients missed the
+    whole backlog)."""
+    report = await run_outage(1.0, freeze=1.5)
+    _assert_nothing_lost_and_two_lines_each(report)
+
+
 async def test_a_backlog_drains_without_overrunning_a_small_pubsub_output_buffer(
     redis_available: None,
 ) -> None:

@@ -43,16 +43,21 @@ Decisions (README, "Redis backend"):
   uses SCAN (never KEYS).
 * Redis unreachable while running: the writer keeps what is queued (at most
   ``max_pending`` operations; beyond that new ones are dropped and counted) and
-  retries with exponential backoff; the subscriber reconnects (backoff up to 1 s),
-  subscribes again, and until it has, publishes to its topics wait (at most
-  ``subscribe_timeout``), so what was queued reaches this process's subscribers too.
-  A silent subscriber connection is PINGed after ``keepalive`` seconds.  One warning
-  when Redis goes away, one when it is back, with the number of publishes and writes
-  lost.  A batch cut off mid-flight is sent again (at-least-once across a failure).
-  Messages published by other processes while this one was disconnected are not
-  replayed (Redis pub/sub keeps nothing).
+  retries with exponential backoff (up to 1 s); the subscriber reconnects (backoff up
+  to 1 s) and subscribes again.  Publishes never go out while the subscriber
+  connection is not subscribed to every wanted topic (``_resubscribed``): what queues
+  up meanwhile is a *backlog*, which also waits until every other server process
+  known from the lease registry has subscribed again (their own channels, at most
+  ``lease_ttl``), and drains paced by PINGs through our subscriber connection (Redis
+  holds about one batch per subscriber: no ``client-output-buffer-limit pubsub``
+  drop).  A silent subscriber connection is PINGed after ``keepalive`` seconds.  The
+  log lines (one when an outage starts, one when it ends with exact counts) are
+  :class:`.redis_outage.OutageLog`'s.  A batch cut off mid-flight is sent again
+  (at-least-once across a failure).  Messages published live by other processes while
+  this one alone was cut off are not replayed (Redis pub/sub keeps nothing).
 * At shutdown the writer gets ``flush_timeout`` seconds to send what is queued
-  (owned keys released by the last connections included).
+  (owned keys released by the last connections included); what is left is dropped
+  and ``run()`` raises :class:`BackendUnavailable` with the counts (exit 3).
 """
 
 from __future__ import annotations
@@ -670,7 +675,10 @@ class RedisBackend:
                 logger.debug("lease refresh failed: %s", reason(exc))  # outages: OutageLog
             else:
                 reclaimed, live = answer
-                self._peers = {token.decode() for token in live} - {self.token}
+                if not self.outage.down:
+                    # During an outage the roster stays as it was before: a Redis back
+                    # empty knows only the processes that have come back already.
+                    self._peers = {token.decode() for token in live} - {self.token}
                 if reclaimed:
                     logger.warning(
                         "released the owned state keys of %s server process(es) whose "
