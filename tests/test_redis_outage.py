@@ -35,7 +35,11 @@ from redis_outage_scenario import APP, OutageReport, run_outage
 from redis_server import redis_server, skip_or_fail
 from trio_websocket import open_websocket_url
 
+from hornbeam_erlang import publish
+from hornbeam_trio import state
 from hornbeam_trio.backends.redis_outage import OutageLog, reason
+from hornbeam_trio.runtime import current_runtime
+from hornbeam_trio.testing import run_server
 
 LONG = os.environ.get("HORNBEAM_REDIS_FAULTS") == "1"
 BUFFER_BACKLOG = (40_000, 1000, 3)
@@ -286,3 +290,26 @@ async def killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServer
                 process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+async def test_a_publish_before_the_first_subscription_is_no_outage(
+    redis_available: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At startup the writer waits for the subscriber's first subscription, silently."""
+
+    async def announce_at_startup(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            publish("news", "started")
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    with redis_server() as redis:
+        async with run_server(announce_at_startup, backend=redis.url) as server:
+            token = current_runtime.set(server.server.runtime)  # this task's façade
+            try:
+                assert await state.get("nothing") is None  # after the publish, in order
+            finally:
+                current_runtime.reset(token)
+    assert "unreachable" not in caplog.text and "reachable again" not in caplog.text

@@ -333,8 +333,9 @@ class RedisBackend:
         (what was queued meanwhile would reach no one here otherwise); a SUBSCRIBE
         still in flight on a live connection, at most ``subscribe_timeout``."""
         if not self._resubscribed.is_set():
-            # what queues up meanwhile is a backlog: paced, and it waits for the peers
-            self._enter_backlog("the subscriber connection is lost")
+            if self.outage.down:  # (not at startup, before the first subscription)
+                # what queues up meanwhile is a backlog: paced, and it waits for the peers
+                self._enter_backlog("the subscriber connection is lost")
             await self._resubscribed.wait()
         with trio.move_on_after(self.subscribe_timeout):
             for kind, topic, _ in batch:
