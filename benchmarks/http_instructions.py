@@ -22,7 +22,21 @@ accept and shutdown::
     .venv/bin/python benchmarks/http_instructions.py --keep out/  # keep callgrind.out files
     .venv/bin/python benchmarks/http_instructions.py --ws --connections 100 --requests 100
 
-``callgrind_annotate out/callgrind.run1.out`` then shows where they went.
+``callgrind_annotate out/callgrind.hornbeam_trio.hello.run1.out`` then shows where
+they went.
+
+Every count is taken for hornbeam_trio and for uvicorn (``--loop uvloop --http
+httptools --ws websockets-sansio``, as in run.py) with the same app, load and
+baseline subtraction, and the table shows ours, uvicorn's and the ratio
+(``--servers`` picks one).  ``--shape`` picks the HTTP app shapes (default: all):
+
+    hello      GET /, an app that never calls receive() (benchmarks.apps:echo)
+    read       GET /, the app reads its (empty) body first (benchmarks.apps:hello_read)
+    post1k     POST / with a 1 KiB body that the app reads (benchmarks.apps:hello_read)
+    starlette  the hello GET / in Starlette (benchmarks.apps:hello_starlette)
+    fastapi    the hello GET / in FastAPI (benchmarks.apps:hello_fastapi)
+
+``--ws`` has one shape, the echo of benchmarks.apps:echo.
 """
 
 from __future__ import annotations
@@ -43,7 +57,55 @@ HOST = "127.0.0.1"
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: http-instructions\r\nAccept: */*\r\n\r\n"
 )
+POST_1K = (
+    b"POST / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: http-instructions\r\nAccept: */*\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+)
 EXPECTED_BODY = b"hello"
+
+SHAPES: dict[str, tuple[str, bytes]] = {
+    "hello": ("benchmarks.apps:echo", REQUEST),
+    "read": ("benchmarks.apps:hello_read", REQUEST),
+    "post1k": ("benchmarks.apps:hello_read", POST_1K),
+    "starlette": ("benchmarks.apps:hello_starlette", REQUEST),
+    "fastapi": ("benchmarks.apps:hello_fastapi", REQUEST),
+}
+"""Shape -> (app, the request sent)."""
+WS_SHAPE = "ws echo"
+
+
+def server_command(server: str, app: str, port: int) -> list[str]:
+    """The server's argv, as benchmarks/run.py starts it."""
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets-sansio",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "hornbeam_trio",
+        app,
+        "--bind",
+        f"{HOST}:{port}",
+        "--log-level",
+        "warning",
+    ]
 
 
 def free_port() -> int:
@@ -122,10 +184,9 @@ def connect_all(port: int, connections: int, handshake: bytes | None) -> list[so
     return socks
 
 
-def drive(port: int, connections: int, requests: int, *, ws: bool = False) -> None:
+def drive(port: int, connections: int, requests: int, message: bytes, *, ws: bool) -> None:
     """``requests`` rounds: one message out on every connection, then every answer read."""
     socks = connect_all(port, connections, WS_HANDSHAKE if ws else None)
-    message = WS_FRAME if ws else REQUEST
     buffers = [bytearray() for _ in socks]
     for _ in range(requests):
         for sock in socks:
@@ -146,7 +207,16 @@ def count_instructions(out_file: Path) -> int:
     raise RuntimeError(f"no summary line in {out_file}")
 
 
-def run_once(out_file: Path, connections: int, requests: int, app: str, *, ws: bool = False) -> int:
+def run_once(
+    out_file: Path,
+    server: str,
+    app: str,
+    message: bytes,
+    connections: int,
+    requests: int,
+    *,
+    ws: bool,
+) -> int:
     port = free_port()
     cmd = [
         "taskset",
@@ -155,14 +225,7 @@ def run_once(out_file: Path, connections: int, requests: int, app: str, *, ws: b
         "valgrind",
         "--tool=callgrind",
         f"--callgrind-out-file={out_file}",
-        sys.executable,
-        "-m",
-        "hornbeam_trio",
-        app,
-        "--bind",
-        f"{HOST}:{port}",
-        "--log-level",
-        "warning",
+        *server_command(server, app, port),
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen(
@@ -170,7 +233,7 @@ def run_once(out_file: Path, connections: int, requests: int, app: str, *, ws: b
     )
     try:
         wait_accepting(port, proc)
-        drive(port, connections, requests, ws=ws)
+        drive(port, connections, requests, message, ws=ws)
         time.sleep(0.5)  # let the server notice the closed connections
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
@@ -184,42 +247,102 @@ def run_once(out_file: Path, connections: int, requests: int, app: str, *, ws: b
     return count_instructions(out_file)
 
 
+def measure(
+    server: str,
+    shape: str,
+    app: str,
+    message: bytes,
+    args: argparse.Namespace,
+    out_dir: Path,
+) -> float:
+    """Mean instructions per request (or echo) of ``server`` on ``shape``, baseline subtracted."""
+    tag = f"{server}.{shape.replace(' ', '-')}"
+    ws = args.ws
+    baseline = run_once(
+        out_dir / f"callgrind.{tag}.baseline.out", server, app, message, args.connections, 0, ws=ws
+    )
+    print(f"{server} {shape}: baseline (0 requests) {baseline:,} instructions", flush=True)
+    total_requests = args.connections * args.requests
+    results = []
+    for i in range(1, args.runs + 1):
+        total = run_once(
+            out_dir / f"callgrind.{tag}.run{i}.out",
+            server,
+            app,
+            message,
+            args.connections,
+            args.requests,
+            ws=ws,
+        )
+        per_request = (total - baseline) / total_requests
+        results.append(per_request)
+        print(
+            f"{server} {shape}: run {i}: {total:,} instructions, {total_requests} requests "
+            f"({args.connections} x {args.requests}): {per_request:,.0f} instructions/request",
+            flush=True,
+        )
+    mean = sum(results) / len(results)
+    if len(results) > 1:
+        spread = (max(results) - min(results)) / min(results) * 100
+        print(f"{server} {shape}: mean {mean:,.0f} instructions/request, spread {spread:.1f} %")
+    return mean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--requests", type=int, default=300, help="per connection")
     parser.add_argument("--runs", type=int, default=2, help="measured runs (one baseline)")
-    parser.add_argument("--app", default="benchmarks.apps:echo")
+    parser.add_argument(
+        "--shape",
+        default=",".join(SHAPES),
+        help=f"comma-separated HTTP app shapes out of {', '.join(SHAPES)} (default: all)",
+    )
+    parser.add_argument("--app", help="another app for every shape (an ASGI app path)")
+    parser.add_argument(
+        "--servers",
+        default="hornbeam_trio,uvicorn",
+        help="comma-separated, out of hornbeam_trio and uvicorn (default: both)",
+    )
     parser.add_argument("--keep", type=Path, help="directory to keep callgrind.out files in")
     parser.add_argument("--ws", action="store_true", help="WebSocket echo round trips")
     args = parser.parse_args()
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for server in servers:
+        if server not in ("hornbeam_trio", "uvicorn"):
+            parser.error(f"unknown server {server!r}")
+    if args.ws:
+        shapes = {WS_SHAPE: ("benchmarks.apps:echo", WS_FRAME)}
+    else:
+        names = [s.strip() for s in args.shape.split(",") if s.strip()]
+        unknown = [n for n in names if n not in SHAPES]
+        if unknown:
+            parser.error(f"unknown shape(s) {', '.join(unknown)}")
+        shapes = {n: SHAPES[n] for n in names}
+    if args.app:
+        shapes = {n: (args.app, message) for n, (_, message) in shapes.items()}
     try:  # the client on the other core, away from the server
         os.sched_setaffinity(0, {1})
     except (AttributeError, OSError):
         pass
     out_dir = args.keep or Path(tempfile.mkdtemp(prefix="http-instructions-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    baseline = run_once(
-        out_dir / "callgrind.baseline.out", args.connections, 0, args.app, ws=args.ws
-    )
-    print(f"baseline (0 requests): {baseline:,} instructions", flush=True)
-    total_requests = args.connections * args.requests
-    results = []
-    for i in range(1, args.runs + 1):
-        total = run_once(
-            out_dir / f"callgrind.run{i}.out", args.connections, args.requests, args.app, ws=args.ws
-        )
-        per_request = (total - baseline) / total_requests
-        results.append(per_request)
+    table: dict[str, dict[str, float]] = {}
+    for shape, (app, message) in shapes.items():
+        for server in servers:
+            table.setdefault(shape, {})[server] = measure(
+                server, shape, app, message, args, out_dir
+            )
+    unit = "echo" if args.ws else "request"
+    print(f"\n| shape | hornbeam_trio instr/{unit} | uvicorn instr/{unit} | ratio |")
+    print("|---|---|---|---|")
+    for shape, cells in table.items():
+        ours, theirs = cells.get("hornbeam_trio"), cells.get("uvicorn")
+        ratio = f"{ours / theirs:.2f}x" if ours and theirs else "-"
         print(
-            f"run {i}: {total:,} instructions, {total_requests} requests "
-            f"({args.connections} x {args.requests}): {per_request:,.0f} instructions/request",
-            flush=True,
+            f"| {shape} | {f'{ours:,.0f}' if ours else '-'} | "
+            f"{f'{theirs:,.0f}' if theirs else '-'} | {ratio} |"
         )
-    if len(results) > 1:
-        spread = (max(results) - min(results)) / min(results) * 100
-        mean = sum(results) / len(results)
-        print(f"mean {mean:,.0f} instructions/request, spread {spread:.1f} %")
     if args.keep is None:
         for path in out_dir.iterdir():
             path.unlink()
