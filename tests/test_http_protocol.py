@@ -929,6 +929,33 @@ def test_invalid_response_heads_are_value_errors(
         ResponseEncoder(request()).start(status, headers)
 
 
+def test_a_remembered_head_frames_and_validates_like_the_first() -> None:
+    """Heads are remembered whole (by their pairs): the second response with the same
+    pairs is byte for byte the first, a changed list is a new head, and what the cache
+    never holds (connection: close, transfer codings, unhashable pairs) is decided anew."""
+    pairs = [(b"content-type", b"text/x-remembered"), (b"content-length", b"2")]
+    first, _ = respond(request(), 200, pairs, (b"ok", False))
+    again, enc = respond(request(), 200, pairs, (b"ok", False))
+    assert again == first and enc.keep_alive
+    pairs.append((b"x-extra", b"1"))  # same list object, other pairs: another head
+    (changed,), _ = respond(request(), 200, pairs, (b"ok", False))
+    assert b"x-extra: 1\r\n" in changed
+    with pytest.raises(ValueError):  # the remembered length still bounds the body
+        respond(request(), 200, pairs[:2], (b"too long", False))
+    closing = [(b"content-type", b"text/x-remembered"), (b"connection", b"close")]
+    for _ in range(2):
+        _, enc = respond(request(), 200, closing, (b"ok", False))
+        assert not enc.keep_alive
+    coded = [(b"content-type", b"text/x-remembered"), (b"transfer-encoding", b"chunked")]
+    for version in ("1.1", "1.0", "1.1"):
+        (head, *_), _ = respond(request(http_version=version), 200, coded, (b"ab", True))
+        assert (b"transfer-encoding: chunked" in head) == (version == "1.1")
+    unhashable = [[b"content-type", b"text/x-remembered"]]
+    for _ in range(2):
+        (body,), _ = respond(request(), 200, unhashable, (b"ok", False))  # type: ignore[arg-type]
+        assert b"content-type: text/x-remembered\r\n" in body
+
+
 def test_misuse_is_a_runtime_error() -> None:
     enc = ResponseEncoder(request())
     with pytest.raises(RuntimeError):

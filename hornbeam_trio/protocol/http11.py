@@ -633,6 +633,13 @@ def _check_header(pair: Iterable[bytes]) -> tuple[bytes, bytes, bytes]:
     return known
 
 
+# Whole response heads (the app's header pairs) that passed validation before:
+# most apps answer with the same few.  Bounded: emptied when full.
+_known_heads: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, int | None, bool, bool]] = {}
+"""Header pairs -> (their header lines joined, content-length, has date, has server)."""
+_KNOWN_HEAD_MAX_HEADERS: Final = 16
+
+
 def _has_token(value: bytes, token: bytes) -> bool:
     return token in [part.strip() for part in value.lower().split(b",")]
 
@@ -698,14 +705,45 @@ class ResponseEncoder:
             raise RuntimeError("response already started")
         if type(status) is not int or not 100 <= status <= 999:
             raise ValueError(f"invalid status code {status!r}")
-        head = [_STATUS_LINES.get(status) or _status_line(status)]
+        status_line = _STATUS_LINES.get(status) or _status_line(status)
+        pairs = headers if type(headers) is tuple else tuple(headers)
+        try:
+            known_head = _known_heads.get(pairs)
+        except TypeError:  # an unhashable pair (a list, a bytearray): checked, never remembered
+            known_head = None
+        if known_head is not None:
+            lines, self._declared_length, has_date, has_server = known_head
+            head = [status_line, lines]
+        else:
+            head = [status_line]
+            has_date, has_server = self._check_headers(pairs, head)
+        if not has_date:
+            head.append(_date_header())
+        if not has_server:
+            head.append(_SERVER_LINE)
+        self._status = status
+        self._head = head
+        self.started = True
+
+    def _check_headers(
+        self, pairs: tuple[tuple[bytes, bytes], ...], head: list[bytes]
+    ) -> tuple[bool, bool]:
+        """Validate the app's headers into ``head``; (has date, has server).
+
+        A head of plain, short headers that says nothing about the connection or
+        a transfer coding is remembered whole in ``_known_heads``, so the next
+        response with the same headers skips this loop.
+        """
+        start = len(head)
         has_date = has_server = False
+        hashable = True
         known_headers = _valid_headers
-        for pair in headers:
+        for pair in pairs:
             try:
                 known = known_headers.get(pair)
             except TypeError:  # unhashable (a list, a bytearray): checked, never remembered
                 known = None
+                hashable = False
             if known is None:
                 known = _check_header(pair)
             lname, value, line = known
@@ -733,13 +771,22 @@ class ResponseEncoder:
             head.append(line)
         if self._app_coding is not None and self._declared_length is not None:
             raise ValueError("both content-length and transfer-encoding")
-        if not has_date:
-            head.append(_date_header())
-        if not has_server:
-            head.append(_SERVER_LINE)
-        self._status = status
-        self._head = head
-        self.started = True
+        if (
+            hashable
+            and self._app_coding is None
+            and not self._app_close
+            and len(pairs) <= _KNOWN_HEAD_MAX_HEADERS
+            and all(known_headers.get(pair) is not None for pair in pairs)
+        ):
+            if len(_known_heads) >= CACHE_MAX:
+                _known_heads.clear()
+            _known_heads[pairs] = (
+                b"".join(head[start:]),
+                self._declared_length,
+                has_date,
+                has_server,
+            )
+        return has_date, has_server
 
     def body(self, data: bytes, more_body: bool) -> bytes:
         """Return the bytes to write now (the head too, on the first call)."""
