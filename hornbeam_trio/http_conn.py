@@ -200,7 +200,7 @@ class HTTPConnection:
                     pass
             self.scope = None
             # The deadline on that scope is the wait for a request head (see
-            # _next_request): quiet between requests, 408 for a half-sent head.
+            # _serve_requests): quiet between requests, 408 for a half-sent head.
             if (
                 scope.cancelled_caught
                 and not self.server.shutting_down
@@ -221,45 +221,6 @@ class HTTPConnection:
         await self.transport.close()
         return None
 
-    async def _next_request(self, timeout: float | None) -> Any:
-        """The next request head, waiting at most ``timeout`` seconds.
-
-        The hot path of keep-alive: instead of a new cancel scope per wait, the
-        server's timer task cancels the connection's own scope when the wait lasts
-        too long; then run() answers (or not) and closes.
-        """
-        parser = self.parser
-        event = parser.next_event()
-        if event is not NEED_DATA:
-            return event
-        timer = None
-        if timeout:
-            timer = self.head_timer
-            timer.deadline = deadline = self.server.timers.clock() + timeout
-            if deadline < timer.timer_at:
-                self.server.timers.schedule(timer, deadline)
-        try:
-            # _next_event(None), inlined: one coroutine fewer per request.
-            while True:
-                if self.parse_error is not None:
-                    await self._reject(self.parse_error)
-                    return None
-                if self.eof:
-                    return None
-                data = await self.transport.recv()
-                if not data:
-                    self.eof = True
-                try:
-                    parser.feed(data)
-                except HTTPError as exc:
-                    self.parse_error = exc  # answered once the requests before it are
-                event = parser.next_event()
-                if event is not NEED_DATA:
-                    return event
-        finally:
-            if timer is not None:
-                timer.deadline = inf
-
     async def _next_event(self, timeout: float | None) -> Any:
         """The parser's next event, reading the socket as needed (None: connection over)."""
         parser = self.parser
@@ -273,7 +234,7 @@ class HTTPConnection:
                 return None
             if self.eof:
                 return None
-            if timeout is None:  # the caller's scope carries the deadline (_next_request)
+            if timeout is None:  # the caller's scope carries the deadline (_serve_requests)
                 data = await self.transport.recv()
                 timer = None
             else:
@@ -319,18 +280,52 @@ class HTTPConnection:
             pass
 
     async def _serve_requests(self) -> Request | None:
-        """Answer requests until the connection is done; returns a WebSocket upgrade request."""
+        """Answer requests until the connection is done; returns a WebSocket upgrade request.
+
+        The wait for each request head is the hot path of keep-alive: instead of a new
+        cancel scope per wait, the server's timer task cancels the connection's own
+        scope (run()'s) when the wait lasts too long; then run() answers (or not) and
+        closes.  The wait is inlined here, not a coroutine of its own: each level of
+        the coroutine chain is crossed twice by every wakeup.
+        """
         server = self.server
-        config = server.config
-        keepalive = config.keepalive
-        head_timeout = config.request_timeout_s
+        timers = server.timers
+        timer = self.head_timer
+        parser = self.parser
+        transport = self.transport
+        timeout = server.config.request_timeout_s  # the first head; then keepalive
+        keepalive = server.config.keepalive
         first = True
         while not server.shutting_down or first:
             self.idle = True
-            event = await self._next_request(head_timeout if first else keepalive)
-            first = False
-            if event is None:
-                return None
+            event = parser.next_event()
+            if event is NEED_DATA:
+                if timeout:
+                    timer.deadline = deadline = timers.clock() + timeout
+                    if deadline < timer.timer_at:
+                        timers.schedule(timer, deadline)
+                try:
+                    while True:
+                        if self.parse_error is not None:
+                            await self._reject(self.parse_error)
+                            return None
+                        if self.eof:
+                            return None
+                        data = await transport.recv()
+                        if not data:
+                            self.eof = True
+                        try:
+                            parser.feed(data)
+                        except HTTPError as exc:
+                            self.parse_error = exc  # answered once the requests before it are
+                        event = parser.next_event()
+                        if event is not NEED_DATA:
+                            break
+                finally:
+                    timer.deadline = inf
+            if first:
+                first = False
+                timeout = keepalive
             if not isinstance(event, Request):
                 await self._reject(HTTPError(400, "unexpected data"))
                 return None

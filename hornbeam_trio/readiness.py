@@ -30,10 +30,25 @@ import logging
 import os
 import select
 import socket
+import types
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol, cast
 
 import outcome
 import trio
+
+try:
+    # trio.lowlevel.wait_task_rescheduled(abort) builds one of these (attrs, frozen) and
+    # yields it to the run loop through two coroutine levels of its own: ~5 % of an
+    # HTTP keep-alive request's instructions (callgrind).  A socket parks on every
+    # read that would block, so it builds its message once and yields it itself
+    # (park()).  Private to Trio: without it, park() falls back to the public call,
+    # and tests/test_readiness.py says so on the Trio in use.
+    from trio._core._traps import WaitTaskRescheduled
+
+    _WaitTaskRescheduled: Any = WaitTaskRescheduled
+except ImportError:  # pragma: no cover - a Trio that moved it
+    _WaitTaskRescheduled = None
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -66,6 +81,36 @@ class _Woken:
 
 
 WOKEN = cast("outcome.Value[None]", _Woken())
+
+AbortFunc = Callable[[Any], trio.lowlevel.Abort]
+
+PARK_FAST: bool = _WaitTaskRescheduled is not None
+"""park() yields a prebuilt message; False: it calls trio.lowlevel.wait_task_rescheduled."""
+
+
+def parking(abort_func: AbortFunc) -> object:
+    """A message that parks the task that :func:`park` s it, reusable for every wait.
+
+    The same contract as ``trio.lowlevel.wait_task_rescheduled(abort_func)``:
+    arrange a ``reschedule()`` before parking; ``abort_func`` runs on cancellation.
+    """
+    if _WaitTaskRescheduled is None:  # pragma: no cover
+        return abort_func
+    return _WaitTaskRescheduled(abort_func)
+
+
+@types.coroutine
+def _park_fast(message: object) -> Generator[object, Any, Any]:
+    return (yield message).unwrap()
+
+
+async def _park_public(message: object) -> Any:  # pragma: no cover - a Trio that moved it
+    return await trio.lowlevel.wait_task_rescheduled(cast("AbortFunc", message))
+
+
+park: Callable[[object], Awaitable[Any]] = _park_fast if PARK_FAST else _park_public
+"""``await park(message)``, ``message = parking(abort)``: ``await
+trio.lowlevel.wait_task_rescheduled(abort)`` in one generator level, not three."""
 
 
 class Watcher(Protocol):

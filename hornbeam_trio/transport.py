@@ -23,9 +23,9 @@ import sys
 from typing import Protocol
 
 import trio
-from trio.lowlevel import current_task, wait_task_rescheduled
+from trio.lowlevel import current_task
 
-from .readiness import ReadinessHub
+from .readiness import ReadinessHub, park, parking
 
 RECV_SIZE = 65536 + 1024
 """A 64 KiB message plus its frame header fits one recv(); still under malloc's mmap threshold."""
@@ -86,6 +86,7 @@ class SocketTransport:
         "drained",
         "fd",
         "hub",
+        "parked",
         "scheme_secure",
         "server",
         "sock",
@@ -104,7 +105,10 @@ class SocketTransport:
         """The last recv() came back short: the kernel buffer is most likely empty."""
         self.fd = sock.fileno()
         self.hub = hub
+        self.parked: object = None
+        """This socket's wait on the hub, built once (see readiness.park)."""
         if hub is not None:
+            self.parked = parking(self.abort_wait)
             hub.register(self.fd)
 
     async def _wait_readable(self) -> None:
@@ -119,7 +123,7 @@ class SocketTransport:
             self._unyielded = 0
         elif hub.arm(self.fd, current_task()):
             # Parked directly, not through hub.wait_readable: no coroutine or closure.
-            await wait_task_rescheduled(self.abort_wait)
+            await park(self.parked)
             self._unyielded = 0
 
     def abort_wait(self, _: object) -> trio.lowlevel.Abort:
@@ -134,8 +138,15 @@ class SocketTransport:
             # The last recv() drained the kernel buffer: a second one would almost surely
             # fail with EAGAIN, so wait for readiness first and save that syscall.
             self.drained = False
+            hub = self.hub
             try:
-                await self._wait_readable()
+                if hub is None:
+                    await self._wait_readable()
+                # The hub's branch of _wait_readable, inlined: this wait is once per
+                # request or message, and each coroutine level is crossed twice per wakeup.
+                elif hub.arm(self.fd, current_task()):
+                    await park(self.parked)
+                    self._unyielded = 0
             except trio.ClosedResourceError:
                 raise TransportClosed("closed locally") from None
         while True:

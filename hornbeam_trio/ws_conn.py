@@ -30,11 +30,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio.lowlevel import checkpoint, current_task, wait_task_rescheduled
+from trio.lowlevel import checkpoint, current_task
 
 from .protocol import websocket as wsproto
 from .protocol.http11 import ResponseEncoder, loggable_path, simple_response
 from .pubsub import Delivery
+from .readiness import park
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
@@ -383,7 +384,7 @@ class WebSocketConnection(WebSocketSession):
                         if data is None:  # the hub is armed for this task: park
                             try:
                                 # Also woken by _wake_app (the loop then sees the disconnect).
-                                await wait_task_rescheduled(inline.abort_wait)
+                                await park(inline.parked)
                             except trio.ClosedResourceError:
                                 self._transport_lost()
                                 break

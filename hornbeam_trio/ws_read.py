@@ -78,7 +78,7 @@ MAX_QUEUED_EVENTS = 64
 class InlineReader:
     """The app's task reads its socket itself; the hub reads while the app is away."""
 
-    __slots__ = ("abort_wait", "conn", "hub", "recv_nowait", "transport")
+    __slots__ = ("conn", "hub", "parked", "recv_nowait", "transport")
 
     def __init__(self, conn: Connection, transport: SocketTransport) -> None:
         self.conn = conn
@@ -88,8 +88,9 @@ class InlineReader:
         self.hub: ReadinessHub = hub
         self.recv_nowait = transport.recv_nowait
         """Bytes now, b"" at EOF, None if the kernel has none: the read after a wakeup."""
-        self.abort_wait = transport.abort_wait
-        """The abort of a task parked after :meth:`poll` returned None."""
+        self.parked = transport.parked
+        """The wait of a task after :meth:`poll` returned None: ``await readiness.park(parked)``
+        (its abort disarms the hub)."""
 
     def start(self, nursery: trio.Nursery) -> None:
         # Bytes that came while nobody read are the app's to read in receive().

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from hornbeam_trio.readiness import ReadinessHub
-from hornbeam_trio.transport import LINGER_RESET
+from hornbeam_trio.readiness import PARK_FAST, ReadinessHub
+from hornbeam_trio.transport import LINGER_RESET, SocketTransport, TransportClosed
 
 pytestmark = pytest.mark.skipif(not ReadinessHub.available(), reason="needs Linux epoll")
 
@@ -88,6 +88,63 @@ async def test_cancelled_wait_leaves_no_waiter_behind() -> None:
         with trio.move_on_after(0.01):
             await hub.wait_readable(a.fileno())
         assert a.fileno() not in hub.waiters
+
+
+def test_park_yields_its_prebuilt_message_on_this_trio() -> None:
+    """readiness.park() saves its instructions only while Trio keeps WaitTaskRescheduled
+    where readiness.py imports it from; on a Trio that moved it park() is slower, not
+    wrong, and this says so."""
+    assert PARK_FAST
+
+
+async def test_a_socket_transport_parked_on_the_hub_wakes_cancels_and_closes() -> None:
+    hub = ReadinessHub()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            transport = SocketTransport(a, hub=hub)
+            fd = a.fileno()
+            transport.drained = True  # the next recv() parks before it reads
+            with trio.move_on_after(0.01) as timer:
+                await transport.recv()
+            assert timer.cancelled_caught
+            assert fd not in hub.waiters  # the cancel disarmed the park
+
+            got: list[bytes] = []
+            woke = trio.Event()
+
+            async def reader() -> None:
+                got.append(await transport.recv())
+                woke.set()
+
+            transport.drained = True
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fd in hub.waiters
+            b.send(b"hi")
+            with trio.fail_after(1):
+                await woke.wait()
+            assert got == [b"hi"]
+
+            failed = trio.Event()
+
+            async def closed_reader() -> None:
+                with pytest.raises(TransportClosed):
+                    await transport.recv()
+                failed.set()
+
+            transport.drained = True
+            nursery.start_soon(closed_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            transport.abort()  # unregisters: the parked task fails, never hangs
+            with trio.fail_after(1):
+                await failed.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        a.close()
+        b.close()
 
 
 class RecordingWatcher:
