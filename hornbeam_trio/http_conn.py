@@ -593,12 +593,16 @@ class RequestCycle:
             data = encoder.body(message.get("body", b""), message.get("more_body", False))
             if data:
                 self.written = True
-                # self._write(data), inlined: one coroutine fewer per response.
+                # self._write(data), inlined, and send_all() in its halves: no coroutine
+                # per response when the kernel takes it at once.
                 conn = self.conn
                 if conn.closed_reason is not None:
                     raise ClientDisconnected(conn.closed_reason)
+                transport = conn.transport
                 try:
-                    await conn.transport.send_all(data)
+                    sent = transport.send_nowait(data)
+                    if sent != len(data):
+                        await transport.send_rest(data, sent)
                 except TransportClosed:
                     conn.client_left()
                     raise ClientDisconnected(_GONE) from None

@@ -10,8 +10,10 @@ any ``trio.abc.Stream``.
 Both expose the same small surface: ``recv()``, ``try_send()`` (never blocks;
 a stream transport always answers 0 so the caller queues), ``send_some()`` (waits
 for room, then says how much went: a queue that records it never resends a byte),
-``send_all()`` and ``close()``.  Both checkpoint every few operations that did not block, so a
-busy connection neither starves the others nor ignores cancellation.
+``send_all()``, its two halves ``send_nowait()``/``send_rest()`` (no coroutine when
+the kernel takes the bytes at once) and ``close()``.  Both checkpoint every few
+operations that did not block, so a busy connection neither starves the others nor
+ignores cancellation.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ class Transport(Protocol):
         ...
 
     async def send_all(self, data: bytes | memoryview) -> None: ...
+    def send_nowait(self, data: bytes) -> int:
+        """Send ``data`` whole now if the kernel takes it and no checkpoint is due; how
+        many bytes went.  ``len(data)``: done, without a coroutine.  Fewer: finish with
+        ``await send_rest(data, sent)``, which waits for room and checkpoints when due."""
+        ...
+
+    async def send_rest(self, data: bytes, sent: int) -> None: ...
     async def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -212,12 +221,34 @@ class SocketTransport:
         return sent
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        total = len(view)
-        sent = self.try_send(view)
-        while sent < total:
-            await self.wait_writable()
-            sent += self.try_send(view[sent:])
+        total = len(data)
+        sent = self.try_send(data)
+        if sent < total:
+            view = memoryview(data)
+            while sent < total:
+                await self.wait_writable()
+                sent += self.try_send(view[sent:])
+        self._unyielded += 1
+        if self._unyielded >= CHECKPOINT_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, data: bytes) -> int:
+        if self._unyielded >= CHECKPOINT_EVERY - 1:
+            return 0  # this operation owes a checkpoint: send_rest() sends and takes it
+        sent = self.try_send(data)
+        if sent == len(data):
+            self._unyielded += 1
+        return sent
+
+    async def send_rest(self, data: bytes, sent: int) -> None:
+        """The end of a :meth:`send_nowait` that sent ``sent`` bytes (see send_all)."""
+        total = len(data)
+        if sent < total:
+            view = memoryview(data)
+            while sent < total:
+                await self.wait_writable()
+                sent += self.try_send(view[sent:])
         self._unyielded += 1
         if self._unyielded >= CHECKPOINT_EVERY:
             self._unyielded = 0
@@ -285,6 +316,12 @@ class StreamTransport:
         if self._closed:
             raise TransportClosed("closed locally")
         return 0
+
+    def send_nowait(self, data: bytes) -> int:
+        return self.try_send(data)  # 0: a stream sends only in send_rest()
+
+    async def send_rest(self, data: bytes, sent: int) -> None:
+        await self.send_all(data[sent:] if sent else data)
 
     async def send_some(self, data: bytes | memoryview) -> int:
         """All of ``data``: a Trio stream shows no partial progress.  Cancelled, it sent

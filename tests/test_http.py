@@ -17,7 +17,7 @@ import trio.testing
 from http_apps import RawHTTP
 
 from hornbeam_trio.testing import AppFailed, run_server
-from hornbeam_trio.transport import LINGER_RESET
+from hornbeam_trio.transport import CHECKPOINT_EVERY, LINGER_RESET
 
 
 def get(path: bytes = b"/", *, extra: bytes = b"") -> bytes:
@@ -193,6 +193,39 @@ async def test_streamed_response_is_chunked() -> None:
     assert response.header("content-length") is None
     assert response.body == b"one,two,three"
     assert again.body == b"one,two,three"
+
+
+async def test_a_response_streamed_without_blocking_still_lets_other_tasks_run() -> None:
+    """Each body write the kernel takes at once skips the coroutine of send_all(), but
+    every CHECKPOINT_EVERY writes still yield: a fast stream never starves the server."""
+    chunks = 8 * CHECKPOINT_EVERY
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        before = ticks
+        for _ in range(chunks):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        seen.append(ticks - before)
+        await send({"type": "http.response.body", "body": b""})
+
+    async with run_server(app) as server, trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        client = await raw(server)
+        await client.send(get())
+        response = await client.read_response()
+        nursery.cancel_scope.cancel()
+    assert response.body == b"x" * chunks
+    assert seen and seen[0] >= chunks // CHECKPOINT_EVERY - 1
 
 
 async def test_head_has_headers_but_no_body() -> None:
