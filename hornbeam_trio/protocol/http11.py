@@ -207,6 +207,7 @@ class HTTPParser:
         "_upgrade",
         "_upgrade_tail",
         "_url",
+        "events",
     )
 
     def __init__(
@@ -225,6 +226,10 @@ class HTTPParser:
         self._max_body_size = max_body_size
         self._max_partial = max_header_size + _PARTIAL_LINE_SLACK
         self._events: deque[Event] = deque()
+        self.events = self._events
+        """The queue :meth:`next_event` pops, for a caller's hot loop: while it is not
+        empty, ``events.popleft()`` is what ``next_event()`` would return.  Read and
+        pop only; the parser alone appends."""
         self._error: HTTPError | None = None
         self._upgrade_tail: bytearray | None = None
         self._closed = False
@@ -372,12 +377,11 @@ class HTTPParser:
         # fresh list: they get the same limits and are then dropped with it.
         self._partial = 0
         size = len(name) + len(value)
-        if size > self._max_header_size:
-            self._fail(431, "header too large")
         self._head_size += size
         headers = self._headers
-        if len(headers) >= self._max_headers:
-            self._fail(431, "too many headers")
+        if size > self._max_header_size or len(headers) >= self._max_headers:
+            too_large = size > self._max_header_size
+            self._fail(431, "header too large" if too_large else "too many headers")
         name = name.lower()
         # llhttp keeps trailing OWS, which is not part of the value; it has
         # already rejected every control character but HTAB, so "<= SP" means OWS.
@@ -447,11 +451,11 @@ class HTTPParser:
             # framing; serve it, then close.
             self._keep_alive = keep_alive = False
         upgrade = None
-        if parser.should_upgrade():
-            offer = self._upgrade
-            if offer is None:
-                self._fail(400, "upgrade without an Upgrade header")
-            elif _has_token(offer, UPGRADE_ACCEPTED):
+        offer = self._upgrade
+        # llhttp upgrades only with an Upgrade header (CONNECT was refused above): no
+        # header, no question asked.
+        if offer is not None and parser.should_upgrade():
+            if _has_token(offer, UPGRADE_ACCEPTED):
                 upgrade = UPGRADE_ACCEPTED
             else:
                 # Declined (h2c, anything but WebSocket): answered over HTTP/1.1, then
