@@ -420,18 +420,53 @@ def measure_echo(conns: int, size: int, kind: str, key: str) -> Callable[..., Me
     return measure
 
 
-def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
-    url = f"http://{HOST}:{server.port}/"
+MIB = 1024 * 1024
+STREAM_BYTES = MIB
+"""The streaming rows' body size (benchmarks.apps:stream_1m: 64 KiB chunks down, any size up)."""
+
+
+def _wrk_post_script(size: int) -> Path:
+    """A wrk Lua script that POSTs ``size`` bytes (written once per size under results/)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"wrk-post-{size}.lua"
+    if not path.exists():
+        path.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = string.rep("x", {size})\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+    return path
+
+
+def _check_answer(
+    url: str, body: bytes | None, expected: Callable[[bytes], bool], what: str
+) -> None:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            status, body = response.status, response.read()
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status, answer = response.status, response.read()
     except OSError as exc:
-        raise Failure(f"GET / failed: {exc}") from exc
-    if status != 200 or body != b"hello":
-        raise Failure(f"GET / answered {status} {body[:40]!r}")
+        raise Failure(f"{what} failed: {exc}") from exc
+    if status != 200 or not expected(answer):
+        raise Failure(f"{what} answered {status} {answer[:40]!r}")
+
+
+def run_wrk(
+    server: ServerProcess,
+    opts: argparse.Namespace,
+    *,
+    connections: int = 100,
+    post: int | None = None,
+) -> Measurement:
+    """``wrk -t1 -c<connections>`` on ``GET /`` (or a POST of ``post`` bytes): requests/s."""
+    url = f"http://{HOST}:{server.port}/"
     seconds = max(1, round(opts.duration))
-    argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", "-c100", f"-d{seconds}s", url]
-    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    if post is not None:
+        argv += ["-s", str(_wrk_post_script(post))]
+    wrk = subprocess.Popen(
+        [*argv, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     clock = IntervalClock(server, children_cpu)  # wrk is reaped before the second mark
     clock.mark()
     try:
@@ -456,6 +491,37 @@ def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement
     details = {"requests": requests, "non2xx": bad, "socket_errors": socket_errors, "wrk": out}
     cpu = clock.result
     return Measurement(float(rps.group(1)), cpu.server, math.nan, cpu.foreign, details)
+
+
+def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    _check_answer(f"http://{HOST}:{server.port}/", None, lambda b: b == b"hello", "GET /")
+    return run_wrk(server, opts)
+
+
+def measure_http_post(size: int) -> Callable[[ServerProcess, argparse.Namespace], Measurement]:
+    def measure(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+        url = f"http://{HOST}:{server.port}/"
+        _check_answer(url, b"x" * size, lambda b: b == b"hello", f"POST / ({size} B)")
+        return run_wrk(server, opts, post=size)
+
+    return measure
+
+
+def measure_stream_down(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    """GET / of benchmarks.apps:stream_1m: 1 MiB in 64 KiB chunks; MB/s of body."""
+    url = f"http://{HOST}:{server.port}/"
+    _check_answer(url, None, lambda b: len(b) == STREAM_BYTES, "GET / (1 MiB)")
+    sample = run_wrk(server, opts, connections=4)
+    return dataclasses.replace(sample, value=sample.value * STREAM_BYTES / 1e6)
+
+
+def measure_stream_up(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    """POST / of 1 MiB to benchmarks.apps:stream_1m, which reads it all; MB/s of body."""
+    url = f"http://{HOST}:{server.port}/"
+    expected = str(STREAM_BYTES).encode()
+    _check_answer(url, b"x" * STREAM_BYTES, lambda b: b == expected, "POST / (1 MiB)")
+    sample = run_wrk(server, opts, connections=4, post=STREAM_BYTES)
+    return dataclasses.replace(sample, value=sample.value * STREAM_BYTES / 1e6)
 
 
 def measure_idle(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
@@ -499,6 +565,8 @@ class Workload:
     measure: Callable[[ServerProcess, argparse.Namespace], Measurement]
     http: bool = False
     lower_is_better: bool = False
+    app: str = "echo"
+    """The benchmarks.apps app every server runs for this row."""
 
 
 def workloads(opts: argparse.Namespace) -> list[Workload]:
@@ -523,6 +591,54 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
         ),
         Workload(
             "http", "HTTP GET / hello, wrk -t1 -c100 keep-alive", "req/s", measure_http, http=True
+        ),
+        Workload(
+            "http_read",
+            "HTTP GET / hello, the app reads its (empty) body first",
+            "req/s",
+            measure_http,
+            http=True,
+            app="hello_read",
+        ),
+        Workload(
+            "http_post1k",
+            "HTTP POST / 1 KiB body the app reads, hello",
+            "req/s",
+            measure_http_post(1024),
+            http=True,
+            app="hello_read",
+        ),
+        Workload(
+            "http_starlette",
+            "HTTP GET / hello in Starlette",
+            "req/s",
+            measure_http,
+            http=True,
+            app="hello_starlette",
+        ),
+        Workload(
+            "http_fastapi",
+            "HTTP GET / hello in FastAPI",
+            "req/s",
+            measure_http,
+            http=True,
+            app="hello_fastapi",
+        ),
+        Workload(
+            "stream_down",
+            "HTTP GET / 1 MiB body in 64 KiB chunks, wrk -c4",
+            "MB/s of body",
+            measure_stream_down,
+            http=True,
+            app="stream_1m",
+        ),
+        Workload(
+            "stream_up",
+            "HTTP POST / 1 MiB upload the app reads, wrk -c4",
+            "MB/s of body",
+            measure_stream_up,
+            http=True,
+            app="stream_1m",
         ),
         Workload(
             "idle",
@@ -712,7 +828,9 @@ def main_table(
     rows, notes, cpu_rows = [], [], []
     for workload in chosen:
         entries = [
-            Entry(n, SERVERS[n], "echo") for n in names if SERVERS[n].http or not workload.http
+            Entry(n, SERVERS[n], workload.app)
+            for n in names
+            if SERVERS[n].http or not workload.http
         ]
         measured, ratios = measure_row(entries, workload.key, workload.measure, opts, log_dir)
         cells: dict[str, Cell] = {n: measured.get(n) for n in names}  # None: not applicable
@@ -923,7 +1041,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_tools(opts: argparse.Namespace) -> None:
     missing = [tool for tool in ("taskset",) if shutil.which(tool) is None]
-    if "http" in opts.only and shutil.which("wrk") is None:
+    uses_wrk = any(w.http and w.key in opts.only for w in workloads(opts))
+    if uses_wrk and shutil.which("wrk") is None:
         sys.exit(
             "wrk is missing: install it with `apt-get install -y wrk` "
             "(or run without http: --only ws1,ws100,ws64k,idle,broadcast)"
