@@ -340,7 +340,7 @@ class HTTPConnection:
                 return event
             cycle = RequestCycle(self, event)
             await cycle.run()
-            if not cycle.keep_alive or self.eof:
+            if not cycle.reuse or self.eof:
                 return None
         return None
 
@@ -389,17 +389,24 @@ class HTTPConnection:
         return ws
 
 
-class RequestCycle:
-    """One request/response: the ASGI ``receive`` and ``send`` of an ``http`` scope."""
+class RequestCycle(ResponseEncoder):
+    """One request/response: the ASGI ``receive`` and ``send`` of an ``http`` scope.
 
-    __slots__ = ("body_done", "conn", "encoder", "keep_alive", "request", "status", "written")
+    It is its own response's :class:`ResponseEncoder` (``start``, ``body``,
+    ``started``, ``complete``, and ``keep_alive``: what the response allows) rather
+    than holding one: one object per request, not two.  Whether the connection goes
+    on after it is :attr:`reuse`.
+    """
+
+    __slots__ = ("body_done", "conn", "request", "reuse", "status", "written")
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
+        ResponseEncoder.__init__(self, request)
         self.conn = conn
         self.request = request
-        self.encoder = ResponseEncoder(request)
         self.body_done = False
-        self.keep_alive = request.keep_alive
+        self.reuse = request.keep_alive
+        """The connection may serve another request after this one (final after run())."""
         self.status = 0
         self.written = False
 
@@ -433,9 +440,9 @@ class RequestCycle:
         try:
             await server.app(scope, self.receive, self.send)
         except ClientDisconnected:
-            self.keep_alive = False
+            self.reuse = False
         except Exception as exc:
-            self.keep_alive = False
+            self.reuse = False
             if isinstance(exc, ConnectionEnded) and conn.closed_reason is _GONE:
                 pass  # an owned write after its client left: the normal end of such an app
             else:
@@ -447,7 +454,7 @@ class RequestCycle:
                     await self._write(simple_response(500, b"Internal Server Error"))
                     self.status = 500
                     return
-        if not self.encoder.complete:
+        if not self.complete:
             if not self.written and conn.closed_reason is None:  # no 500 after our own 408/400
                 logger.error(
                     "HTTP app returned without a complete response (%s)",
@@ -455,20 +462,20 @@ class RequestCycle:
                 )
                 await self._write(simple_response(500, b"Internal Server Error"))
                 self.status = 500
-            self.keep_alive = False
+            self.reuse = False
         else:
-            self.keep_alive = self.keep_alive and self.encoder.keep_alive
-        if self.keep_alive and not self.body_done:
+            self.reuse = self.reuse and self.keep_alive
+        if self.reuse and not self.body_done:
             if request.expect_continue:
                 # No "100 Continue" was sent, so the client may never send the body:
                 # waiting to skip it would stall.
-                self.keep_alive = False
+                self.reuse = False
             elif (events := conn.parser.events) and events[0] is END_OF_MESSAGE:
                 # conn.parser.skip_end_of_message(), inlined: one call fewer per request.
                 events.popleft()
                 self.body_done = True  # no body (or all read): no coroutine to drain it
             else:
-                self.keep_alive = await self._drain_body(DRAIN_LIMIT)
+                self.reuse = await self._drain_body(DRAIN_LIMIT)
         if conn.access_log:
             client = transport.client
             access_logger.info(
@@ -531,12 +538,12 @@ class RequestCycle:
 
     async def receive(self) -> Message:
         if self.body_done:
-            if self.encoder.complete or self.conn.eof:
+            if self.complete or self.conn.eof:
                 await trio.lowlevel.checkpoint()
                 return _DISCONNECT
             return await self._wait_disconnect()
         request = self.request
-        if request.expect_continue and not self.encoder.started:
+        if request.expect_continue and not self.started:
             request.expect_continue = False
             await self._write(CONTINUE_RESPONSE)
         conn = self.conn
@@ -545,7 +552,7 @@ class RequestCycle:
         event = events.popleft() if events else await conn._next_event(conn.request_timeout)
         if event is None:
             self.body_done = True
-            self.keep_alive = False
+            self.reuse = False
             return _DISCONNECT
         if event is END_OF_MESSAGE:
             self.body_done = True
@@ -576,13 +583,13 @@ class RequestCycle:
                 data = b""
             if not data:
                 conn.client_left()
-                self.keep_alive = False
+                self.reuse = False
                 return _DISCONNECT
-            if not self.keep_alive or conn.parse_error is not None:
+            if not self.reuse or conn.parse_error is not None:
                 continue  # nothing after this response is served: not kept
             budget -= len(data)
             if budget < 0:
-                self.keep_alive = False  # over the budget: dropped from here on
+                self.reuse = False  # over the budget: dropped from here on
                 continue
             try:
                 conn.parser.feed(data)  # pipelined next request: keep it for later
@@ -591,13 +598,12 @@ class RequestCycle:
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
-        encoder = self.encoder
         if kind == "http.response.body":
-            if not encoder.started:
+            if not self.started:
                 raise RuntimeError("http.response.body before http.response.start")
-            if encoder.complete:
+            if self.complete:
                 raise RuntimeError("http.response.body after the response completed")
-            data = encoder.body(message.get("body", b""), message.get("more_body", False))
+            data = self.body(message.get("body", b""), message.get("more_body", False))
             if data:
                 self.written = True
                 # self._write(data), inlined, and send_all() in its halves: no coroutine
@@ -614,9 +620,9 @@ class RequestCycle:
                     conn.client_left()
                     raise ClientDisconnected(_GONE) from None
         elif kind == "http.response.start":
-            if encoder.started:
+            if self.started:
                 raise RuntimeError("http.response.start sent twice")
             self.status = int(message["status"])
-            encoder.start(self.status, message.get("headers", ()))
+            self.start(self.status, message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} in an http scope")
