@@ -158,6 +158,8 @@ class Server:
         return scope
 
     async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        # A shutdown that came before this task ran has closed the listener already.
+        await trio.lowlevel.checkpoint_if_cancelled()
         accepted = 0
         while True:
             try:
@@ -293,16 +295,19 @@ async def serve_server(
     try:
         async with trio.open_nursery() as nursery:
             shutdown = trio.Event()
-            result = await nursery.start(_run_shielded, server, listeners, shutdown, unlink_unix)
-            if isinstance(result, StartupFailed):
-                failure = result
-            else:
-                task_status.started(result)
-                try:
+            try:
+                result = await nursery.start(
+                    _run_shielded, server, listeners, shutdown, unlink_unix
+                )
+                if isinstance(result, StartupFailed):
+                    failure = result
+                else:
+                    task_status.started(result)
                     await trio.sleep_forever()
-                finally:
-                    # The caller's cancellation lands here; the shielded task does the rest.
-                    shutdown.set()
+            finally:
+                # The caller's cancellation lands here, also during a startup: the
+                # shielded task finishes starting, then sees this and shuts down.
+                shutdown.set()
     finally:
         for listener in listeners:
             _close_listener(listener, unlink=unlink_unix)
@@ -397,6 +402,11 @@ async def _run_shielded(
 
                     connections.start_soon(accept_all)
                     task_status.started([bound_address(sock) for sock in listeners])
+                    if trio.lowlevel.current_task().eventual_parent_nursery is not None:
+                        # serve()'s caller was cancelled while we started (SIGINT during
+                        # lifespan startup): Trio then leaves this task where it was, and
+                        # nobody would ever set ``shutdown``.  That cancellation is it.
+                        shutdown.set()
                     await shutdown.wait()
                     deadline = trio.current_time() + config.shutdown_timeout
                     accept_scope.cancel()

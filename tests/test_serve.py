@@ -485,3 +485,24 @@ def test_good_values_are_accepted(options: dict[str, Any]) -> None:
     config = Config.from_options(**options)
     for name, value in options.items():
         assert getattr(config, name) == (tuple(value) if name == "bind" else value)
+
+
+async def test_cancelled_during_a_slow_lifespan_startup_serve_still_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """SIGINT while the app's startup runs: serve() used to wait forever for a shutdown
+    signal that its cancelled start() never gave (the server kept running)."""
+    shut_down = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await trio.sleep(3)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        shut_down.set()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    with trio.move_on_after(1):  # before the fix: a hang (pytest-timeout fails it)
+        await serve(app, Config(bind=("127.0.0.1:0",), log_level="warning"))
+    assert shut_down.is_set()  # it finished starting, then shut down properly
