@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from example_server import example_server, http_get
 
 from hornbeam_erlang import publish, subscribe
 from hornbeam_trio import stats
@@ -198,3 +199,10 @@ async def test_a_broadcast_and_its_flush_allocate_no_tracked_object_per_subscrib
         assert allocated < 50
         for stream in subscribers:
             await stream.aclose()
+
+
+async def test_the_server_process_freezes_its_start_up_heap() -> None:
+    async with example_server("tests.apps.gc_probe:app") as server:
+        report = (await http_get(server, "/")).json()
+    assert report["frozen"] > 0
+    assert report["import_heap_tracked"] is False
