@@ -242,7 +242,7 @@ class WebSocketConnection(WebSocketSession):
         iterator of the connection ends, its owned keys are undone and later owned
         writes refused (``ConnectionContext.end``).  Idempotent, never raises.
         """
-        self.writer.drop_queued_deliveries()
+        self.writer.drop_batch()
         self._pre_accept.clear()
         self.context.end()
 

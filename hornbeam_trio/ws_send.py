@@ -247,6 +247,18 @@ class Writer:
         self.delivery_count -= 1
         self.delivery_bytes -= len(frame)
 
+    def drop_batch(self) -> None:
+        """Forget this pass's deliveries, not yet written (what went before them still goes)."""
+        batch = self.batch
+        if batch is not None:
+            self.batch = None
+            if isinstance(batch, bytes):
+                self._forget(batch)
+            else:
+                for frame in batch:
+                    self._forget(frame)
+                batch.clear()  # the spare
+
     def drop_queued_deliveries(self) -> int:
         """Forget every delivery not yet started (the batch too); the started head stays."""
         dropped = 0
@@ -264,15 +276,8 @@ class Writer:
         self.pending = kept
         batch = self.batch
         if batch is not None:
-            self.batch = None
-            if isinstance(batch, bytes):
-                dropped += 1
-                self._forget(batch)
-            else:
-                dropped += len(batch)
-                for frame in batch:
-                    self._forget(frame)
-                batch.clear()  # the spare
+            dropped += 1 if isinstance(batch, bytes) else len(batch)
+            self.drop_batch()
         return dropped
 
     def _start_head(self) -> Chunk:
