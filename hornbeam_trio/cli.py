@@ -74,6 +74,9 @@ HELP: dict[str, str] = {
     "subscriber_queue_size": (
         "messages queued per subscriber before the slow-consumer policy applies"
     ),
+    "subscriber_queue_bytes": (
+        "bytes of messages queued per subscriber before the slow-consumer policy applies"
+    ),
     "log_level": "lowest level logged",
     "access_log": "log one line per HTTP request and WebSocket session",
 }

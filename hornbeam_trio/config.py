@@ -100,6 +100,11 @@ class Config:
     slow_consumer: SlowConsumerPolicy = "close"
     subscriber_queue_size: int = 1024
     """Deliveries queued per subscriber before the slow-consumer policy applies."""
+    subscriber_queue_bytes: int = 4 * 1024 * 1024
+    """Bytes of deliveries queued per subscriber before the policy applies: 1,024
+    messages of 4 KiB.  What a subscriber holds are references to frames every
+    subscriber shares, so this bounds the accounting more than the memory; a message
+    larger than this still reaches a subscriber with nothing queued."""
 
     # --- logging -----------------------------------------------------------
     log_level: str = "info"
@@ -136,6 +141,7 @@ class Config:
             "websocket_max_frame_size",
             "websocket_max_queue_bytes",
             "subscriber_queue_size",
+            "subscriber_queue_bytes",
         ):
             _require_int(name, getattr(self, name), minimum=1)
         for name in ("timeout", "websocket_timeout", "websocket_ping_interval"):

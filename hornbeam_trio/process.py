@@ -15,6 +15,7 @@ sockets could not be opened; 2 bad usage, configuration or app reference
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -107,3 +108,18 @@ def only_exception(exc: BaseException, kind: type[E]) -> E | None:
                 leaf = leaf.exceptions[0]
             return cast(E, leaf)
     return None
+
+
+def freeze_startup_heap() -> None:
+    """Exclude what start-up made (the app, its imports, lifespan state) from garbage collection.
+
+    A full collection walks every object in the old generation; here it would walk the
+    whole app for every one, inside whatever call allocated last (a publish to
+    19,000 subscribers, say).  Frozen objects are never examined again (nor freed if
+    they were garbage already, which start-up leaves little of).  Done by server
+    processes only (``runner`` once listening; ``workers`` before each fork, which also
+    spares the workers copies of pages the collector would write to): ``serve()`` inside
+    someone else's program or test leaves that heap alone.
+    """
+    gc.collect()
+    gc.freeze()

@@ -52,6 +52,7 @@ from hornbeam_trio.process import (
     EXIT_STARTUP_FAILED,
     EXIT_USAGE,
     describe_address,
+    freeze_startup_heap,
     only_exception,
     raise_open_file_limit,
     startup_failure_code,
@@ -161,6 +162,7 @@ async def _main(app: ASGIApp, config: Config) -> int:
                             serve, app, config
                         )
                         listening = True
+                        freeze_startup_heap()
                         for address in addresses:
                             logger.info("Listening on %s", describe_address(address, config))
                 nursery.cancel_scope.cancel()  # serve is done: stop watching signals

@@ -41,6 +41,7 @@ from .process import (
     EXIT_STARTUP_FAILED,
     EXIT_USAGE,
     describe_address,
+    freeze_startup_heap,
     only_exception,
     raise_open_file_limit,
     startup_failure_code,
@@ -146,6 +147,7 @@ class _Supervisor:
         self._start(number)
 
     def _start(self, number: int) -> None:
+        freeze_startup_heap()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1

@@ -40,7 +40,7 @@ from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
 from .ws_read import MAX_QUEUED_EVENTS, InlineReader, Reader, TaskReader
-from .ws_send import SEND_HIGH_WATER, DeliveryBatcher, Writer
+from .ws_send import FIRST, FULL, JOINED, SEND_HIGH_WATER, DeliveryBatcher, Writer
 from .ws_session import (
     CLOSED,
     CLOSING,
@@ -102,7 +102,6 @@ class WebSocketConnection(WebSocketSession):
     __slots__ = (
         "_answer",
         "_app_waiter",
-        "_batch",
         "_batcher",
         "_denial",
         "_events",
@@ -180,8 +179,6 @@ class WebSocketConnection(WebSocketSession):
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
-        self._batch: list[bytes] | None = None
-        """Deliveries of the current scheduler pass, sent together by the batcher."""
         self._denial: ResponseEncoder | None = None
         self._answer: bytes | None = None
         """An HTTP answer still owed when the connection ends (503: refused at shutdown)."""
@@ -245,7 +242,7 @@ class WebSocketConnection(WebSocketSession):
         iterator of the connection ends, its owned keys are undone and later owned
         writes refused (``ConnectionContext.end``).  Idempotent, never raises.
         """
-        self._batch = None
+        self.writer.drop_batch()
         self._pre_accept.clear()
         self.context.end()
 
@@ -281,7 +278,6 @@ class WebSocketConnection(WebSocketSession):
         """
         if self.state is not OPEN:
             return
-        self._batch = None
         self.writer.drop_queued_deliveries()
         self._send_close(code, reason)
 
@@ -493,9 +489,9 @@ class WebSocketConnection(WebSocketSession):
                 if data is None:
                     raise TypeError("websocket.send needs 'text' or 'bytes'")
                 frame = protocol.send_message(bytes(data))
-            if self._batch:
-                self.flush_batch()
             writer = self.writer
+            if writer.batch is not None:
+                self.flush_batch()
             try:
                 if writer.pending or writer.streamed:
                     await writer.write(frame)
@@ -700,11 +696,11 @@ class WebSocketConnection(WebSocketSession):
             self._timers.schedule(self, deadline)
 
     # ------------------------------------------------------------------ send path
-    def _write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
-        if self._batch:
+    def _write_nowait(self, data: bytes) -> None:
+        if self.writer.batch is not None:
             self.flush_batch()
         try:
-            self.writer.write_nowait(data, delivery=delivery)
+            self.writer.write_nowait(data)
         except TransportClosed:
             self._transport_lost()
 
@@ -715,48 +711,49 @@ class WebSocketConnection(WebSocketSession):
 
     # ------------------------------------------------------------------ pub/sub push target
     def deliver(self, delivery: Delivery) -> bool:
-        """Called by publish(): never blocks; the slow-consumer policy applies on overflow."""
+        """Called by publish(): never blocks; the slow-consumer policy applies on overflow.
+
+        The bounds count messages and bytes from publish() until the kernel has them
+        (``Writer.delivery_count``/``delivery_bytes``), however a burst was batched.
+        """
+        frame = delivery.frame
+        config = self.config
         if self.state is not OPEN:
-            if (
-                self.state is HANDSHAKE
-                and len(self._pre_accept) < self.config.subscriber_queue_size
-            ):
-                self._pre_accept.append(delivery.frame)
+            if self.state is HANDSHAKE and len(self._pre_accept) < config.subscriber_queue_size:
+                self._pre_accept.append(frame)
                 return True
             return False
         writer = self.writer
-        batch = self._batch
-        limit = self.config.subscriber_queue_size
-        if writer.pending_deliveries + (len(batch) if batch else 0) >= limit:
-            if self.config.slow_consumer == "drop-oldest":
-                if batch:
-                    del batch[0]
-                else:
-                    writer.drop_queued_deliveries(keep_newest=limit - 1)
-            else:
-                logger.info(
-                    "closing WebSocket: slow consumer (%d queued)", writer.pending_deliveries
-                )
-                self.close_now(1013, "slow consumer")
-                return False
-        if batch is None:
-            self._batch = [delivery.frame]
+        max_messages = config.subscriber_queue_size
+        max_bytes = config.subscriber_queue_bytes
+        offered = writer.offer(frame, max_messages, max_bytes)
+        if offered == FIRST:
             self._batcher.mark(self)
-        else:
-            batch.append(delivery.frame)
+            return True
+        if offered == JOINED:
+            return True
+        if config.slow_consumer == "close":
+            logger.info(
+                "closing WebSocket: slow consumer (%d messages, %d bytes queued)",
+                writer.delivery_count,
+                writer.delivery_bytes,
+            )
+            self.close_now(1013, "slow consumer")
+            return False
+        while (offered := writer.offer(frame, max_messages, max_bytes)) == FULL:
+            if not writer.drop_oldest_delivery():
+                # All that is queued is already on the wire: this message is the one lost.
+                return True
+        if offered == FIRST:
+            self._batcher.mark(self)
         return True
 
     def flush_batch(self) -> None:
         """Write the deliveries of this scheduler pass in one send() (the batcher calls this)."""
-        batch = self._batch
-        if not batch:
-            return
-        self._batch = None
-        if self.state is not OPEN:
+        writer = self.writer
+        if writer.batch is None or self.state is not OPEN:
             return
         try:
-            self.writer.write_nowait(
-                batch[0] if len(batch) == 1 else b"".join(batch), delivery=True
-            )
+            writer.flush_deliveries()
         except TransportClosed:
             self._transport_lost()

@@ -11,7 +11,9 @@ deliveries all write through one :class:`Writer`.  Invariants:
 - Bytes the kernel took are never sent again: the flusher cuts the head item to
   what is left before each wait, so a flush cancelled halfway (the connection
   ending) leaves ``final_flush`` exactly the rest.
-- Queued deliveries may be dropped (slow-consumer policy, close), never the head.
+- Queued deliveries may be dropped (slow-consumer policy, close), whole and only
+  before they start: a list of frames is never in flight (``_start_head`` turns
+  it into bytes before the flusher's await).
 - The app's ``send()`` waits only when more than ``SEND_HIGH_WATER`` bytes are
   queued (backpressure), and otherwise checkpoints every ``CHECKPOINT_EVERY`` sends.
 
@@ -34,6 +36,14 @@ logger = logging.getLogger("hornbeam_trio")
 SEND_HIGH_WATER = 256 * 1024
 """Queued bytes above which the app's send() waits for the socket to drain."""
 
+JOIN_LIMIT = 64 * 1024
+"""Queued delivery frames the flusher joins into one send: beyond, they stay droppable."""
+
+Chunk = bytes | memoryview
+
+FULL, JOINED, FIRST = -1, 0, 1
+"""What ``Writer.offer`` did with a delivery."""
+
 
 class BatchTarget(Protocol):
     """A connection with deliveries to flush (``WebSocketConnection``)."""
@@ -42,16 +52,27 @@ class BatchTarget(Protocol):
 
 
 class Writer:
-    """The connection's single send path: non-blocking first, queue only the rest."""
+    """The connection's single send path: non-blocking first, queue only the rest.
+
+    Pub/sub deliveries are accounted here, in messages and bytes, from the moment a
+    publish hands one over until its last byte reaches the kernel: ``delivery_count``
+    and ``delivery_bytes`` cover the batch of this scheduler pass and every queued
+    delivery, however the batches were joined for the wire.  Queued deliveries not yet
+    started stay separate frames (the very bytes objects every subscriber shares), so
+    the slow-consumer policy can drop whole oldest messages and never half of one.
+    """
 
     __slots__ = (
         "_drained",
         "_flushing",
         "_nursery",
+        "_spare",
         "_unyielded",
+        "batch",
+        "delivery_bytes",
+        "delivery_count",
         "pending",
         "pending_bytes",
-        "pending_deliveries",
         "pong",
         "streamed",
         "transport",
@@ -59,12 +80,20 @@ class Writer:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.pending: list[tuple[bytes | memoryview, bool]] = []
-        """A list, not a deque: an idle connection holds an empty one (a deque costs 600 B)."""
+        self.pending: list[tuple[Chunk | list[bytes], int]] = []
+        """Items in wire order: ``(bytes or memoryview, messages)`` for bytes to send as they
+        are (started, or the app's and the protocol's own: 0 messages), or ``(frames,
+        len(frames))`` for deliveries not started yet.  Only the head is ever partly sent.
+        A list, not a deque: an idle connection holds an empty one (a deque costs 600 B)."""
         self.pending_bytes = 0
-        self.pending_deliveries = 0
         self.pong: bytes | None = None
         """The latest pong owed while earlier bytes wait: at most one is ever held."""
+        self.batch: bytes | list[bytes] | None = None
+        """This pass's deliveries: one frame as itself, several in ``_spare``."""
+        self._spare: list[bytes] | None = None
+        """The list several frames of one pass share, kept for the next pass (see offer)."""
+        self.delivery_count = 0
+        self.delivery_bytes = 0
         self._nursery: trio.Nursery | None = None
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
@@ -74,15 +103,15 @@ class Writer:
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
-    def write_nowait(self, data: bytes, *, delivery: bool = False) -> None:
+    def write_nowait(self, data: bytes) -> None:
         """Send now what the kernel takes; queue the rest.  Raises TransportClosed."""
         if not self.pending:
             sent = self.transport.try_send(data)
             if sent == len(data):
                 return
-            self._enqueue(memoryview(data)[sent:] if sent else data, delivery)
+            self._enqueue(memoryview(data)[sent:] if sent else data, 0, len(data) - sent)
         else:
-            self._enqueue(data, delivery)
+            self._enqueue(data, 0, len(data))
 
     def owe_pong(self, frame: bytes) -> None:
         """A pong while earlier bytes wait: hold only the latest (RFC 6455 5.5.3 lets a
@@ -92,57 +121,211 @@ class Writer:
         else:
             self.write_nowait(frame)
 
-    def _enqueue(self, data: bytes | memoryview, delivery: bool) -> None:
-        self.pending.append((data, delivery))
-        self.pending_bytes += len(data)
-        if delivery:
-            self.pending_deliveries += 1
+    def _enqueue(self, data: Chunk | list[bytes], messages: int, size: int) -> None:
+        self.pending.append((data, messages))
+        self.pending_bytes += size
         if not self._flushing and self._nursery is not None:
             self._flushing = True
             self._nursery.start_soon(self._flush)
 
-    def drop_queued_deliveries(self, *, keep_newest: int = 0) -> int:
-        """Forget queued deliveries not yet started (never the head, which may be half sent)."""
-        if self.pending_deliveries <= keep_newest:
-            return 0
-        head = self.pending.pop(0) if self.pending else None
-        to_drop = self.pending_deliveries - keep_newest
-        if head is not None and head[1]:
-            to_drop -= 1  # the head stays even though it is a delivery
-        kept: list[tuple[bytes | memoryview, bool]] = []
+    # ------------------------------------------------------------ deliveries
+    def offer(self, frame: bytes, max_messages: int, max_bytes: int) -> int:
+        """Join this pass's batch if the bounds allow: ``FIRST`` (the batch was empty: the
+        batcher must be told), ``JOINED``, or ``FULL`` (nothing done; the policy decides).
+
+        A message larger than the byte bound alone still goes to an empty queue.  One
+        call per delivery, allocating nothing the garbage collector tracks: one frame is
+        kept as itself, several in the connection's reused list.  A broadcast that made a
+        container per subscriber would push them into the old generation whenever a
+        collection ran mid-pass, and bring on a full collection inside publish().
+        """
+        count = self.delivery_count
+        size = len(frame)
+        if count >= max_messages or (count and self.delivery_bytes + size > max_bytes):
+            return FULL
+        self.delivery_count = count + 1
+        self.delivery_bytes += size
+        if self.batch is None:
+            self.batch = frame
+            return FIRST
+        self.join_batch(frame)
+        return JOINED
+
+    def join_batch(self, frame: bytes) -> None:
+        """Add a second or later frame to this pass's batch (counted by the caller)."""
+        batch = self.batch
+        if isinstance(batch, bytes):
+            spare = self._spare
+            if spare is None:
+                spare = self._spare = []
+            spare.append(batch)
+            spare.append(frame)
+            self.batch = spare
+        elif batch is not None:
+            batch.append(frame)
+
+    def flush_deliveries(self) -> None:
+        """Write this pass's batch: one send() for all of it.  Raises TransportClosed."""
+        batch = self.batch
+        if batch is None:
+            return
+        self.batch = None
+        data = batch if isinstance(batch, bytes) else b"".join(batch)
+        if not self.pending:
+            sent = self.transport.try_send(data)
+            self.delivery_bytes -= sent
+            if sent == len(data):
+                if isinstance(batch, bytes):
+                    self.delivery_count -= 1
+                else:
+                    self.delivery_count -= len(batch)
+                    batch.clear()  # the spare, for the next pass
+                return
+        else:
+            sent = 0
+        # The slow path: the kernel did not take it all.  The queue keeps the frames.
+        if isinstance(batch, bytes):
+            frames = [batch]
+        else:
+            frames = batch
+            self._spare = None  # handed over to the queue
+        if sent:
+            # Messages the kernel took whole are gone; the one it took part of is the
+            # started head; the rest stay droppable frames.
+            whole = 0
+            offset = 0
+            while offset + len(frames[whole]) <= sent:
+                offset += len(frames[whole])
+                whole += 1
+            self.delivery_count -= whole
+            if sent > offset:
+                head = memoryview(frames[whole])[sent - offset :]
+                self._enqueue(head, 1, len(head))
+                whole += 1
+            frames = frames[whole:]
+        if frames:
+            self._queue_frames(frames)
+
+    def _queue_frames(self, frames: list[bytes]) -> None:
+        size = sum(map(len, frames))
+        pending = self.pending
+        tail = pending[-1][0] if pending else None
+        if isinstance(tail, list):  # never in flight: see _start_head
+            # Joins the queued deliveries before it: one item, whatever the number of passes.
+            tail.extend(frames)
+            pending[-1] = (tail, len(tail))
+            self.pending_bytes += size
+        else:
+            self._enqueue(frames, len(frames), size)
+
+    def drop_oldest_delivery(self) -> bool:
+        """Forget the oldest delivery not yet started on the wire; False if there is none."""
+        pending = self.pending
+        for index, (data, _) in enumerate(pending):
+            if isinstance(data, list):
+                frame = data.pop(0)
+                if data:
+                    pending[index] = (data, len(data))
+                else:
+                    del pending[index]
+                self.pending_bytes -= len(frame)
+                self._forget(frame)
+                return True
+        batch = self.batch
+        if batch is None:
+            return False
+        if isinstance(batch, bytes):
+            self.batch = None
+            self._forget(batch)
+        else:
+            self._forget(batch.pop(0))
+            if not batch:
+                self.batch = None  # the list stays the spare
+        return True
+
+    def _forget(self, frame: bytes) -> None:
+        self.delivery_count -= 1
+        self.delivery_bytes -= len(frame)
+
+    def drop_batch(self) -> None:
+        """Forget this pass's deliveries, not yet written (what went before them still goes)."""
+        batch = self.batch
+        if batch is not None:
+            self.batch = None
+            if isinstance(batch, bytes):
+                self._forget(batch)
+            else:
+                for frame in batch:
+                    self._forget(frame)
+                batch.clear()  # the spare
+
+    def drop_queued_deliveries(self) -> int:
+        """Forget every delivery not yet started (the batch too); the started head stays."""
         dropped = 0
+        kept: list[tuple[Chunk | list[bytes], int]] = []
         for item in self.pending:
-            if item[1] and dropped < to_drop:
-                dropped += 1
-                self.pending_bytes -= len(item[0])
-                self.pending_deliveries -= 1
+            data = item[0]
+            if type(data) is list:
+                dropped += len(data)
+                size = sum(map(len, data))
+                self.pending_bytes -= size
+                self.delivery_count -= len(data)
+                self.delivery_bytes -= size
             else:
                 kept.append(item)
-        if head is not None:
-            kept.insert(0, head)
         self.pending = kept
+        batch = self.batch
+        if batch is not None:
+            dropped += 1 if isinstance(batch, bytes) else len(batch)
+            self.drop_batch()
         return dropped
+
+    def _start_head(self) -> Chunk:
+        """Turn queued frames at the head into bytes to send: at most ``JOIN_LIMIT`` of
+        them (at least one), so most of a long queue stays droppable."""
+        frames: list[bytes] = self.pending[0][0]  # type: ignore[assignment]
+        size = 0
+        taken = 0
+        for frame in frames:
+            size += len(frame)
+            taken += 1
+            if size >= JOIN_LIMIT:
+                break
+        if taken == len(frames):
+            data = frames[0] if taken == 1 else b"".join(frames)
+            self.pending[0] = (data, taken)
+        else:
+            data = b"".join(frames[:taken])
+            rest = frames[taken:]
+            self.pending[0] = (data, taken)
+            self.pending.insert(1, (rest, len(rest)))
+        return data
 
     async def _flush(self) -> None:
         transport = self.transport
         unyielded = 0
         try:
             while self.pending:
-                data, delivery = self.pending[0]
-                sent = await transport.send_some(data)
+                pending = self.pending
+                data, messages = pending[0]
+                if type(data) is list:
+                    data = self._start_head()
+                sent = await transport.send_some(data)  # type: ignore[arg-type]
+                pending = self.pending  # drop_queued_deliveries may have replaced the list
+                if messages:
+                    self.delivery_bytes -= sent
                 if sent < len(data):
                     # Recorded before the next await: a cancel there resends nothing.
-                    self.pending[0] = (memoryview(data)[sent:], delivery)
+                    pending[0] = (memoryview(data)[sent:], messages)  # type: ignore[arg-type]
                     self.pending_bytes -= sent
                     continue
-                del self.pending[0]
-                self.pending_bytes -= len(data)
-                if delivery:
-                    self.pending_deliveries -= 1
+                del pending[0]
+                self.pending_bytes -= sent
+                self.delivery_count -= messages
                 pong = self.pong
                 if pong is not None:  # never behind our Close: pings are not answered after it
                     self.pong = None
-                    self.pending.insert(0, (pong, False))
+                    pending.insert(0, (pong, 0))
                     self.pending_bytes += len(pong)
                 if self.pending_bytes <= SEND_HIGH_WATER // 2 and self._drained:
                     self._drained.unpark_all()
@@ -151,14 +334,20 @@ class Writer:
                     unyielded = 0
                     await checkpoint()
         except TransportClosed:
-            self.pending.clear()
-            self.pong = None
-            self.pending_bytes = 0
-            self.pending_deliveries = 0
+            self._forget_all()
         finally:
             self._flushing = False
             if self._drained:
                 self._drained.unpark_all()
+
+    def _forget_all(self) -> None:
+        self.pending.clear()
+        self.pong = None
+        self.pending_bytes = 0
+        self.batch = None
+        self._spare = None
+        self.delivery_count = 0
+        self.delivery_bytes = 0
 
     async def write(self, data: bytes) -> None:
         """The app's send(): waits only when too much is queued (backpressure)."""
@@ -205,12 +394,12 @@ class Writer:
             try:
                 while self.pending:
                     data, _ = self.pending.pop(0)
-                    await self.transport.send_all(data)
+                    await self.transport.send_all(
+                        b"".join(data) if type(data) is list else data  # type: ignore[arg-type]
+                    )
             except TransportClosed as exc:
                 logger.debug("last flush to %s cut short: %s", self.transport.client, exc)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.pending_deliveries = 0
+        self._forget_all()
 
 
 class DeliveryBatcher:
@@ -250,6 +439,7 @@ class DeliveryBatcher:
         """
         self.task = trio.lowlevel.current_task()
         flushed = 0
+        conn: BatchTarget | None = None
         while True:
             while self.dirty:
                 dirty, self.dirty = self.dirty, []
@@ -262,6 +452,10 @@ class DeliveryBatcher:
                     if flushed >= CHECKPOINT_EVERY:
                         flushed = 0
                         await checkpoint()  # not parked: mark() just appends meanwhile
+                # Parked, the batcher holds no connection: one released meanwhile (a
+                # mass disconnect after a broadcast) is garbage now, not at the next publish.
+                dirty.clear()
+                conn = None
             flushed = 0
             self.parked = True
             await trio.lowlevel.wait_task_rescheduled(self._abort)

@@ -177,6 +177,7 @@ FULL_COMMAND_LINE = [
     "--backend", "redis://localhost:6379/0",
     "--slow-consumer", "drop-oldest",
     "--subscriber-queue-size", "16",
+    "--subscriber-queue-bytes", "65536",
     "--log-level", "debug",
     "--access-log",
 ]  # fmt: skip
@@ -212,6 +213,7 @@ FULL_CONFIG = Config(
     backend="redis://localhost:6379/0",
     slow_consumer="drop-oldest",
     subscriber_queue_size=16,
+    subscriber_queue_bytes=65536,
     log_level="debug",
     access_log=True,
 )

@@ -1,0 +1,403 @@
+"""Issue 16's attacks against hornbeam_trio and uvicorn, side by side.
+
+Each attack runs for ``--seconds`` (default 3) from ``--connections`` attacking
+connections (default 20) against a fresh server process (hornbeam_trio, then
+uvicorn with ``--loop uvloop --http httptools --ws websockets-sansio``), while one
+other client sends ``GET /`` on a keep-alive connection every 5 ms.  Printed per
+attack and server: peak RSS, CPU seconds the server spent, and that other client's
+p99 (and how many of its requests failed).  A server over ``--rss-cap`` MiB is
+killed and shown as ``>cap``.  Nothing is pinned: the figures move with the load
+of the machine; read them side by side::
+
+    python benchmarks/hostile.py                                   # every attack
+    python benchmarks/hostile.py --only ping_flood,slow_consumer --seconds 2
+
+Finding 12 of the issue (log quoting, accept header checks, ...) is about what is
+answered, not what it costs, and has no attack here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from benchmarks.harness import HOST, Server, handshake, masked, raise_fd_limit
+
+# --------------------------------------------------------------------------- the app
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    """One app for both servers: hello, long-poll, body sink, WebSocket echo/away/pub-sub."""
+    kind, path = scope["type"], scope.get("path", "")
+    if kind == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if kind == "http":
+        if path == "/lp":  # long-poll: answer when the client leaves
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        if path == "/body":
+            while (await receive()).get("more_body"):
+                pass
+        headers = [(b"content-length", b"5")]  # the probe reads to the end of "hello"
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    if path == "/away":  # never reads: what the server queues for it is the question
+        await trio_or_asyncio_sleep(3600)
+        return
+    if path == "/sub":
+        try:
+            from hornbeam_erlang import subscribe
+
+            subscribe("hostile")  # hornbeam_trio pushes; the app only waits
+        except Exception:
+            _subscribers.add(send)  # uvicorn: the publisher's loop sends to each in turn
+        try:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            _subscribers.discard(send)
+        return
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        if path == "/pub":
+            await _publish(message.get("text") or "")
+        else:
+            await send(
+                {
+                    "type": "websocket.send",
+                    **{k: message[k] for k in ("text", "bytes") if message.get(k) is not None},
+                }
+            )
+
+
+_subscribers: set[Any] = set()
+
+
+async def _publish(text: str) -> None:
+    if not _subscribers:  # hornbeam_trio: its pub/sub (publish() works anywhere: check first)
+        from hornbeam_erlang import publish
+
+        publish("hostile", text)
+        return
+    for send in tuple(_subscribers):
+        try:
+            await send({"type": "websocket.send", "text": text})
+        except Exception:
+            _subscribers.discard(send)
+
+
+async def trio_or_asyncio_sleep(seconds: float) -> None:
+    try:
+        await trio.sleep(seconds)
+    except RuntimeError:  # not in Trio: uvicorn
+        import asyncio
+
+        await asyncio.sleep(seconds)
+
+
+# --------------------------------------------------------------------------- attacks
+
+Attack = Callable[[int, float], Awaitable[None]]
+
+
+async def connect(port: int, *, rcvbuf: int = 4096) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect((HOST, port))
+    return trio.SocketStream(sock)
+
+
+async def websocket(port: int, path: str, extra: str = "") -> trio.SocketStream:
+    stream = await connect(port)
+    request = handshake(path)
+    if extra:
+        request = request[:-2] + extra.encode() + b"\r\n"
+    await stream.send_all(request)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            raise OSError("closed during the handshake")
+        head += chunk
+    return stream
+
+
+async def keep_sending(
+    port: int,
+    seconds: float,
+    opener: Callable[[], Awaitable[trio.SocketStream]],
+    chunks: Callable[[], bytes],
+) -> None:
+    """Open, send ``chunks()`` until the time is up; reconnect when the server closes."""
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        try:
+            stream = await opener()
+            with trio.move_on_at(end):
+                while True:
+                    await stream.send_all(chunks())
+                    await trio.sleep(0)
+            await stream.aclose()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.sleep(0.05)
+
+
+async def declined_upgrade(port: int, seconds: float) -> None:
+    async def opener() -> trio.SocketStream:
+        stream = await connect(port)
+        await stream.send_all(
+            b"GET /lp HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        )
+        return stream
+
+    await keep_sending(port, seconds, opener, lambda: b"A" * 65536)
+
+
+async def ping_flood(port: int, seconds: float) -> None:
+    ping = masked(b"p" * 125, opcode=0x9) * 64
+    await keep_sending(port, seconds, lambda: websocket(port, "/echo"), lambda: ping)
+
+
+BOMB = zlib.compressobj(wbits=-15)
+BOMB_PAYLOAD = (BOMB.compress(b"\0" * (16 * 1024 * 1024 - 64)) + BOMB.flush(zlib.Z_SYNC_FLUSH))[:-4]
+BOMB_FRAME = bytes([0xC2]) + masked(BOMB_PAYLOAD, opcode=0x2)[1:]  # FIN + RSV1, binary
+
+
+async def deflate_bomb(port: int, seconds: float) -> None:
+    extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    await keep_sending(
+        port, seconds, lambda: websocket(port, "/away", extension), lambda: BOMB_FRAME
+    )
+
+
+async def one_byte_continuations(port: int, seconds: float) -> None:
+    first = [True]
+
+    async def opener() -> trio.SocketStream:
+        first[0] = True
+        return await websocket(port, "/echo")
+
+    def chunks() -> bytes:
+        if first[0]:
+            first[0] = False
+            return masked(b"a", opcode=0x1, fin=False)
+        return masked(b"a", opcode=0x0, fin=False) * 4096
+
+    await keep_sending(port, seconds, opener, chunks)
+
+
+async def partial_frame(port: int, seconds: float) -> None:
+    """A text frame announced at 16 MiB - 1, all of it but the last byte sent, then held."""
+    length = 16 * 1024 * 1024 - 1
+    head = bytes([0x81, 0x80 | 127]) + length.to_bytes(8, "big") + b"\0\0\0\0"
+    with trio.move_on_after(seconds):
+        try:
+            stream = await websocket(port, "/echo")
+            await stream.send_all(head)
+            sent = 0
+            while sent < length - 1:
+                piece = min(1 << 20, length - 1 - sent)
+                await stream.send_all(b"a" * piece)
+                sent += piece
+            while True:  # then one byte now and then: a trickle
+                await trio.sleep(seconds)
+        except (OSError, trio.BrokenResourceError):
+            pass
+
+
+async def longpoll_pipelining(port: int, seconds: float) -> None:
+    pipelined = b"GET /lp HTTP/1.1\r\nHost: a\r\n\r\n" * 71
+
+    async def once() -> None:
+        stream = await connect(port)
+        await stream.send_all(pipelined)
+        await trio.sleep(0.05)
+        await stream.aclose()
+
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        try:
+            await once()
+        except OSError:
+            await trio.sleep(0.05)
+
+
+async def one_byte_chunks(port: int, seconds: float) -> None:
+    async def opener() -> trio.SocketStream:
+        stream = await connect(port)
+        await stream.send_all(
+            b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        return stream
+
+    await keep_sending(port, seconds, opener, lambda: b"1\r\na\r\n" * 8192)
+
+
+async def huge_heads(port: int, seconds: float) -> None:
+    """100 headers of 8,190 bytes, the head never finished; held, then again."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(
+        b"X-%d: %s\r\n" % (i, b"v" * 8180) for i in range(100)
+    )
+    end = trio.current_time() + seconds
+    held = []
+    while trio.current_time() < end:
+        try:
+            stream = await connect(port)
+            await stream.send_all(head)
+            held.append(stream)
+        except (OSError, trio.BrokenResourceError):
+            await trio.sleep(0.05)
+        if len(held) > 10:
+            await held.pop(0).aclose()
+    for stream in held:
+        await stream.aclose()
+
+
+async def slow_consumer(port: int, seconds: float) -> None:
+    """A subscriber that never reads, and (per attacker) a publisher of 1 KiB bursts."""
+    held: list[trio.SocketStream] = []
+    with trio.move_on_after(seconds):
+        try:
+            held.append(await websocket(port, "/sub"))
+            pub = await websocket(port, "/pub")
+            burst = masked(b"m" * 1024) * 50
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, pub)
+                while True:
+                    await pub.send_all(burst)
+                    await trio.sleep(0.005)
+        except (OSError, trio.BrokenResourceError):
+            await trio.sleep(seconds)
+    for stream in held:
+        await stream.aclose()
+
+
+async def _drain(stream: trio.SocketStream) -> None:
+    while await stream.receive_some(1 << 16):
+        pass
+
+
+ATTACKS: dict[str, Attack] = {
+    "declined_upgrade": declined_upgrade,
+    "ping_flood": ping_flood,
+    "deflate_bomb": deflate_bomb,
+    "one_byte_continuations": one_byte_continuations,
+    "partial_frame": partial_frame,
+    "longpoll_pipelining": longpoll_pipelining,
+    "one_byte_chunks": one_byte_chunks,
+    "huge_heads": huge_heads,
+    "slow_consumer": slow_consumer,
+}
+
+# --------------------------------------------------------------------------- the run
+
+
+async def probe(port: int, latencies: list[float], failures: list[int]) -> None:
+    """Another client: GET / every 5 ms on a keep-alive connection."""
+    stream = None
+    while True:
+        try:
+            if stream is None:
+                stream = await connect(port, rcvbuf=65536)
+            start = time.perf_counter()
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while not data.endswith(b"hello"):
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    raise OSError("closed")
+                data += chunk
+            latencies.append(time.perf_counter() - start)
+        except OSError:
+            failures[0] += 1
+            stream = None
+        await trio.sleep(0.005)
+
+
+async def measure(server: Server, attack: Attack, args: argparse.Namespace) -> dict[str, Any]:
+    latencies: list[float] = []
+    failures = [0]
+    peak = server.rss_mib()
+    capped = False
+    cpu = server.cpu()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe, server.port, latencies, failures)
+
+        async def attackers() -> None:
+            async with trio.open_nursery() as inner:
+                for _ in range(args.connections):
+                    inner.start_soon(bounded, attack, server.port, args.seconds)
+            await trio.sleep(0.5)  # what the server still does after the attack
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(attackers)
+        while True:
+            peak = max(peak, server.rss_mib())
+            if peak > args.rss_cap:
+                capped = True
+                server.stop()
+                nursery.cancel_scope.cancel()
+            await trio.sleep(0.1)
+    used = server.cpu() - cpu if server.proc.poll() is None else float("nan")
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan")
+    return {"rss": peak, "capped": capped, "cpu": used, "p99": p99, "failed": failures[0]}
+
+
+async def bounded(attack: Attack, port: int, seconds: float) -> None:
+    """An attack whose send blocks (the server stopped reading) still ends on time."""
+    with trio.move_on_after(seconds + 1):
+        await attack(port, seconds)
+
+
+def start(kind: str) -> Server:
+    if kind == "hornbeam":
+        return Server(
+            kind, "benchmarks.hostile:app", "--websocket-compress", "--websocket-timeout", "3000"
+        )
+    return Server(kind, "benchmarks.hostile:app", "--ws-ping-timeout", "3")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated attacks: " + ", ".join(ATTACKS))
+    parser.add_argument("--seconds", type=float, default=3.0, help="per attack")
+    parser.add_argument("--connections", type=int, default=20, help="attacking connections")
+    parser.add_argument("--rss-cap", type=float, default=1500.0, help="MiB; above: killed")
+    parser.add_argument("--servers", default="hornbeam,uvicorn")
+    args = parser.parse_args()
+    raise_fd_limit()
+    names = args.only.split(",") if args.only else list(ATTACKS)
+    servers = args.servers.split(",")
+    header = f"{'attack':<24}" + "".join(
+        f"| {s + ' RSS MiB':>18} {'CPU s':>6} {'p99 ms':>8} {'fail':>4} " for s in servers
+    )
+    print(f"{args.connections} attacking connections, {args.seconds:g} s per attack")
+    print(header)
+    for name in names:
+        row = f"{name:<24}"
+        for kind in servers:
+            with start(kind) as server:
+                result = trio.run(measure, server, ATTACKS[name], args)
+            rss = f">{args.rss_cap:.0f}" if result["capped"] else f"{result['rss']:.0f}"
+            row += f"| {rss:>18} {result['cpu']:>6.2f} {result['p99']:>8.1f} {result['failed']:>4} "
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
