@@ -15,16 +15,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-from .pubsub import SlowConsumer, Subscription
+from .backends.base import HistoryRead, HistoryStore, HistoryUnavailable
+from .backends.history import Position
+from .pubsub import Delivery, Message, SlowConsumer, Subscription
 from .runtime import ConnectionContext, current_connection, get_runtime
 
 __all__ = [
+    "History",
+    "HistoryUnavailable",
+    "Message",
+    "Position",
     "SlowConsumer",
     "decr",
     "delete",
     "get",
+    "history",
     "incr",
     "publish",
     "set",
@@ -123,8 +130,58 @@ def unsubscribe(topic: str) -> None:
     context.unsubscribe(topic, context.pusher)
 
 
+# -- topic history -------------------------------------------------------------
+class History(NamedTuple):
+    """What ``history()`` returns: the messages (oldest first), the topic's newest
+    position, and whether nothing after ``since`` is missing from ``messages``."""
+
+    messages: list[Message]
+    position: Position
+    recovered: bool
+
+
+def _history_store(topic: str) -> HistoryStore:
+    backend: Any = get_runtime().backend
+    if not hasattr(backend, "history_read"):
+        raise HistoryUnavailable(
+            f"topic history: the {backend.name} backend keeps none (memory backend only for now)"
+        )
+    store: HistoryStore = backend
+    if not store.keeps_history(topic):
+        raise LookupError(f"topic {topic!r} keeps no history: no --history pattern matches it")
+    return store
+
+
+def _position(since: Position | str | None) -> Position | None:
+    return Position.parse(since) if isinstance(since, str) else since
+
+
+def history(topic: str, since: Position | str | None = None, limit: int | None = None) -> History:
+    """The kept messages of ``topic`` after ``since`` (None: all kept), without subscribing.
+
+    ``limit`` keeps the newest ``limit`` of them (``recovered`` is then False if it cut
+    any).  A ``since`` of another epoch reads as None, with ``recovered`` False.
+    Raises LookupError for a topic no ``--history`` pattern matches, and
+    :class:`HistoryUnavailable` over a backend that keeps no history.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an integer >= 0 or None, got {limit!r}")
+    read: HistoryRead = _history_store(topic).history_read(topic, _position(since), limit)
+    return History(_messages(read), read.position, read.recovered)
+
+
+def _messages(read: HistoryRead) -> list[Message]:
+    return [Message(Delivery(kept).value(), kept.position) for kept in read.messages]
+
+
 @asynccontextmanager
-async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterator[Subscription]:
+async def subscription(
+    topic: str,
+    *,
+    maxsize: int | None = None,
+    since: Position | str | None = None,
+    with_positions: bool = False,
+) -> AsyncIterator[Subscription]:
     """``async with subscription(topic) as messages: async for m in messages: ...``
 
     Owned by the calling connection when there is one: when the connection ends
@@ -132,8 +189,19 @@ async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterat
     the end, it ends at once too.  Always released when the block exits.  Under
     the ``close`` slow-consumer policy an overflow raises :class:`SlowConsumer`
     from the iterator and, inside a WebSocket connection, closes it with 1013.
+
+    With ``since`` (a :class:`Position` or its ``str()``), first the messages kept
+    after it, then the live ones: none missing in between, none twice.  Messages
+    then come as :class:`Message` (``.data``, ``.position``), as with
+    ``with_positions=True``.  If ``since`` is of another epoch or older than what is
+    kept, ``messages.recovered`` is False (readable before the first message) and
+    the replay starts at the oldest message kept.  The topic must keep history
+    (LookupError otherwise; :class:`HistoryUnavailable` over a backend without).
     """
     runtime = get_runtime()
+    position = _position(since)
+    positions = with_positions or position is not None
+    store = _history_store(topic) if positions else None
     context = current_connection.get()
     config = context.config if context is not None else None
     on_overflow = None
@@ -150,11 +218,17 @@ async def subscription(topic: str, *, maxsize: int | None = None) -> AsyncIterat
         maxsize=maxsize or (config.subscriber_queue_size if config else 1024),
         policy=config.slow_consumer if config else "close",
         on_overflow=on_overflow,
+        positions=positions,
     )
+    # Registering and reading history happen in one synchronous step (no checkpoint,
+    # so no publish, in between): the replay ends where the live deliveries begin.
     if context is not None:
         context.open_iterator(sub)  # ends with the connection (at once if it has ended)
     else:
         runtime.add_subscriber(topic, sub)
+    if store is not None and position is not None:
+        read = store.history_read(topic, position)
+        sub.replay(read.messages, recovered=read.recovered)
     try:
         yield sub
     finally:

@@ -77,6 +77,10 @@ HELP: dict[str, str] = {
     "subscriber_queue_bytes": (
         "bytes of messages queued per subscriber before the slow-consumer policy applies"
     ),
+    "history": (
+        "PATTERN=SIZE[,AGEs]: topics matching the fnmatch PATTERN keep their last SIZE"
+        " messages (at most AGE seconds old) for recovery; repeatable; memory backend only"
+    ),
     "log_level": "lowest level logged",
     "access_log": "log one line per HTTP request and WebSocket session",
 }

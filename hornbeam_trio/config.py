@@ -105,6 +105,11 @@ class Config:
     messages of 4 KiB.  What a subscriber holds are references to frames every
     subscriber shares, so this bounds the accounting more than the memory; a message
     larger than this still reaches a subscriber with nothing queued."""
+    history: tuple[str, ...] = ()
+    """``PATTERN=SIZE[,AGEs]``: topics matching the fnmatch PATTERN keep their last SIZE
+    messages (for at most AGE seconds) for recovery; the first matching entry wins.
+    Memory backend only for now: over Redis the server warns at start and the history
+    calls raise ``HistoryUnavailable``."""
 
     # --- logging -----------------------------------------------------------
     log_level: str = "info"
@@ -122,6 +127,10 @@ class Config:
         origins = self.websocket_allowed_origins
         origins = (origins,) if isinstance(origins, str) else tuple(origins)
         object.__setattr__(self, "websocket_allowed_origins", origins)
+        history = (self.history,) if isinstance(self.history, str) else tuple(self.history)
+        object.__setattr__(self, "history", history)
+        for entry in history:
+            parse_history(entry)
         for origin in origins:
             if not isinstance(origin, str) or not origin:
                 raise ConfigError(
@@ -178,6 +187,11 @@ class Config:
         return cls(**options)
 
     @property
+    def history_rules(self) -> tuple[tuple[str, int, float | None], ...]:
+        """``history`` parsed: (pattern, size, max age in seconds or None), in order."""
+        return tuple(parse_history(entry) for entry in self.history)
+
+    @property
     def ssl_enabled(self) -> bool:
         return self.certfile is not None
 
@@ -222,6 +236,29 @@ def parse_bind(address: str) -> BindAddress:
     return BindAddress("tcp", host=host or "0.0.0.0", port=port)
 
 
+_HISTORY_FORM = "expected PATTERN=SIZE[,AGEs] such as 'chat:*=100,300s'"
+
+
+def parse_history(entry: object) -> tuple[str, int, float | None]:
+    """``chat:*=100,300s`` -> ("chat:*", 100, 300.0); ``feed=50`` -> ("feed", 50, None)."""
+    if not isinstance(entry, str):
+        raise ConfigError("history", f"{_HISTORY_FORM}, got {entry!r}")
+    pattern, sep, limits = entry.rpartition("=")
+    size_text, comma, age_text = limits.partition(",")
+    if not sep or not pattern or not size_text.isdigit() or int(size_text) < 1:
+        raise ConfigError("history", f"{_HISTORY_FORM}, got {entry!r}")
+    if not comma:
+        return pattern, int(size_text), None
+    number = age_text.removesuffix("s")
+    try:
+        age = float(number)
+    except ValueError:
+        age = -1.0
+    if not number or not age > 0 or age == float("inf"):
+        raise ConfigError("history", f"{_HISTORY_FORM} (AGE: seconds > 0), got {entry!r}")
+    return pattern, int(size_text), age
+
+
 def _require_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(name, f"expected an integer >= {minimum}, got {value!r}")
@@ -241,4 +278,5 @@ __all__ = [
     "ConfigError",
     "flag_name",
     "parse_bind",
+    "parse_history",
 ]

@@ -14,21 +14,28 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import trio
 
 from .backends.codec import EncodedJSON
+from .backends.history import Kept, Position
 from .protocol.websocket import encode_binary, encode_text
 
 
 class Delivery:
     """One published message, encoded lazily and only once."""
 
-    __slots__ = ("_frame", "_text", "message")
+    __slots__ = ("_frame", "_text", "message", "position")
 
     def __init__(self, message: Any) -> None:
+        self.position: Position | None = None
+        """Its place in the topic's history; None for a topic that keeps none."""
+        if isinstance(message, Kept):  # a topic with history: frozen at publish
+            self.position = message.position
+            message = message.message
         self.message = message
         self._text: str | None = message if isinstance(message, str) else None
         self._frame: bytes | None = None
@@ -96,7 +103,7 @@ class Hub:
     def deliver_local(self, topic: str, message: Any) -> int:
         subscribers = self.topics.get(topic)
         if not subscribers:
-            if not isinstance(message, (str, bytes, EncodedJSON, Delivery)):
+            if not isinstance(message, (str, bytes, EncodedJSON, Delivery, Kept)):
                 json.dumps(message)  # same TypeError with or without listeners
             return 0
         delivery = message if isinstance(message, Delivery) else Delivery(message)
@@ -111,6 +118,16 @@ class Hub:
         return {topic: len(subs) for topic, subs in self.topics.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message with its place in the topic's history: what a ``subscription(topic,
+    since=...)`` (or ``with_positions=True``) and ``history()`` hand the app.  Give
+    ``str(position)`` to the client; it comes back as ``since`` when it reconnects."""
+
+    data: Any
+    position: Position
+
+
 class SlowConsumer(Exception):
     """The subscription's queue overflowed under the ``close`` policy."""
 
@@ -122,7 +139,14 @@ class Subscription:
     """``async for message in subscription`` — a bounded queue fed by the hub.
 
     Messages are independent copies (JSON-like values as decoded JSON; str and
-    bytes as they were published).  Created by ``hornbeam_trio.subscription()``.
+    bytes as they were published); with ``positions`` each comes as a
+    :class:`Message` with its history position.  Created by
+    ``hornbeam_trio.subscription()``.
+
+    A subscription opened ``since`` a position first yields the replayed history
+    (:meth:`replay`), held apart from the live queue so that it never counts
+    against ``maxsize``, then the live messages.  ``recovered`` says whether the
+    replay holds every message after that position.
     """
 
     def __init__(
@@ -132,9 +156,15 @@ class Subscription:
         maxsize: int,
         policy: SlowConsumerPolicy,
         on_overflow: Any = None,
+        positions: bool = False,
     ) -> None:
         self.topic = topic
         self._queue: deque[Delivery] = deque()
+        self._replay: deque[Delivery] = deque()
+        self._positions = positions
+        self.recovered = True
+        """False when the position given as ``since`` was of another epoch, or older
+        than what history still keeps: the replay then starts at the oldest kept."""
         self._maxsize = maxsize
         self._policy = policy
         self._lot = trio.lowlevel.ParkingLot()
@@ -161,6 +191,13 @@ class Subscription:
             self._lot.unpark()
         return True
 
+    def replay(self, kept: Iterable[Kept], *, recovered: bool) -> None:
+        """Queue the history read when this subscription registered, ahead of the live
+        deliveries (all newer); nothing if the subscription has already ended."""
+        self.recovered = recovered
+        if not self._closed:
+            self._replay.extend(Delivery(item) for item in kept)
+
     def close(self) -> None:
         """The block is left: no more deliveries; what is queued can still be read."""
         self._closed = True
@@ -173,6 +210,7 @@ class Subscription:
         connection's end, not the overflow, is what the app's loop meets.
         """
         self._queue.clear()
+        self._replay.clear()
         self._overflowed = False
         self.close()
 
@@ -184,6 +222,9 @@ class Subscription:
 
     async def get(self) -> Any:
         """The next message; raises SlowConsumer after an overflow under ``close``."""
+        if self._replay:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return self._unwrap(self._replay.popleft())
         while not self._queue:
             if self._overflowed:
                 raise SlowConsumer(f"subscription to {self.topic!r} fell behind")
@@ -191,15 +232,25 @@ class Subscription:
                 raise StopAsyncIteration
             await self._lot.park()
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._queue.popleft().value()
+        return self._unwrap(self._queue.popleft())
 
     def get_nowait(self) -> Any:
         """The next queued message or None (the guide's ``check_pubsub()`` shape)."""
+        if self._replay:
+            return self._unwrap(self._replay.popleft())
         if self._queue:
-            return self._queue.popleft().value()
+            return self._unwrap(self._queue.popleft())
         if self._overflowed:
             raise SlowConsumer(f"subscription to {self.topic!r} fell behind")
         return None
 
+    def _unwrap(self, delivery: Delivery) -> Any:
+        if not self._positions:
+            return delivery.value()
+        position = delivery.position
+        if position is None:  # the history patterns changed while this was open
+            raise LookupError(f"topic {self.topic!r} keeps no history any more")
+        return Message(delivery.value(), position)
+
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._replay) + len(self._queue)

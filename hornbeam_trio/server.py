@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .backends.history import HistoryRule
 from .config import BindAddress, Config, parse_bind
 from .http_conn import HTTPConnection
 from .lifespan import Lifespan, StartupFailed
@@ -324,9 +325,17 @@ def _config_options(config: Config) -> dict[str, Any]:
 def _make_runtime(config: Config) -> Runtime:
     """The process-wide runtime for ``memory``; a runtime of its own over Redis."""
     if config.backend == "memory":
-        return default_runtime()
+        runtime = default_runtime()
+        memory: Any = runtime.backend  # the process-wide store: the last server started sets it
+        memory.configure_history(HistoryRule(*rule) for rule in config.history_rules)
+        return runtime
     from .backends.redis import RedisBackend  # coredis is imported only when asked for
 
+    if config.history:
+        logger.warning(
+            "--history: topic history is built for the memory backend only for now; "
+            "over Redis no history is kept and history() raises HistoryUnavailable"
+        )
     backend = RedisBackend(config.backend)
     runtime = Runtime(backend)
     topics = runtime.hub.topics

@@ -178,6 +178,7 @@ FULL_COMMAND_LINE = [
     "--slow-consumer", "drop-oldest",
     "--subscriber-queue-size", "16",
     "--subscriber-queue-bytes", "65536",
+    "--history", "chat:*=100,300s",
     "--log-level", "debug",
     "--access-log",
 ]  # fmt: skip
@@ -214,6 +215,7 @@ FULL_CONFIG = Config(
     slow_consumer="drop-oldest",
     subscriber_queue_size=16,
     subscriber_queue_bytes=65536,
+    history=("chat:*=100,300s",),
     log_level="debug",
     access_log=True,
 )

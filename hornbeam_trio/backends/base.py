@@ -8,14 +8,16 @@ raise :class:`SyncUnavailable` naming the awaitable one.  Publishing is
 fire-and-forget in both: the backend decides how the message reaches the
 other processes; local fan-out is always the hub's job (encode once).
 
-This module imports nothing of ours but the value codec, so backends stay
+This module imports nothing of ours but the value codec and history types, so backends stay
 swappable without touching app code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from .history import HistoryRule, Kept, Position
 
 LocalDeliver = Callable[[str, Any], int]
 """hub.deliver_local(topic, message) -> subscribers reached in this process."""
@@ -68,3 +70,42 @@ class Backend(Protocol):
     def aincr(self, key: str, delta: int = 1) -> Awaitable[int]: ...
     def aget_multi(self, keys: Iterable[str]) -> Awaitable[dict[str, Any]]: ...
     def akeys(self, prefix: str | None = None) -> Awaitable[list[str]]: ...
+
+
+class HistoryRead(NamedTuple):
+    """One read of a topic's history.
+
+    ``messages``: the kept messages after the asked-for position, oldest first.
+    ``position``: the topic's newest position (what a client holds once it has them all).
+    ``recovered``: True exactly when no message after the asked-for position is missing
+    from ``messages`` (same epoch, not trimmed by size or age, not cut by a limit).
+    """
+
+    messages: list[Kept]
+    position: Position
+    recovered: bool
+
+
+class HistoryUnavailable(RuntimeError):
+    """Topic history was asked of a backend that keeps none (for now: any but memory)."""
+
+
+class HistoryStore(Protocol):
+    """What a backend with topic history adds to :class:`Backend`.
+
+    Every message published to a topic that keeps history reaches the hub as a
+    :class:`Kept` carrying its position.  ``history_read`` is synchronous: a
+    ``subscription(topic, since=...)`` registers its subscriber and reads the
+    history in one step, with no publish in between, so replay and live
+    deliveries meet with no gap and no duplicate.  A networked backend keeps that
+    promise by numbering deliveries and dropping the live ones at or below the
+    replay's last position.
+    """
+
+    epoch: str
+
+    def configure_history(self, rules: Iterable[HistoryRule]) -> None: ...
+    def keeps_history(self, topic: str) -> bool: ...
+    def history_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead: ...

@@ -3,18 +3,44 @@
 Like ETS on one node, the store is shared by every server in the process.
 Trio runs app code on one thread, but the façade may also be called from
 ``trio.to_thread`` workers, so the read-modify-write of ``incr`` takes a lock.
+
+Topic history (``--history``) lives here too: a :class:`TopicRing` per topic that
+matches a pattern, all under one epoch drawn when this store is made (a process
+restart or :meth:`MemoryBackend.clear` draws a new one).  With no pattern
+configured ``publish`` is the plain class method, untouched; with patterns it is
+:meth:`_publish_recording`, which pays one dict lookup for a topic that keeps no
+history (the pattern match is cached per topic).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import trio
 
-from .base import LocalDeliver
+from .base import HistoryRead, LocalDeliver
+from .history import HistoryRule, Kept, Position, TopicRing, freeze, new_epoch
 from .values import checked_copy
+
+_NEGATIVE_CACHE_LIMIT = 65536
+"""Topics remembered as keeping no history; past this many the memory is cleared so
+a stream of one-off topic names cannot grow the cache without bound."""
+
+
+_UNSEEN = TopicRing(1, None)
+"""Marks a topic not matched against the patterns yet (never holds a message)."""
+
+
+def _now() -> float:
+    """Trio's clock (``MockClock`` in tests); outside a Trio run, the monotonic clock."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 class MemoryBackend:
@@ -24,6 +50,11 @@ class MemoryBackend:
         self._data: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._deliver_local: LocalDeliver | None = None
+        self._history_rules: tuple[HistoryRule, ...] = ()
+        self._rings: dict[str, TopicRing | None] = {}
+        """topic -> its ring, or None once it is known to match no pattern."""
+        self._unmatched = 0
+        self.epoch = new_epoch()
 
     async def run(
         self, deliver_local: LocalDeliver, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -39,6 +70,91 @@ class MemoryBackend:
         if self._deliver_local is None:
             return 0
         return self._deliver_local(topic, message)
+
+    def _publish_recording(self, topic: str, message: Any) -> int:
+        """``publish`` while history is configured: the message takes its place in the
+        topic's ring (and its position) before any subscriber sees it."""
+        ring = self._rings.get(topic, _UNSEEN)
+        if ring is _UNSEEN:
+            ring = self._ring_for(topic)
+        if ring is not None:
+            kept = freeze(message)  # validates: a bad value fails the publisher, is not kept
+            message = Kept(kept, Position(ring.top + 1, self.epoch))
+            ring.append(message, _now())
+        if self._deliver_local is None:
+            return 0
+        return self._deliver_local(topic, message)
+
+    # -- topic history
+    def configure_history(self, rules: Iterable[HistoryRule]) -> None:
+        """Keep history for the topics matching ``rules`` (the first match wins).
+
+        Rings of topics that still match keep their messages and offsets under the
+        new limits; the others are dropped.  No rules: ``publish`` is plain again.
+        """
+        self._history_rules = tuple(rules)
+        kept: dict[str, TopicRing | None] = {}
+        for topic, ring in self._rings.items():
+            rule = self._rule_for(topic) if ring is not None else None
+            if ring is not None and rule is not None:
+                ring.resize(rule.size, rule.max_age)
+                kept[topic] = ring
+        self._rings = kept
+        self._unmatched = 0
+        if self._history_rules:
+            self.publish = self._publish_recording  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("publish", None)
+
+    def _rule_for(self, topic: str) -> HistoryRule | None:
+        for rule in self._history_rules:
+            if fnmatchcase(topic, rule.pattern):
+                return rule
+        return None
+
+    def _lookup(self, topic: str) -> TopicRing | None:
+        ring = self._rings.get(topic, _UNSEEN)
+        if ring is _UNSEEN:
+            return self._ring_for(topic) if self._history_rules else None
+        return ring
+
+    def _ring_for(self, topic: str) -> TopicRing | None:
+        """Match once and remember the answer (a ring, or None for no history)."""
+        rule = self._rule_for(topic)
+        if rule is None:
+            if self._unmatched >= _NEGATIVE_CACHE_LIMIT:
+                self._rings = {t: r for t, r in self._rings.items() if r is not None}
+                self._unmatched = 0
+            self._unmatched += 1
+            self._rings[topic] = None
+            return None
+        ring = self._rings[topic] = TopicRing(rule.size, rule.max_age)
+        return ring
+
+    def keeps_history(self, topic: str) -> bool:
+        ring = self._lookup(topic)
+        return ring is not None
+
+    def history_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead:
+        """What ``topic``'s history holds after ``since``; see :class:`HistoryRead`.
+
+        ``since`` of another epoch is read as "from the start": all that is kept, with
+        ``recovered`` False.  Raises LookupError for a topic that keeps no history.
+        """
+        ring = self._lookup(topic)
+        if ring is None:
+            raise LookupError(f"topic {topic!r} keeps no history: no --history pattern matches it")
+        epoch = self.epoch
+        same_epoch = since is None or since.epoch == epoch
+        offset = None if since is None or not same_epoch else since.offset
+        items, recovered = ring.since(offset, _now(), limit)
+        return HistoryRead(
+            [kept for _, kept in items],
+            Position(ring.top, epoch),
+            recovered and same_epoch,
+        )
 
     def topic_added(self, topic: str) -> None:
         pass
@@ -105,5 +221,9 @@ class MemoryBackend:
         return self.keys(prefix)
 
     def clear(self) -> None:
-        """Forget everything (the testing toolkit's fresh start)."""
+        """Forget everything (the testing toolkit's fresh start): state, and history,
+        whose epoch changes as after a restart.  The history patterns stay."""
         self._data.clear()
+        self._rings.clear()
+        self._unmatched = 0
+        self.epoch = new_epoch()
