@@ -267,3 +267,32 @@ def test_a_bad_history_flag_is_one_line_naming_the_flag_and_exit_2() -> None:
         "hornbeam-trio: error: --history: expected PATTERN=SIZE[,AGEs] such as "
         "'chat:*=100,300s', got 'chat:*'"
     ]
+
+
+def readme_room_app() -> Any:
+    """The app of the README's "Topic history and recovery" section, run as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Topic history and recovery") :]
+    code = section[section.index("```python") + len("```python") :]
+    namespace: dict[str, Any] = {}
+    exec(compile(code[: code.index("```")], "README.md", "exec"), namespace)
+    return namespace["room"]
+
+
+async def test_the_readme_example_shows_recent_messages_then_recovers_what_was_missed(
+    hornbeam_state: Any,
+) -> None:
+    async with run_server(readme_room_app(), history=("chat:*=100,300s",)) as server:
+        for n in range(3):
+            hornbeam_trio.publish("chat:lobby", {"n": n})
+        async with server.websocket("/") as client:
+            first = [json.loads(await client.receive()) for _ in range(3)]
+            assert [m["data"]["n"] for m in first] == [0, 1, 2]
+        hornbeam_trio.publish("chat:lobby", {"n": 3})  # published while the client is away
+        async with server.websocket(f"/?since={first[-1]['position']}") as client:
+            hornbeam_trio.publish("chat:lobby", {"n": 4})
+            again = [json.loads(await client.receive()) for _ in range(2)]
+            assert [m["data"]["n"] for m in again] == [3, 4]
+        hornbeam_state.clear()  # history lost: the next reconnect is told
+        async with server.websocket(f"/?since={again[-1]['position']}") as client:
+            assert json.loads(await client.receive()) == {"gap": True}

@@ -21,7 +21,7 @@ drive age limits with ``MockClock``).  This module imports nothing of ours.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
@@ -74,7 +74,7 @@ def freeze(message: Any) -> str | bytes | EncodedJSON:
 
 def new_epoch() -> str:
     """A token no earlier history of this topic can have had (64 random bits, hex)."""
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
 class HistoryRule(NamedTuple):
