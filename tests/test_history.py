@@ -296,3 +296,20 @@ async def test_the_readme_example_shows_recent_messages_then_recovers_what_was_m
         hornbeam_state.clear()  # history lost: the next reconnect is told
         async with server.websocket(f"/?since={again[-1]['position']}") as client:
             assert json.loads(await client.receive()) == {"gap": True}
+
+
+def test_dropping_a_topics_history_by_reconfiguring_changes_the_epoch(
+    memory: MemoryBackend,
+) -> None:
+    hornbeam_trio.publish("chat:a", "kept")
+    epoch = memory.epoch
+    memory.configure_history([HistoryRule("chat:*", 10, None)])  # same topics, new limits
+    assert memory.epoch == epoch
+    assert [m.data for m in hornbeam_trio.history("chat:a").messages] == ["kept"]
+    memory.configure_history([HistoryRule("feed", 10, None)])  # chat:a's history is dropped
+    memory.configure_history([HistoryRule("chat:*", 10, None)])
+    assert memory.epoch != epoch
+    hornbeam_trio.publish("chat:a", "counted from 1 again")
+    read = hornbeam_trio.history("chat:a", since=Position(0, epoch))
+    assert read.recovered is False
+    assert read.messages[0].position == Position(1, memory.epoch)

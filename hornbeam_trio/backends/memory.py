@@ -90,7 +90,9 @@ class MemoryBackend:
         """Keep history for the topics matching ``rules`` (the first match wins).
 
         Rings of topics that still match keep their messages and offsets under the
-        new limits; the others are dropped.  No rules: ``publish`` is plain again.
+        new limits; the others are dropped, and then the epoch changes: a dropped
+        topic that comes back counts from 1 again, so positions of before must not
+        read as positions of after.  No rules: ``publish`` is plain again.
         """
         self._history_rules = tuple(rules)
         kept: dict[str, TopicRing | None] = {}
@@ -99,6 +101,8 @@ class MemoryBackend:
             if ring is not None and rule is not None:
                 ring.resize(rule.size, rule.max_age)
                 kept[topic] = ring
+        if sum(ring is not None for ring in self._rings.values()) != len(kept):
+            self.epoch = new_epoch()
         self._rings = kept
         self._unmatched = 0
         if self._history_rules:
