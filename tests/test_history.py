@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -313,3 +314,22 @@ def test_dropping_a_topics_history_by_reconfiguring_changes_the_epoch(
     read = hornbeam_trio.history("chat:a", since=Position(0, epoch))
     assert read.recovered is False
     assert read.messages[0].position == Position(1, memory.epoch)
+
+
+def test_a_topic_is_matched_against_the_patterns_once_then_cached(
+    memory: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hornbeam_trio.backends.memory as memory_module
+
+    calls: list[str] = []
+
+    def counting(topic: str, pattern: str) -> bool:
+        calls.append(topic)
+        return fnmatchcase(topic, pattern)
+
+    monkeypatch.setattr(memory_module, "fnmatchcase", counting)
+    for _ in range(100):
+        hornbeam_trio.publish("news", 1)
+        hornbeam_trio.publish("chat:a", 1)
+    assert calls == ["news", "chat:a"]
+    assert hornbeam_trio.history("chat:a").position.offset == 100
