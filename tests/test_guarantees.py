@@ -34,7 +34,7 @@ from test_websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 from hornbeam_erlang import publish, state_get, state_incr, state_set, subscribe
 from hornbeam_trio import stats, subscription
 from hornbeam_trio.readiness import ReadinessHub
-from hornbeam_trio.runtime import default_runtime
+from hornbeam_trio.runtime import ConnectionContext, default_runtime
 from hornbeam_trio.testing import run_server
 
 EXAMPLES = int(os.environ.get("HORNBEAM_GUARANTEE_EXAMPLES", "60"))
@@ -336,12 +336,37 @@ def reset(client: RawClient, transport: str) -> None:
         stream.receive_stream.close()  # type: ignore[attr-defined]
 
 
-async def released_by(deadline_from: float) -> float:
-    """Wait (bounded) until no subscription or owned key is left; when that was seen."""
-    with trio.move_on_after(2.0):
-        while stats()["topics"] or stats()["owned_keys"]:
-            await trio.sleep(0.001)
-    return trio.current_time() - deadline_from
+class ReleaseClock:
+    """The instant the connection's release point ran (``ConnectionContext.end``).
+
+    Read from the release itself rather than by polling ``stats()``, so the 50 ms
+    bound measures the server, not the poll or a busy machine's scheduling of it.
+    """
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+        self._original = ConnectionContext.end
+
+    def __enter__(self) -> ReleaseClock:
+        original, at = self._original, self.at
+
+        def end(context: ConnectionContext) -> None:
+            if not context.ended:
+                at.append(trio.current_time())
+            original(context)
+
+        ConnectionContext.end = end  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        ConnectionContext.end = self._original  # type: ignore[method-assign]
+
+    async def released_after(self, end: float) -> float:
+        """Seconds from ``end`` to the release (waits for it, bounded), and all gone."""
+        with trio.move_on_after(2.0):
+            while not self.at or stats()["topics"] or stats()["owned_keys"]:
+                await trio.sleep(0.001)
+        return (self.at[0] if self.at else trio.current_time()) - end
 
 
 async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
@@ -358,7 +383,7 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
     outcome: dict[str, Any] = {}
     trio.lowlevel.add_instrument(counter)
     try:
-        with trio.CancelScope() as test_scope:
+        with ReleaseClock() as release, trio.CancelScope() as test_scope:
             async with run_server(
                 make_app(shape, record), transport=transport, raise_app_errors=False, **options
             ) as server, trio.open_nursery() as nursery:
@@ -388,7 +413,7 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
                 if exit_path == "test_cancel":
                     test_scope.cancel()
                     await trio.sleep_forever()
-                outcome["released_after"] = await released_by(end)
+                outcome["released_after"] = await release.released_after(end)
                 with trio.fail_after(10):
                     while server.stats()["connections"]:
                         await trio.sleep(0.001)
@@ -396,7 +421,8 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
             outcome["wire"] = wire
         if test_scope.cancelled_caught:
             # The test's own cancellation tore the server down with its clients.
-            outcome["released_after"] = trio.current_time() - outcome["end"]
+            ended = release.at[0] if release.at else trio.current_time()
+            outcome["released_after"] = ended - outcome["end"]
     finally:
         trio.lowlevel.remove_instrument(counter)
 
