@@ -719,8 +719,7 @@ class RedisBackend:
                 yield
         except (RedisConnectionError, OSError, TimeoutError, trio.TooSlowError) as exc:
             raise BackendUnavailable(
-                f"state.{call}: Redis at {redact(self.url)} did not answer "
-                f"({reason(exc)})"
+                f"state.{call}: Redis at {redact(self.url)} did not answer ({reason(exc)})"
             ) from exc
 
     async def _query(self, call: str, *commands: bytes) -> list[Any]:
@@ -869,6 +868,7 @@ def _seconds(options: dict[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
     return value
+
 
 _LEASE_SCRIPT = """
 -- Refresh this process's lease; release what dead processes owned.  Atomic, so two
