@@ -20,11 +20,15 @@ import argparse
 import gc
 import json
 import os
+import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from benchmarks.harness import Server, open_websockets, raise_fd_limit
 

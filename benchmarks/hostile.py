@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from benchmarks.harness import HOST, Server, handshake, masked, raise_fd_limit
 

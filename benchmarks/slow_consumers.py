@@ -24,10 +24,14 @@ import argparse
 import json
 import socket
 import struct
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from benchmarks.harness import HOST, Server, handshake, masked, raise_fd_limit
 
