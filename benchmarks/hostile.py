@@ -388,6 +388,12 @@ def main() -> None:
     raise_fd_limit()
     names = args.only.split(",") if args.only else list(ATTACKS)
     servers = args.servers.split(",")
+    unknown = set(servers) - {"hornbeam", "uvicorn"}
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(sorted(unknown))} (hornbeam, uvicorn)")
+    names_unknown = set(args.only.split(",") if args.only else []) - set(ATTACKS)
+    if names_unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(names_unknown))}")
     header = f"{'attack':<24}" + "".join(
         f"| {s + ' RSS MiB':>18} {'CPU s':>6} {'p99 ms':>8} {'fail':>4} " for s in servers
     )

@@ -365,6 +365,9 @@ class WebSocketConnection(WebSocketSession):
                 while not events and self.state is not CLOSED:
                     if protocol.more:
                         self._received(b"")  # what the last read left to inflate
+                        if not events:
+                            await checkpoint()
+                            waited = True
                         continue
                     if writer.pending and writer.pending_bytes > SEND_HIGH_WATER:
                         # Our replies are not being taken: read no more until they are.
@@ -395,6 +398,12 @@ class WebSocketConnection(WebSocketSession):
                         self._transport_lost()
                         break
                     self._received(data)
+                    if not events:
+                        # Bytes but no message yet (pings, fragments, part of a large
+                        # frame): yield before reading on, or a peer that keeps this
+                        # socket full would hold every other task of the server.
+                        await checkpoint()
+                        waited = True
                 if waited:
                     self._recv_unyielded = 0  # it waited for the socket: a checkpoint
                     if events:

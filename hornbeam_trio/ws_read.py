@@ -151,10 +151,15 @@ class InlineReader:
                 if not data:
                     conn._transport_lost()
                     return False
+                queued = len(conn._events)
                 if conn._received(data):
                     return False
                 if transport.drained and not conn.more_to_parse():
                     return False
+                if len(conn._events) == queued:
+                    # A read that brought no message (pings, tiny fragments): the other
+                    # sockets go first, or 20 such peers hold the hub for seconds.
+                    return True
             return True
         except TransportClosed:
             conn._transport_lost()

@@ -782,3 +782,49 @@ async def test_a_held_failure_closes_at_the_close_timeout_if_the_app_stays_away(
         with trio.fail_after(5):
             await app.ended.wait()
         assert app.received[-1]["type"] == "websocket.disconnect"
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="the app reads inline only with the hub")
+async def test_a_flood_of_pings_at_an_app_in_receive_yields_between_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reads that bring no message (a ping flood) must not loop without a checkpoint in
+    receive(): a flooding peer that keeps the socket full held the whole server (other
+    clients' p99 ~3 s in benchmarks/hostile.py's ping_flood)."""
+    yields = [0]
+    real = ws_conn.checkpoint
+
+    async def counted() -> None:
+        yields[0] += 1
+        await real()
+
+    monkeypatch.setattr(ws_conn, "checkpoint", counted)
+    received = trio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()  # parked here, reading inline, through the whole flood
+        assert message["type"] == "websocket.receive"
+        received.set()
+        await receive()
+
+    async with run_server(app, transport="tcp") as server:
+        raw = await RawClient.connect(server)
+        await trio.sleep(0.05)
+        yields[0] = 0
+        flood = client_frame(OP_PING, b"") * 30_000  # 180 KB of pings: several reads
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw.send, flood + client_frame(OP_TEXT, b"done"))
+
+            async def drain_pongs() -> None:
+                while not received.is_set():
+                    await raw.stream.receive_some(65536)
+
+            nursery.start_soon(drain_pongs)
+            with trio.fail_after(10):
+                await received.wait()
+        assert yields[0] >= 1
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
