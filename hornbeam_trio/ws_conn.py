@@ -112,6 +112,7 @@ class WebSocketConnection(WebSocketSession):
         "_nursery",
         "_on_app_error",
         "_pre_accept",
+        "_pre_accept_bytes",
         "_queued_bytes",
         "_reader",
         "_recv_unyielded",
@@ -179,6 +180,9 @@ class WebSocketConnection(WebSocketSession):
         self._recv_unyielded = 0
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
+        """Deliveries to a subscriber whose handshake the app has not accepted yet: bounded
+        like any subscriber queue, in messages and bytes; beyond, they are not taken."""
+        self._pre_accept_bytes = 0
         self._denial: ResponseEncoder | None = None
         self._answer: bytes | None = None
         """An HTTP answer still owed when the connection ends (503: refused at shutdown)."""
@@ -244,6 +248,7 @@ class WebSocketConnection(WebSocketSession):
         """
         self.writer.drop_batch()
         self._pre_accept.clear()
+        self._pre_accept_bytes = 0
         self.context.end()
 
     def _end(self, state: ConnState, code: int, reason: str = "") -> None:
@@ -555,6 +560,7 @@ class WebSocketConnection(WebSocketSession):
         for frame in self._pre_accept:
             self._write_nowait(frame)
         self._pre_accept.clear()
+        self._pre_accept_bytes = 0
         if self._tail:
             tail, self._tail = self._tail, b""
             self._received(tail)
@@ -728,8 +734,13 @@ class WebSocketConnection(WebSocketSession):
         frame = delivery.frame
         config = self.config
         if self.state is not OPEN:
-            if self.state is HANDSHAKE and len(self._pre_accept) < config.subscriber_queue_size:
+            if (
+                self.state is HANDSHAKE
+                and len(self._pre_accept) < config.subscriber_queue_size
+                and self._pre_accept_bytes + len(frame) <= config.subscriber_queue_bytes
+            ):
                 self._pre_accept.append(frame)
+                self._pre_accept_bytes += len(frame)
                 return True
             return False
         writer = self.writer

@@ -251,3 +251,37 @@ async def test_case4_stats_counts_the_task_of_an_http_connection() -> None:
         assert counts["http_connections"] == 1
         assert list(counts["tasks_per_connection"].values()) == [1]
         leave.set()
+
+
+async def test_deliveries_before_accept_are_bounded_in_bytes_too() -> None:
+    """A subscriber whose handshake is not accepted yet queues at most
+    --subscriber-queue-bytes of deliveries (it was bounded in count only)."""
+    subscribed = trio.Event()
+    go = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        subscribe("early")  # before accept: deliveries wait for the handshake
+        subscribed.set()
+        await go.wait()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async with run_server(app, subscriber_queue_bytes=4096) as server:
+        async with trio.open_nursery() as nursery:
+            clients: list[RawWebSocket] = []
+
+            async def connect() -> None:
+                clients.append(await RawWebSocket.connect(server.host, server.port))
+
+            nursery.start_soon(connect)
+            await subscribed.wait()
+            reached = [publish("early", "x" * 1000) for _ in range(10)]
+            go.set()
+        assert reached == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # 4 x ~1 KB fit in 4 KiB
+        ws = clients[0]
+        publish("early", "after")
+        got = [await ws.receive_text() for _ in range(5)]
+        assert got == ["x" * 1000] * 4 + ["after"]
+        await ws.aclose()
