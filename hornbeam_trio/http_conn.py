@@ -23,6 +23,7 @@ seen at the app's next ``receive()`` or ``send()``.
 from __future__ import annotations
 
 import logging
+import socket
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,55 @@ a longer one (or one that stalls or breaks) closes it instead."""
 
 _ANSWERED = "the server already answered this request"
 _GONE = "client went away"
+
+
+HANGUP_PROBE_FIRST = 0.02
+"""Seconds into a request at which, without the readiness hub, we first look whether its
+client hung up; each later look waits twice as long, up to HANGUP_PROBE_MAX."""
+HANGUP_PROBE_MAX = 1.0
+
+
+class _HangupProbe:
+    """Without the readiness hub (other platforms, the hub turned off): while an app runs,
+    look now and then whether its client hung up, so a response that waits on a quiet
+    topic (SSE) still releases what its connection owns.  A look is one non-blocking
+    ``recv(MSG_PEEK)``: it reads nothing, and sees EOF or a reset, not pipelined bytes.
+
+    The hub sees a hang-up at once; this sees it within twice the current interval: at
+    most ~40 ms early in a request, a second for a response that has streamed for long.
+    """
+
+    __slots__ = ("conn", "interval", "sock", "timer_at", "timer_key", "timers")
+
+    def __init__(self, conn: HTTPConnection, sock: socket.socket, timers: TimerSweeper) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.timers = timers
+        self.interval = HANGUP_PROBE_FIRST
+        self.timer_at = inf
+        self.timer_key = 0
+
+    def arm(self) -> None:
+        """A request's app starts: look soon (unless a look is due already)."""
+        if self.timer_at == inf:
+            self.interval = HANGUP_PROBE_FIRST
+            self.timers.schedule(self, self.timers.clock() + HANGUP_PROBE_FIRST)
+
+    def on_timer(self, now: float) -> None:
+        conn = self.conn
+        if conn.idle or conn.closed_reason is not None:
+            return  # armed again when the next request's app starts
+        try:
+            gone = self.sock.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            gone = False
+        except OSError:  # reset, or closed under us
+            gone = True
+        if gone:
+            conn.client_left()
+            return
+        self.interval = min(self.interval * 2, HANGUP_PROBE_MAX)
+        self.timers.schedule(self, now + self.interval)
 
 
 class _HeadTimer:
@@ -143,6 +193,13 @@ class HTTPConnection:
         if self.hub is not None:
             self.hub.watch(self.fd, self)
             self.hung_up = self.hub.hung_up
+        sock = getattr(transport, "sock", None)
+        self.hangup_probe: _HangupProbe | None = (
+            _HangupProbe(self, sock, server.timers)
+            if self.hub is None and isinstance(sock, socket.socket)
+            else None
+        )
+        """Without the hub, on a plain socket: the client's hang-up seen while an app runs."""
 
     def on_readable(self) -> bool:
         """The readiness hub: the socket is readable and this task is not waiting on it.
@@ -210,6 +267,8 @@ class HTTPConnection:
         finally:
             self.head_timer.scope = None
             self.server.timers.forget(self.head_timer)
+            if self.hangup_probe is not None:
+                self.server.timers.forget(self.hangup_probe)
             current_connection.reset(token)
             self.context.release()
             self.context = None
@@ -332,6 +391,8 @@ class HTTPConnection:
                 await self._reject(HTTPError(400, "unexpected data"))
                 return None
             self.idle = False
+            if self.hangup_probe is not None:
+                self.hangup_probe.arm()
             if self.overloaded:
                 # Before the app runs, WebSocket handshakes included: answer 503 and close.
                 await self._reject(HTTPError(503, "service unavailable"))

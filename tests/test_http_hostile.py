@@ -489,3 +489,34 @@ async def test_without_the_hub_a_departed_streaming_client_is_released_at_a_fail
     assert stats["topics"] == {}
     assert stats["owned_keys"] == []
     assert server.app_errors == []
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_without_the_hub_a_streaming_client_on_a_quiet_topic_is_released_by_the_probe(
+    leave: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portable path with nothing published: no write fails, so only the hang-up
+    probe (a timed MSG_PEEK while the app runs) sees the client go.  Without it the
+    connection, its subscription and its owned key were held for good."""
+    monkeypatch.setenv(READINESS_ENV, "off")
+    app = EventStream()
+    async with run_server(app) as server:
+        stream = await server.open_stream()
+        await stream.send_all(get(b"/events"))
+        with trio.fail_after(5):
+            await app.streaming.wait()
+        assert server.server.readiness is None
+        assert isinstance(stream, trio.SocketStream)
+        if leave == "reset":
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        left_at = trio.current_time()
+        await trio.aclose_forcefully(stream)
+        with trio.fail_after(5):
+            await app.ended.wait()
+        stats = server.stats()
+        await wait_until(lambda: not server.server.connections)
+    assert app.ended_at - left_at < 0.2  # the first looks come 20 and 60 ms into a request
+    assert stats["topics"] == {}
+    assert stats["owned_keys"] == []
+    assert state_get("viewer") is None
+    assert server.app_errors == []
