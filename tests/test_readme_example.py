@@ -1,8 +1,8 @@
 """The README's "Testing your app" section, followed by a user in a project of their own.
 
-Its code and its ``pyproject.toml`` lines are read from README.md (so the two cannot drift),
-written into an empty directory, and pytest runs there in a subprocess: what this repo's
-own pytest configuration provides (``trio_mode``) is not there to lean on.
+Its code (alone, and with its ``pyproject.toml`` lines) is read from README.md (so the two
+cannot drift), written into an empty directory, and pytest runs there in a subprocess: what
+this repo's own pytest configuration provides (``trio_mode``) is not there to lean on.
 """
 
 from __future__ import annotations
@@ -47,10 +47,23 @@ def test_the_readme_testing_example_passes_in_a_project_set_up_as_the_readme_say
     assert "1 passed" in result.stdout
 
 
-def test_without_the_readmes_pyproject_lines_the_example_does_not_run(tmp_path: Path) -> None:
-    """So the test above passes because of what the README tells a user, not by chance."""
-    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+def test_the_readme_testing_example_passes_copied_alone_into_an_empty_folder(
+    tmp_path: Path,
+) -> None:
+    """What a user does first: the code block, nothing else (no ``trio_mode``).  The
+    plugin runs a test of a module that uses hornbeam_trio under Trio by itself."""
     (tmp_path / "test_chat.py").write_text(readme_testing_blocks()["python"])
+    result = run_pytest_in(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_the_plugin_leaves_other_async_tests_to_the_projects_configuration(
+    tmp_path: Path,
+) -> None:
+    """So the test above passes because the example uses hornbeam_trio, not because the
+    plugin claims every async test (an asyncio project's would break)."""
+    (tmp_path / "test_other.py").write_text("async def test_not_ours():\n    pass\n")
     result = run_pytest_in(tmp_path)
     assert result.returncode != 0
     assert "1 passed" not in result.stdout

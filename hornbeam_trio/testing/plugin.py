@@ -7,10 +7,11 @@ Fixtures, for tests run by pytest-trio or by AnyIO's plugin on the trio backend:
 * ``hornbeam_state`` -- the in-process state store, emptied before and after the test,
   so tests that use ``state_set``/``state_incr`` cannot see each other's keys.
 
-An ``async def`` test that takes one of these fixtures and carries no ``trio`` or
-``anyio`` mark is marked ``trio`` when pytest-trio is installed, so it runs without
-``trio_mode``.  A test that imports ``run_server`` instead needs ``trio_mode = true``
-(or its own mark): the plugin cannot tell it is a Trio test.
+When pytest-trio is installed, an ``async def`` test with no ``trio``, ``anyio`` or
+``asyncio`` mark is marked ``trio`` if it takes one of these fixtures or its module uses
+hornbeam_trio (imports anything of ``hornbeam_trio`` or ``hornbeam_erlang``): such a test
+can only run under Trio, so it runs as copied, without ``trio_mode`` in the user's
+configuration.  Other async tests are left to whatever the project configured.
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ from ..runtime import default_runtime
 from . import run_server
 
 FIXTURES = frozenset({"hornbeam_server", "hornbeam_state"})
+OUR_PACKAGES = frozenset({"hornbeam_trio", "hornbeam_erlang"})
+ASYNC_MARKS = ("trio", "anyio", "asyncio")
+
+
+def _package_of(value: Any) -> str:
+    """The top-level package a module-level name of a test module comes from."""
+    name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+    return name.partition(".")[0] if isinstance(name, str) else ""
+
+
+def _uses_hornbeam(module: Any, seen: dict[Any, bool]) -> bool:
+    """Whether a test module imported anything of ours (looked at once per module)."""
+    if module not in seen:
+        seen[module] = any(_package_of(value) in OUR_PACKAGES for value in vars(module).values())
+    return seen[module]
 
 
 @pytest.fixture
@@ -44,10 +60,11 @@ def hornbeam_state() -> Iterator[Any]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.pluginmanager.hasplugin("trio"):
         return
+    seen: dict[Any, bool] = {}
     for item in items:
         if not isinstance(item, pytest.Function) or not inspect.iscoroutinefunction(item.obj):
             continue
-        if FIXTURES.isdisjoint(item.fixturenames):
+        if any(item.get_closest_marker(mark) is not None for mark in ASYNC_MARKS):
             continue
-        if item.get_closest_marker("trio") is None and item.get_closest_marker("anyio") is None:
+        if not FIXTURES.isdisjoint(item.fixturenames) or _uses_hornbeam(item.module, seen):
             item.add_marker(pytest.mark.trio)
