@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import cpu_seconds, free_port, rss_kib
+from benchmarks.run import UVICORN_FLAGS, cpu_seconds, free_port, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -45,8 +45,7 @@ class Server:
             argv += ["--log-level", "warning", *extra]
         else:
             argv = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port)]
-            argv += ["--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio"]
-            argv += ["--log-level", "warning", "--no-access-log", *extra]
+            argv += [*UVICORN_FLAGS, *extra]
         # A file, not a pipe: a chatty server must never block on a full pipe.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(

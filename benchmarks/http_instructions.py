@@ -53,6 +53,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script
+
+from benchmarks.run import UVICORN_FLAGS  # noqa: E402
+
 HOST = "127.0.0.1"
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: http-instructions\r\nAccept: */*\r\n\r\n"
@@ -78,24 +82,9 @@ def server_command(server: str, app: str, port: int) -> list[str]:
     """The server's argv, as benchmarks/run.py starts it."""
     if server == "uvicorn":
         return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+            sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port),
+            *UVICORN_FLAGS,
+        ]  # fmt: skip
     return [
         sys.executable,
         "-m",
