@@ -231,17 +231,7 @@ class SocketTransport:
         return sent
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        total = len(data)
-        sent = self.try_send(data)
-        if sent < total:
-            view = memoryview(data)
-            while sent < total:
-                await self.wait_writable()
-                sent += self.try_send(view[sent:])
-        self._unyielded += 1
-        if self._unyielded >= CHECKPOINT_EVERY:
-            self._unyielded = 0
-            await trio.lowlevel.checkpoint()
+        await self.send_rest(data, self.try_send(data))
 
     def send_nowait(self, data: bytes) -> int:
         unyielded = self._unyielded + 1
@@ -257,8 +247,9 @@ class SocketTransport:
             self._unyielded = unyielded
         return sent
 
-    async def send_rest(self, data: bytes, sent: int) -> None:
-        """The end of a :meth:`send_nowait` that sent ``sent`` bytes (see send_all)."""
+    async def send_rest(self, data: bytes | memoryview, sent: int) -> None:
+        """The rest of ``data`` once ``sent`` bytes went (send_nowait, or try_send in
+        send_all), then the operation's share of a checkpoint."""
         total = len(data)
         if sent < total:
             view = memoryview(data)
