@@ -109,7 +109,6 @@ class ConnectionContext:
         "id",
         "iterators",
         "kind",
-        "nursery",
         "owned",
         "pusher",
         "runtime",
@@ -122,7 +121,6 @@ class ConnectionContext:
         self.kind = kind
         self.config = config
         self.id = runtime.next_id()
-        self.nursery: trio.Nursery | None = None
         self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
         """The connection's own task: an HTTP app runs in it, a WebSocket app too."""
         self.pusher: Subscriber | None = None

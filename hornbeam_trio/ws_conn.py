@@ -202,7 +202,6 @@ class WebSocketConnection(WebSocketSession):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.context.nursery = nursery
                 self.writer.attach(nursery)
                 error = False
                 try:

@@ -799,6 +799,7 @@ async def test_a_flood_of_pings_at_an_app_in_receive_yields_between_reads(
         await real()
 
     monkeypatch.setattr(ws_conn, "checkpoint", counted)
+    receiving = trio.Event()
     received = trio.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -806,6 +807,7 @@ async def test_a_flood_of_pings_at_an_app_in_receive_yields_between_reads(
             return
         await receive()
         await send({"type": "websocket.accept"})
+        receiving.set()  # nothing yields before receive() parks: the test runs after that
         message = await receive()  # parked here, reading inline, through the whole flood
         assert message["type"] == "websocket.receive"
         received.set()
@@ -813,7 +815,7 @@ async def test_a_flood_of_pings_at_an_app_in_receive_yields_between_reads(
 
     async with run_server(app, transport="tcp") as server:
         raw = await RawClient.connect(server)
-        await trio.sleep(0.05)
+        await receiving.wait()
         yields[0] = 0
         flood = client_frame(OP_PING, b"") * 30_000  # 180 KB of pings: several reads
         async with trio.open_nursery() as nursery:
