@@ -112,6 +112,31 @@ async def example_server(
             assert "Traceback" not in log and "ERROR" not in log, "the server logged an error"
 
 
+@asynccontextmanager
+async def killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServer]:
+    """Like example_server, for a test that stops or kills the server itself and checks
+    its exit code (nothing is asserted here on the way out; a live process is killed)."""
+    with tempfile.TemporaryDirectory(prefix="hornbeam-killable-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                server_command(spec, *flags),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        server = ExampleServer(process, log_path)
+        try:
+            server.port = await _wait_listening(server)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
 async def _wait_listening(server: ExampleServer) -> int:
     with trio.move_on_after(START_TIMEOUT):
         while True:

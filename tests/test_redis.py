@@ -15,21 +15,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from example_server import (
-    LISTENING,
     ROOT,
-    ExampleServer,
     eventually,
     example_server,
     http_get,
-    server_command,
+    killable_server,
 )
 from redis_server import RedisServer, free_port, redis_server, skip_or_fail
 from trio_websocket import open_websocket_url
@@ -574,7 +572,7 @@ async def test_owned_keys_of_a_killed_process_are_released_when_its_lease_expire
 ) -> None:
     url = redis_url + "?lease_ttl=1"
     async with run_server(noop_app, backend=url) as survivor:
-        async with _killable_server("tests.apps.workers_app:app", "--backend", url) as doomed:
+        async with killable_server("tests.apps.workers_app:app", "--backend", url) as doomed:
             async with (
                 open_websocket_url(doomed.ws_url("/own/ann")) as ann,
                 open_websocket_url(doomed.ws_url("/own/bob")) as bob,
@@ -605,34 +603,6 @@ async def test_owned_keys_of_a_killed_process_are_released_when_its_lease_expire
         assert redis.command("ZCARD", "hornbeam:leases") == 1  # the survivor's only
     assert redis.command("ZCARD", "hornbeam:leases") == 0  # a clean stop leaves none
     assert redis.command("KEYS", "hornbeam:owned:*") == []
-
-
-@asynccontextmanager
-async def _killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServer]:
-    """Like example_server, for a test that kills the server itself (no exit checks)."""
-    with tempfile.TemporaryDirectory(prefix="hornbeam-killable-") as tmp:
-        log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as log_file:
-            process = await trio.lowlevel.open_process(
-                server_command(spec, *flags),
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        server = ExampleServer(process, log_path)
-        try:
-            with trio.fail_after(30):
-                while not (match := LISTENING.search(server.log())):
-                    assert process.poll() is None, server.log()
-                    await trio.sleep(0.02)
-            server.port = int(match.group(1))
-            yield server
-        finally:
-            if process.poll() is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
 
 
 @pytest.mark.parametrize(

@@ -13,23 +13,15 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from example_server import (
-    LISTENING,
-    ROOT,
-    ExampleServer,
     eventually,
     example_server,
     http_get,
-    server_command,
+    killable_server,
 )
 from redis_outage_scenario import APP, OutageReport, run_outage
 from redis_server import redis_server, skip_or_fail
@@ -269,34 +261,6 @@ def test_a_timeout_is_named_never_an_empty_reason() -> None:
     assert reason(TimeoutError()) == "timed out"
     assert reason(OSError(111, "Connection refused")) == "[Errno 111] Connection refused"
     assert reason(ConnectionResetError()) == "ConnectionResetError"
-
-
-@asynccontextmanager
-async def killable_server(spec: str, *flags: str) -> AsyncIterator[ExampleServer]:
-    """A server process the test stops itself and whose exit code it checks."""
-    with tempfile.TemporaryDirectory(prefix="hornbeam-outage-") as tmp:
-        log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as log_file:
-            process = await trio.lowlevel.open_process(
-                server_command(spec, *flags),
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        server = ExampleServer(process, log_path)
-        try:
-            with trio.fail_after(30):
-                while not (match := LISTENING.search(server.log())):
-                    assert process.poll() is None, server.log()
-                    await trio.sleep(0.02)
-            server.port = int(match.group(1))
-            yield server
-        finally:
-            if process.poll() is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
 
 
 async def test_a_publish_before_the_first_subscription_is_no_outage(
