@@ -643,8 +643,7 @@ class WebSocketConnection(WebSocketSession):
                 # and may answer them before our Close (the end of ``outgoing``) goes.
                 self._failure = failure
                 del events[-1]
-                del outgoing[-len(wsproto.encode_close(failure.code, failure.reason)) :]
-                protocol.close_sent = False
+                protocol.defer_failure_close(failure)
                 self.begin_close(self._timers.clock())  # bounded: an app away from receive()
                 self._timers.schedule(self, self.close_deadline)
             if outgoing:

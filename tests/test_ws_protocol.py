@@ -949,3 +949,23 @@ def test_only_complete_frames_other_than_pings_are_activity() -> None:
     assert not proto.active and proto.receiving_frame
     proto.receive_data(frame(10, b"pong")[3:])
     assert proto.active and not proto.receiving_frame
+
+
+def test_a_deferred_failure_close_leaves_earlier_output_and_lets_answers_out_first() -> None:
+    """The connection holds a failure's Close until its app answered the valid message
+    that came before the bad frame (Autobahn's strict grade); the protocol takes the
+    Close back out of ``outgoing`` and sends it when asked."""
+    proto = ServerProtocol()
+    data = frame(ws.OP_PING, b"p") + frame(ws.OP_TEXT, b"ok") + frame(ws.OP_TEXT, b"x", rsv=4)
+    events = proto.receive_data(data)
+    assert events[0] == "ok" and isinstance(events[-1], ProtocolFailure)
+    failure = events[-1]
+    pong = ws.encode_frame(ws.OP_PONG, b"p")
+    assert bytes(proto.outgoing) == pong + ws.encode_close(failure.code, failure.reason)
+    proto.defer_failure_close(failure)
+    assert bytes(proto.outgoing) == pong  # the pong stays; the Close is taken back
+    assert proto.send_message("answer") != b""  # the app's answer may still go
+    assert proto.send_close(failure.code, failure.reason) == ws.encode_close(
+        failure.code, failure.reason
+    )
+    assert proto.closed and proto.receive_data(frame(ws.OP_TEXT, b"late")) == []

@@ -330,6 +330,16 @@ class ServerProtocol:
         self.close_sent = True
         return frame
 
+    def defer_failure_close(self, failure: ProtocolFailure) -> None:
+        """Take the failure's Close back out of ``outgoing`` (it is always the last thing
+        there) and allow sending again: the caller first lets its app answer the valid
+        messages parsed before the failure, then sends ``send_close(failure.code,
+        failure.reason)``.  Reading stays over (``closed`` is still true)."""
+        close = encode_close(failure.code, failure.reason)
+        assert self._failed and self.outgoing.endswith(close)
+        del self.outgoing[-len(close) :]
+        self.close_sent = False
+
     def send_ping(self, payload: bytes = b"") -> bytes:
         """Keepalive probe; the payload must fit a control frame (125 bytes)."""
         if len(payload) > 125:
