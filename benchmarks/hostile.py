@@ -3,11 +3,12 @@
 Each attack runs for ``--seconds`` (default 3) from ``--connections`` attacking
 connections (default 20) against a fresh server process (hornbeam_trio, then
 uvicorn with ``--loop uvloop --http httptools --ws websockets-sansio``), while one
-other client sends ``GET /`` on a keep-alive connection every 5 ms.  Printed per
-attack and server: peak RSS, CPU seconds the server spent, and that other client's
-p99 (and how many of its requests failed).  A server over ``--rss-cap`` MiB is
-killed and shown as ``>cap``.  Nothing is pinned: the figures move with the load
-of the machine; read them side by side::
+other client (``hostile_probe.py``, a process of its own) sends ``GET /`` on a
+keep-alive connection every 5 ms.  Printed per attack and server: peak RSS, CPU
+seconds the server spent, and that other client's p99 (and how many of its requests
+failed).  A server over ``--rss-cap`` MiB is killed and shown as ``>cap``.  With two
+cores or more the server runs on core 0, the attackers and the probe on core 1; the
+figures still move with the load of the machine: read them side by side::
 
     python benchmarks/hostile.py                                   # every attack
     python benchmarks/hostile.py --only ping_flood,slow_consumer --seconds 2
@@ -19,9 +20,10 @@ answered, not what it costs, and has no attack here.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -311,36 +313,22 @@ ATTACKS: dict[str, Attack] = {
 # --------------------------------------------------------------------------- the run
 
 
-async def probe(port: int, latencies: list[float], failures: list[int]) -> None:
-    """Another client: GET / every 5 ms on a keep-alive connection."""
-    stream = None
-    while True:
-        try:
-            if stream is None:
-                stream = await connect(port, rcvbuf=65536)
-            start = time.perf_counter()
-            await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            data = b""
-            while not data.endswith(b"hello"):
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    raise OSError("closed")
-                data += chunk
-            latencies.append(time.perf_counter() - start)
-        except OSError:
-            failures[0] += 1
-            stream = None
-        await trio.sleep(0.005)
-
-
 async def measure(server: Server, attack: Attack, args: argparse.Namespace) -> dict[str, Any]:
-    latencies: list[float] = []
-    failures = [0]
     peak = server.rss_mib()
     capped = False
     cpu = server.cpu()
+    # The other client is a process of its own on the attackers' core (see hostile_probe.py).
+    probe = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("hostile_probe.py")),
+            str(server.port),
+            str(args.seconds + 0.5),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(probe, server.port, latencies, failures)
 
         async def attackers() -> None:
             async with trio.open_nursery() as inner:
@@ -358,9 +346,15 @@ async def measure(server: Server, attack: Attack, args: argparse.Namespace) -> d
                 nursery.cancel_scope.cancel()
             await trio.sleep(0.1)
     used = server.cpu() - cpu if server.proc.poll() is None else float("nan")
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan")
-    return {"rss": peak, "capped": capped, "cpu": used, "p99": p99, "failed": failures[0]}
+    out, _ = await trio.to_thread.run_sync(probe.communicate)
+    p99_text, failed, _count = out.split()
+    return {
+        "rss": peak,
+        "capped": capped,
+        "cpu": used,
+        "p99": float(p99_text),
+        "failed": int(failed),
+    }
 
 
 async def bounded(attack: Attack, port: int, seconds: float) -> None:
@@ -386,6 +380,10 @@ def main() -> None:
     parser.add_argument("--servers", default="hornbeam,uvicorn")
     args = parser.parse_args()
     raise_fd_limit()
+    # Server on core 0; attackers and the probe (a child: it inherits this) on core 1.
+    pinned = len(os.sched_getaffinity(0)) >= 2
+    if pinned:
+        os.sched_setaffinity(0, {1})
     names = args.only.split(",") if args.only else list(ATTACKS)
     servers = args.servers.split(",")
     unknown = set(servers) - {"hornbeam", "uvicorn"}
@@ -403,6 +401,8 @@ def main() -> None:
         row = f"{name:<24}"
         for kind in servers:
             with start(kind) as server:
+                if pinned:
+                    os.sched_setaffinity(server.proc.pid, {0})
                 result = trio.run(measure, server, ATTACKS[name], args)
             rss = f">{args.rss_cap:.0f}" if result["capped"] else f"{result['rss']:.0f}"
             row += f"| {rss:>18} {result['cpu']:>6.2f} {result['p99']:>8.1f} {result['failed']:>4} "

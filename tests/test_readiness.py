@@ -212,6 +212,44 @@ async def test_a_watcher_that_asks_again_is_called_again_after_a_checkpoint() ->
         assert watcher.calls == 3
 
 
+class HubSteps(trio.abc.Instrument):
+    """Counts the steps of the hub's task: one step runs from one checkpoint to the next."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("ReadinessHub.run"):
+            self.steps += 1
+
+
+async def test_a_busy_socket_is_served_once_per_pass_of_the_hub_however_many_edges() -> None:
+    """A watcher that asks again while its peer keeps sending (a ping flood) gets new
+    edges before its turn; it must still be called once per pass, or every pass of the
+    hub serves it more often than the last and the other sockets wait ever longer."""
+    steps = HubSteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with running_hub() as (hub, a, b, _):
+            calls_by_step: list[int] = []
+
+            class Flooded(RecordingWatcher):
+                def on_readable(self) -> bool:
+                    calls_by_step.append(steps.steps)
+                    b.send(b"more")  # a new edge before the hub's next pass
+                    return super().on_readable()
+
+            watcher = Flooded(a, more=60)
+            hub.watch(a.fileno(), watcher)
+            b.send(b"go")
+            with trio.fail_after(2):
+                while watcher.more:
+                    await trio.sleep(0)
+            assert len(calls_by_step) == len(set(calls_by_step)), calls_by_step
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+
+
 async def test_unregister_drops_the_watcher_even_if_it_asked_again() -> None:
     async with running_hub() as (hub, a, b, _):
         watcher = RecordingWatcher(a, more=100)
