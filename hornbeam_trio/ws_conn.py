@@ -368,10 +368,10 @@ class WebSocketConnection(WebSocketSession):
                 writer = self.writer
                 while not events and self.state is not CLOSED:
                     if protocol.more:
-                        self._received(b"")  # what the last read left to inflate
-                        if not events:
-                            await checkpoint()
-                            waited = True
+                        # What the last read left: one bound of frames per checkpoint.
+                        self._received(b"")
+                        await checkpoint()
+                        waited = True
                         continue
                     if writer.pending and writer.pending_bytes > SEND_HIGH_WATER:
                         # Our replies are not being taken: read no more until they are.
@@ -402,10 +402,11 @@ class WebSocketConnection(WebSocketSession):
                         self._transport_lost()
                         break
                     self._received(data)
-                    if not events:
+                    if not events or protocol.more:
                         # Bytes but no message yet (pings, fragments, part of a large
-                        # frame): yield before reading on, or a peer that keeps this
-                        # socket full would hold every other task of the server.
+                        # frame), or a full bound of frames parsed: yield before going
+                        # on, or a peer that keeps this socket full would hold every
+                        # other task of the server.
                         await checkpoint()
                         waited = True
                 if waited:

@@ -20,8 +20,9 @@ Both stop reading once ``MAX_QUEUED_EVENTS`` messages, or
 ``--websocket-max-queue-bytes`` of them, wait for an app that is away, and while
 the connection's writer holds more than ``SEND_HIGH_WATER`` bytes the peer has not
 taken: the rest stays in the kernel (TCP backpressure) and nothing is lost.  A
-read whose inflated output reached the protocol's per-call bound leaves frames
-unparsed (``more_to_parse``): each reader goes on with them before reading more.
+read whose inflated output or frame count reached the protocol's per-call bound
+leaves frames unparsed (``more_to_parse``): each reader goes on with them, a
+checkpoint between calls that brought no message, before reading more.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Connection(Protocol):
         ...
 
     def more_to_parse(self) -> bool:
-        """The last read left frames to parse (its inflate bound was reached)."""
+        """The last read left frames to parse (its inflate or frame bound was reached)."""
         ...
 
     def _received(self, data: bytes) -> bool:
@@ -141,23 +142,28 @@ class InlineReader:
                     # receive() reads on from there, as does the peer's next bytes.
                     transport.drained = False
                     return False
-                if conn.more_to_parse():
-                    if conn._received(b""):
+                fresh = not conn.more_to_parse()
+                data = b""  # what the last read left is parsed before reading on
+                if fresh:
+                    read = transport.recv_nowait()
+                    if read is None:
                         return False
-                    continue
-                data = transport.recv_nowait()
-                if data is None:
-                    return False
-                if not data:
-                    conn._transport_lost()
-                    return False
+                    if not read:
+                        conn._transport_lost()
+                        return False
+                    data = read
                 queued = len(conn._events)
                 if conn._received(data):
                     return False
-                if transport.drained and not conn.more_to_parse():
+                if conn.more_to_parse():
+                    return True  # a full bound of frames parsed: the other sockets go first
+                if fresh and transport.drained:
+                    # The kernel had no more at this read: the next bytes bring an edge.
+                    # (Not after parsing what an earlier read left: bytes may have come
+                    # since, their edge folded into this watcher's turn.)
                     return False
                 if len(conn._events) == queued:
-                    # A read that brought no message (pings, tiny fragments): the other
+                    # A parse that brought no message (pings, tiny fragments): the other
                     # sockets go first, or 20 such peers hold the hub for seconds.
                     return True
             return True
@@ -227,6 +233,8 @@ class TaskReader:
                         conn._transport_lost()
                         break
                     conn._received(data)
+                    if conn.more_to_parse():
+                        await trio.lowlevel.checkpoint()  # one bound of frames per step
         except TransportClosed:
             conn._transport_lost()
         except Exception:  # as the hub's watcher does: this connection ends, 1011

@@ -10,12 +10,15 @@ connection").
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
+import pytest
 import trio
 import ws_apps
 from test_websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, RawClient, client_frame
 from test_ws_engine import AwayApp
 
+from hornbeam_trio.protocol import websocket as wsproto
 from hornbeam_trio.testing import run_server
 from hornbeam_trio.transport import RECV_SIZE
 from hornbeam_trio.ws_conn import WebSocketConnection
@@ -107,6 +110,70 @@ async def test_one_byte_continuation_frames_are_charged_their_overhead_and_refus
         )
         close = await raw.receive_close()
         assert close.close_code == 1009
+
+
+class BoundedParsesPerStep(trio.abc.Instrument):
+    """The most ``receive_data`` calls stopped at the protocol's per-call bound in one task
+    step (between two checkpoints): each such call is FRAMES_PER_CALL frames of work."""
+
+    def __init__(self) -> None:
+        self.this_step = 0
+        self.most = 0
+        self.messages = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.this_step = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.most = max(self.most, self.this_step)
+
+
+@pytest.mark.parametrize("app_reads", [True, False], ids=["app-in-receive", "app-away"])
+async def test_a_flood_of_tiny_frames_is_parsed_one_bounded_call_per_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, app_reads: bool
+) -> None:
+    """64 KiB reads of one-byte fragments and pings: thousands of frames a read.  However
+    the connection reads (the app's own task in receive(), the hub's watcher while it is
+    away, or the reader task), no task step parses more than one bound of them: the other
+    connections run between."""
+    steps = BoundedParsesPerStep()
+    parse = wsproto.ServerProtocol.receive_data
+
+    def counting(self: wsproto.ServerProtocol, data: bytes) -> Any:
+        events = parse(self, data)
+        steps.this_step += self.more
+        steps.messages += len(events)
+        return events
+
+    monkeypatch.setattr(wsproto.ServerProtocol, "receive_data", counting)
+    app = AwayApp()
+    if app_reads:
+        app.release.set()
+    flood = client_frame(OP_TEXT, b"a", fin=False)
+    flood += client_frame(OP_CONT, b"b", fin=False) * 20_000 + client_frame(OP_CONT, b"c")
+    flood += client_frame(OP_PING, b"p") * 20_000 + client_frame(OP_BINARY, b"end")
+    async with run_server(app, websocket_ping_interval=0) as server:
+        raw = await RawClient.connect(server)
+        await app.accepted.wait()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(raw.send, flood)
+                nursery.start_soon(_drain_frames, raw)  # the pongs
+                with trio.fail_after(20):
+                    while steps.messages < 2:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        app.release.set()  # to see the disconnect
+        await raw.stream.aclose()
+    assert steps.most == 1
+
+
+async def _drain_frames(raw: RawClient) -> None:
+    while await raw.stream.receive_some(1 << 16):
+        pass
 
 
 async def test_a_frame_trickled_one_byte_at_a_time_is_closed_1008_at_its_own_deadline() -> None:

@@ -78,7 +78,11 @@ def server_frames(data: bytes, extensions: list[PerMessageDeflate] | None = None
 
 
 def feed(proto: ServerProtocol, data: bytes) -> list[ws.Event]:
-    return proto.receive_data(data)
+    """Everything ``data`` holds, over as many bounded calls as the protocol takes."""
+    events = proto.receive_data(data)
+    while proto.more:
+        events += proto.receive_data(b"")
+    return events
 
 
 def feed_bytewise(proto: ServerProtocol, data: bytes) -> list[ws.Event]:
@@ -881,7 +885,7 @@ def test_one_byte_fragments_are_kept_in_one_buffer_not_one_object_each() -> None
         proto = ServerProtocol()
         data = frame(opcode, b"a", fin=False) + frame(0, b"b", fin=False) * 20_000
         tracemalloc.start()
-        assert proto.receive_data(data) == []
+        assert feed(proto, data) == []
         held, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert held < 100_000, held  # a bytearray of 20 KB, not 20,000 objects
@@ -891,11 +895,43 @@ def test_one_byte_fragments_are_kept_in_one_buffer_not_one_object_each() -> None
         )
 
 
+def test_a_read_of_thousands_of_tiny_frames_is_parsed_a_bounded_number_per_call() -> None:
+    """One 64 KiB read of pings or one-byte fragments is ~9,000 frames: parsed in one
+    call that is ~7 ms in which no other connection runs.  Each call parses at most
+    FRAMES_PER_CALL of them and says ``more``; together the calls give what one would."""
+    data = frame(1, b"a", fin=False) + frame(0, b"b", fin=False) * 9_000 + frame(0, b"c")
+    data += frame(9, b"p") * 600 + frame(2, b"done")
+    proto = ServerProtocol()
+    got = proto.receive_data(data)
+    calls = 1
+    while proto.more:
+        got += proto.receive_data(b"")
+        calls += 1
+    total_frames = 1 + 9_000 + 1 + 600 + 1
+    assert calls == -(-total_frames // ws.FRAMES_PER_CALL)
+    assert got == ["a" + "b" * 9_000 + "c", b"done"]
+    assert bytes(proto.outgoing) == b"\x8a\x01p" * 600  # each ping its pong
+
+
+def test_a_control_frame_held_in_part_is_not_a_frame_being_received() -> None:
+    """The frame deadline is for data frames arriving slowly; a ping cut by a read boundary
+    must not start (or, ping after ping, renew) it, or a ping flood never idles out."""
+    proto = ServerProtocol()
+    ping = frame(9, b"p" * 125)
+    proto.receive_data(ping + ping[:50])
+    assert not proto.receiving_frame
+    proto.receive_data(ping[50:] + frame(1, b"x" * 300)[:100])
+    assert proto.receiving_frame  # a data frame in part: its deadline runs
+    proto = ServerProtocol()
+    proto.receive_data((ping * 300) + frame(1, b"x" * 300)[:100])  # past the bound
+    assert proto.more and not proto.receiving_frame  # what is held whole starts with pings
+
+
 def test_tiny_fragments_are_charged_a_per_frame_overhead_against_the_limit() -> None:
     proto = ServerProtocol(max_message_size=1000)
     data = frame(2, b"x", fin=False) + frame(0, b"y", fin=False) * 998 + frame(0, b"z")
     # 1,000 payload bytes would fit; 1,000 frames of overhead do not.
-    assert proto.receive_data(data) == [ProtocolFailure(1009, "message too big")]
+    assert feed(proto, data) == [ProtocolFailure(1009, "message too big")]
     fits = ServerProtocol(max_message_size=1000)
     assert fits.receive_data(frame(2, b"x" * 400, fin=False) + frame(0, b"y" * 400)) == [
         b"x" * 400 + b"y" * 400
@@ -946,9 +982,11 @@ def test_only_complete_frames_other_than_pings_are_activity() -> None:
     proto.receive_data(frame(9, b"ping"))
     assert not proto.active and not proto.receiving_frame
     proto.receive_data(frame(10, b"pong")[:3])
-    assert not proto.active and proto.receiving_frame
+    assert not proto.active and not proto.receiving_frame  # a control frame: no deadline
     proto.receive_data(frame(10, b"pong")[3:])
     assert proto.active and not proto.receiving_frame
+    proto.receive_data(frame(2, b"data")[:3])
+    assert not proto.active and proto.receiving_frame
 
 
 def test_a_deferred_failure_close_leaves_earlier_output_and_lets_answers_out_first() -> None:
