@@ -9,6 +9,7 @@ generated app shapes x exit paths: tests/test_guarantees.py.)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +207,42 @@ async def test_a_bad_info_or_an_ended_connection_joins_nothing() -> None:
         reply = await client.receive()
     assert reply == "TypeError,[],ConnectionEnded,[]"
     assert presence(ROOM) == {}
+
+
+def readme_room_app() -> Any:
+    """The app of the README's "Presence" section, run as written."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("### Presence") :]
+    code = section[section.index("```python") + len("```python") :]
+    namespace: dict[str, Any] = {}
+    exec(compile(code[: code.index("```")], "README.md", "exec"), namespace)
+    return namespace["room"]
+
+
+async def test_the_readme_room_renders_the_same_member_list_as_presence() -> None:
+    """Each client renders the README's way (snapshot, then every event on top of it)."""
+
+    async def render(client: Any, rendered: dict[str, Any], done: Any) -> None:
+        with trio.fail_after(5):
+            while not done(rendered):
+                message = await client.receive_json()
+                if "members" in message:
+                    rendered.update(message["members"])
+                elif message["type"] == "presence.join":
+                    rendered[message["member"]] = message["info"]
+                else:
+                    rendered.pop(message["member"], None)
+
+    async with run_server(readme_room_app()) as server:
+        async with server.websocket("/ann") as ann:
+            ann_view: dict[str, Any] = {}
+            await render(ann, ann_view, lambda m: len(m) == 1)
+            async with server.websocket("/bob") as bob:
+                bob_view: dict[str, Any] = {}
+                await render(bob, bob_view, lambda m: len(m) == 2)
+                await render(ann, ann_view, lambda m: len(m) == 2)
+                assert ann_view == bob_view == presence("room:lobby")
+                assert sorted(info["name"] for info in ann_view.values()) == ["ann", "bob"]
+            await render(ann, ann_view, lambda m: len(m) == 1)
+            assert ann_view == presence("room:lobby")
+            assert [info["name"] for info in ann_view.values()] == ["ann"]
