@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from .backends.base import HistoryRead, HistoryStore, HistoryUnavailable
 from .backends.history import Position
+from .backends.presence import events_topic
 from .pubsub import Delivery, Message, SlowConsumer, Subscription
 from .runtime import ConnectionContext, current_connection, get_runtime
 
@@ -33,6 +34,10 @@ __all__ = [
     "get",
     "history",
     "incr",
+    "presence",
+    "presence_join",
+    "presence_leave",
+    "presence_topic",
     "publish",
     "set",
     "state_decr",
@@ -128,6 +133,40 @@ def unsubscribe(topic: str) -> None:
     if context is None or context.pusher is None:
         return
     context.unsubscribe(topic, context.pusher)
+
+
+# -- presence ------------------------------------------------------------------
+def presence_join(topic: str, info: Any = None) -> str:
+    """The calling connection joins ``topic``'s presence with ``info`` (JSON-like), or
+    updates its info if it is in already; returns its member id.
+
+    Owned by the connection: it leaves on every exit path, with its owned keys.  A
+    join event is published on :func:`presence_topic` once ``presence(topic)`` shows it.
+    """
+    context = current_connection.get()
+    if context is None:
+        raise RuntimeError("presence_join() must be called while handling a connection")
+    return context.join_presence(topic, info)
+
+
+def presence_leave(topic: str) -> None:
+    """The calling connection leaves ``topic``'s presence (a leave event follows); a
+    no-op if it is not in."""
+    context = current_connection.get()
+    if context is None:
+        raise RuntimeError("presence_leave() must be called while handling a connection")
+    context.leave_presence(topic)
+
+
+def presence(topic: str) -> dict[str, Any]:
+    """member id -> info of ``topic``'s members (copies).  Over Redis this would have to
+    wait: it raises SyncUnavailable, use ``await hornbeam_trio.state.presence(topic)``."""
+    return get_runtime().backend.presence(topic)
+
+
+def presence_topic(topic: str) -> str:
+    """Where ``topic``'s join and leave events are published: ``"presence:" + topic``."""
+    return events_topic(topic)
 
 
 # -- topic history -------------------------------------------------------------

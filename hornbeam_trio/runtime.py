@@ -7,8 +7,8 @@ through context variables that Trio copies into every task an app spawns:
   outside any server, the process-wide default over the memory backend, which
   is what ETS is on one node), and
 * the :class:`ConnectionContext` of the connection whose task is calling, which
-  owns that connection's subscriptions and owned state keys and releases them
-  all in :meth:`ConnectionContext.release` on every exit path.
+  owns that connection's subscriptions, owned state keys and presence memberships
+  and releases them all in :meth:`ConnectionContext.release` on every exit path.
 """
 
 from __future__ import annotations
@@ -96,10 +96,11 @@ class ConnectionContext:
 
     :meth:`end` is the connection's release point: from then on the connection
     is no subscriber of anything, its ``subscription()`` iterators have ended, its
-    owned keys are undone, and an owned write made for it (from a task that
-    outlived it, say) raises :class:`ConnectionEnded` instead of creating a key
-    that nothing would ever remove.  :meth:`release` also takes the connection
-    out of :meth:`Runtime.stats`, once nothing of it runs any more.
+    owned keys are undone, it is no presence member of any topic, and an owned
+    write or a join made for it (from a task that outlived it, say) raises
+    :class:`ConnectionEnded` instead of creating what nothing would ever remove.
+    :meth:`release` also takes the connection out of :meth:`Runtime.stats`, once
+    nothing of it runs any more.
     """
 
     __slots__ = (
@@ -110,6 +111,7 @@ class ConnectionContext:
         "iterators",
         "kind",
         "owned",
+        "presence",
         "pusher",
         "runtime",
         "subscriptions",
@@ -130,6 +132,8 @@ class ConnectionContext:
         """The ``subscription()`` iterators opened for this connection and not yet left."""
         self.owned: dict[str, int | None] = {}
         """key -> accumulated owned increment, or None for an owned set (deleted on exit)."""
+        self.presence: dict[str, None] = {}
+        """The topics this connection is a presence member of (left on exit)."""
         self.ended = False
         self._unregistered = False
         runtime.connections[self.id] = self
@@ -183,6 +187,36 @@ class ConnectionContext:
             del self.owned[key]
             self.runtime.backend.note_released(self.id, [key])
 
+    @property
+    def member_id(self) -> str:
+        """This connection's presence member id (unique among the processes of a backend)."""
+        return self.runtime.backend.member_id(self.id)
+
+    def join_presence(self, topic: str, info: Any) -> str:
+        """Join (or update the info in) ``topic``'s presence until :meth:`end` or a leave."""
+        if self.ended:
+            raise ConnectionEnded(
+                "presence_join(): the connection this code ran for has ended, so nothing "
+                "would make it leave; it did not join"
+            )
+        member = self.member_id
+        # Recorded first: the join event may reach a subscriber whose overflow ends this
+        # very connection, and that end must find the topic to leave.
+        joined = topic in self.presence
+        self.presence[topic] = None
+        try:
+            self.runtime.backend.presence_join(topic, member, info, self.id)
+        except BaseException:
+            if not joined:  # a bad info: nothing was joined
+                self.presence.pop(topic, None)
+            raise
+        return member
+
+    def leave_presence(self, topic: str) -> None:
+        if topic in self.presence:
+            del self.presence[topic]
+            self.runtime.backend.presence_leave(topic, self.member_id, self.id)
+
     def task_count(self) -> int:
         """The connection's own task and every task below it (what its app started)."""
         task = self.task
@@ -231,6 +265,12 @@ class ConnectionContext:
             except Exception:
                 logger.exception("releasing the lease of owned state keys failed")
         self.owned.clear()
+        for topic in self.presence:
+            try:
+                backend.presence_leave(topic, self.member_id, self.id)
+            except Exception:  # the release must go on for every other topic
+                logger.exception("leaving the presence of %r failed", topic)
+        self.presence.clear()
 
     def release(self) -> None:
         """:meth:`end`, and out of :meth:`Runtime.stats`: nothing of it runs any more."""

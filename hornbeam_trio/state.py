@@ -23,7 +23,7 @@ from typing import Any
 
 from .runtime import ConnectionContext, current_connection, get_runtime
 
-__all__ = ["decr", "delete", "get", "get_multi", "incr", "keys", "set"]
+__all__ = ["decr", "delete", "get", "get_multi", "incr", "keys", "presence", "set"]
 
 
 def _owner(call: str) -> ConnectionContext:
@@ -80,3 +80,12 @@ async def get_multi(keys: Iterable[str]) -> dict[str, Any]:
 
 async def keys(prefix: str | None = None) -> list[str]:
     return await get_runtime().backend.akeys(prefix)
+
+
+async def presence(topic: str) -> dict[str, Any]:
+    """member id -> info of ``topic``'s members (``hornbeam_trio.presence``, awaitable).
+
+    Over Redis, if this process has a subscriber of ``presence:<topic>`` whose Redis
+    SUBSCRIBE is still in flight, it waits for it first (at most the subscribe
+    timeout): "subscribe to the events, then read the members" misses no event."""
+    return await get_runtime().backend.apresence(topic)

@@ -7,7 +7,8 @@ nursery or an AnyIO task group, a shielded cleanup) with how the connection ends
 slow-consumer close, server shutdown, the test cancelled), over TCP and memory
 streams, and checks after each run:
 
-* no task of the run, subscription, iterator, owned key or file descriptor is left;
+* no task of the run, subscription, iterator, owned key, presence member or file
+  descriptor is left;
 * no data frame follows a Close on the wire;
 * subscriptions and owned keys are gone within ``RELEASE_WITHIN`` of the end, and
   the app itself has returned within that plus its shielded section.
@@ -33,7 +34,7 @@ from hypothesis import strategies as st
 from test_websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 
 from hornbeam_erlang import publish, state_get, state_incr, state_set, subscribe
-from hornbeam_trio import stats, subscription
+from hornbeam_trio import presence, presence_join, stats, subscription
 from hornbeam_trio.runtime import ConnectionContext, default_runtime
 from hornbeam_trio.testing import run_server
 
@@ -44,6 +45,8 @@ RELEASE_WITHIN = 0.05
 SHIELD = 0.03
 """Seconds the shielded cleanup section of an app takes."""
 TOPIC = "g:topic"
+ROOM = "g:room"
+"""The presence topic an app with owned state joins."""
 BIG = "x" * 65536
 
 EXITS = [
@@ -94,6 +97,7 @@ def make_http_stream_app(shape: Shape, record: Record) -> Any:
             if shape.owned:
                 state_set("g:presence", True, owned=True)
                 state_incr("g:online", owned=True)
+                presence_join(ROOM, {"here": True})
             record.started.set()
             async with subscription(TOPIC) as messages:
                 record.iterators.append(messages)
@@ -136,6 +140,7 @@ def make_starlette_app(shape: Shape, record: Record) -> Any:
             if shape.owned:
                 state_set("g:presence", True, owned=True)
                 state_incr("g:online", owned=True)
+                presence_join(ROOM, {"here": True})
             record.started.set()
             async with anyio.create_task_group() as group:
                 if shape.iterator:
@@ -238,6 +243,7 @@ def make_app(shape: Shape, record: Record) -> Any:
             if shape.owned:
                 state_set("g:presence", True, owned=True)
                 state_incr("g:online", owned=True)
+                presence_join(ROOM, {"here": True})
             record.started.set()
             if shape.pusher == "anyio":
                 async with anyio.create_task_group() as group:
@@ -422,6 +428,7 @@ async def scenario(shape: Shape, exit_path: str, transport: str) -> None:
     assert stats()["connections"] == 0
     assert state_get("g:presence") is None
     assert state_get("g:online") in (None, 0)
+    assert presence(ROOM) == {}
     assert all(it._closed for it in record.iterators)
     assert counter.live == set(), counter.live
     assert open_fds() == fds_before

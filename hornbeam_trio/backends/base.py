@@ -63,6 +63,27 @@ class Backend(Protocol):
 
     def note_released(self, connection: int, keys: Iterable[str]) -> None: ...
 
+    # -- presence (the member model and events: backends/presence.py)
+    def member_id(self, connection: int) -> str:
+        """The presence member id of this process's connection ``connection``."""
+        ...
+
+    def presence_join(self, topic: str, member: str, info: Any, connection: int) -> None:
+        """Add or update ``member`` (owned by ``connection``: released with it if this
+        process dies), then publish the join event; TypeError for an info that is not
+        JSON-like, before any change."""
+        ...
+
+    def presence_leave(self, topic: str, member: str, connection: int) -> None:
+        """Remove ``member``, then publish the leave event (none if it was not in)."""
+        ...
+
+    def presence(self, topic: str) -> dict[str, Any]:
+        """member -> info (copies); may raise SyncUnavailable."""
+        ...
+
+    def apresence(self, topic: str) -> Awaitable[dict[str, Any]]: ...
+
     # -- shared state, awaitable (always available)
     def aget(self, key: str) -> Awaitable[Any]: ...
     def aset(self, key: str, value: Any) -> Awaitable[None]: ...

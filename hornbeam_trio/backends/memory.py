@@ -24,6 +24,7 @@ import trio
 
 from .base import HistoryRead, LocalDeliver
 from .history import HistoryRule, Kept, Position, TopicRing, freeze, new_epoch
+from .presence import PresenceBook, checked_topic, events_topic, join_event, leave_event
 from .values import checked_copy
 
 _NEGATIVE_CACHE_LIMIT = 65536
@@ -55,6 +56,7 @@ class MemoryBackend:
         """topic -> its ring, or None once it is known to match no pattern."""
         self._unmatched = 0
         self.epoch = new_epoch()
+        self._presence = PresenceBook()
 
     async def run(
         self, deliver_local: LocalDeliver, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -197,6 +199,25 @@ class MemoryBackend:
     def note_released(self, connection: int, keys: Iterable[str]) -> None:
         pass
 
+    # -- presence: a process that dies takes its members along, as its owned keys
+    def member_id(self, connection: int) -> str:
+        return str(connection)
+
+    def presence_join(self, topic: str, member: str, info: Any, connection: int) -> None:
+        info = checked_copy(info)
+        self._presence.join(checked_topic(topic), member, info)
+        self.publish(events_topic(topic), join_event(topic, member, checked_copy(info)))
+
+    def presence_leave(self, topic: str, member: str, connection: int) -> None:
+        if self._presence.leave(topic, member):
+            self.publish(events_topic(topic), leave_event(topic, member))
+
+    def presence(self, topic: str) -> dict[str, Any]:
+        return self._presence.members(checked_topic(topic))
+
+    async def apresence(self, topic: str) -> dict[str, Any]:
+        return self.presence(topic)
+
     def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         data = self._data
         return {key: checked_copy(data.get(key)) for key in keys}
@@ -225,9 +246,10 @@ class MemoryBackend:
         return self.keys(prefix)
 
     def clear(self) -> None:
-        """Forget everything (the testing toolkit's fresh start): state, and history,
+        """Forget everything (the testing toolkit's fresh start): state, presence, and history,
         whose epoch changes as after a restart.  The history patterns stay."""
         self._data.clear()
+        self._presence.clear()
         self._rings.clear()
         self._unmatched = 0
         self.epoch = new_epoch()

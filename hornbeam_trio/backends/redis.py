@@ -80,6 +80,7 @@ from coredis.exceptions import RedisError, ResponseError
 
 from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
 from .codec import decode_message, decode_value, encode_message, encode_value
+from .presence import checked_topic, events_topic, join_event, leave_event
 from .redis_outage import OutageLog, reason
 
 logger = logging.getLogger("hornbeam_trio")
@@ -88,7 +89,7 @@ _BATCH = 512
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 # (kind, name, argument): ("P", topic, payload) | ("S", key, payload) | ("D", key, None)
-# | ("I", key, delta)
+# | ("I", key, delta) | ("R", topic, [raw commands]) (presence changes)
 _Op = tuple[str, str, Any]
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
@@ -136,6 +137,8 @@ class RedisBackend:
         self._owned_prefix = f"{namespace}:owned:"
         self._owned = self._owned_prefix + self.token
         self._topic_prefix = f"{namespace}:topic:"
+        self._presence_prefix = f"{namespace}:presence:"
+        """A hash per topic: member id -> encoded info."""
         self._deliver_local: LocalDeliver | None = None
         self._client: coredis.Redis[bytes] | None = None
         self._closed = False
@@ -456,6 +459,8 @@ class RedisBackend:
                 commands.append(_command(b"HSET", self._owned, name, argument))
             elif kind == "U":
                 commands.append(_command(b"HDEL", self._owned, *argument))
+            elif kind == "R":
+                commands.extend(argument)
             else:  # "E"
                 commands.append(_command(b"DEL", self._owned))
                 commands.append(_command(b"ZREM", self._leases, name))
@@ -655,6 +660,46 @@ class RedisBackend:
         if fields:
             self._enqueue(("U", fields[0], fields))
 
+    # -- presence: a hash per topic, each member leased like an owned key -------
+    # A member's lease record is the field ``p<connection>:<topic>`` of this process's
+    # owned-keys hash, valued ``p<member>``: state-key fields start with a digit, so
+    # the two never collide, and the lease script (below) can tell them apart.
+    def member_id(self, connection: int) -> str:
+        return f"{self.token[:12]}-{connection}"
+
+    def presence_join(self, topic: str, member: str, info: Any, connection: int) -> None:
+        topic = checked_topic(topic)
+        encoded = encode_value(info)  # validates before anything is queued
+        event = encode_message(join_event(topic, member, info))
+        # the lease record first: from the HSET on, a kill -9 is cleaned up
+        self._enqueue(("L", f"p{connection}:{topic}", "p" + member))
+        self._enqueue(
+            ("R", topic, [_command(b"HSET", self._presence_prefix + topic, member, encoded)])
+        )
+        self._enqueue(("P", events_topic(topic), event))
+
+    def presence_leave(self, topic: str, member: str, connection: int) -> None:
+        self._enqueue(("R", topic, [_command(b"HDEL", self._presence_prefix + topic, member)]))
+        self._enqueue(("P", events_topic(topic), encode_message(leave_event(topic, member))))
+        field = f"p{connection}:{topic}"
+        self._enqueue(("U", field, [field]))
+
+    def presence(self, topic: str) -> dict[str, Any]:
+        raise _sync_unavailable("presence", "presence(topic)")
+
+    async def apresence(self, topic: str) -> dict[str, Any]:
+        name = self._presence_prefix + checked_topic(topic)
+        pending = self._pending_subs.get(events_topic(topic))
+        if pending is not None:  # subscribed to the events: none may come before that
+            with trio.move_on_after(self.subscribe_timeout):
+                await pending.wait()
+        (reply,) = await self._query("presence", _command(b"HGETALL", name))
+        flat = _ok(reply)
+        return {
+            flat[i].decode("utf-8", "surrogateescape"): decode_value(flat[i + 1])
+            for i in range(0, len(flat), 2)
+        }
+
     async def _lease_loop(self, client: coredis.Redis[bytes]) -> None:
         """Refresh this process's lease, and release the keys of processes whose lease
         ran out (at most a third of ``lease_ttl`` late)."""
@@ -670,6 +715,8 @@ class RedisBackend:
                             self._owned_prefix,
                             self._state_prefix,
                             100,
+                            self._presence_prefix,
+                            self._topic_prefix + events_topic(""),
                         ],
                     )
             except _FAILURES as exc:
@@ -844,6 +891,8 @@ def _describe(op: _Op) -> str:
         return f"publish to {name!r}"
     if kind in "LUE":
         return "lease record"
+    if kind == "R":
+        return f"presence change in topic {name!r}"
     return {"S": "set", "D": "delete", "I": "increment"}[kind] + f" of state key {name!r}"
 
 
@@ -873,9 +922,12 @@ def _seconds(options: dict[str, str], name: str, default: float) -> float:
 _LEASE_SCRIPT = """
 -- Refresh this process's lease; release what dead processes owned.  Atomic, so two
 -- processes sweeping at once never give a key back twice.  Returns the number of
--- processes released and the tokens of those alive.
+-- processes released and the tokens of those alive.  A presence member (field
+-- 'p<connection>:<topic>', value 'p<member>') leaves its topic's hash, and its leave
+-- event is published as the process itself would have.
 -- KEYS[1] lease registry (sorted set: process token -> expiry, Redis clock, ms)
--- ARGV: token, lease ms, owned-hash prefix, state-key prefix, most to reclaim per call
+-- ARGV: token, lease ms, owned-hash prefix, state-key prefix, most to reclaim per call,
+--       presence-hash prefix, presence-events channel prefix
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -886,9 +938,16 @@ for _, token in ipairs(dead) do
   local fields = redis.call('HGETALL', owned)
   for i = 1, #fields, 2 do
     local field = fields[i]
-    local key = ARGV[4] .. string.sub(field, string.find(field, ':', 1, true) + 1)
+    local name = string.sub(field, string.find(field, ':', 1, true) + 1)
+    local key = ARGV[4] .. name
     local give_back = fields[i + 1]
-    if give_back == 's' then
+    if string.sub(give_back, 1, 1) == 'p' then
+      local member = string.sub(give_back, 2)
+      if redis.call('HDEL', ARGV[6] .. name, member) == 1 then
+        redis.call('PUBLISH', ARGV[7] .. name, 'j' .. cjson.encode(
+          {type = 'presence.leave', topic = name, member = member}))
+      end
+    elseif give_back == 's' then
       redis.call('DEL', key)
     elseif give_back ~= '0' then
       redis.call('DECRBY', key, give_back)
