@@ -178,11 +178,11 @@ async def test_since_on_a_topic_without_history_or_a_backend_without_it_is_a_cle
             pass
 
     class NoHistory:
-        name = "redis"
+        name = "nohistory"
 
     token = current_runtime.set(Runtime(NoHistory()))  # type: ignore[arg-type]
     try:
-        with pytest.raises(HistoryUnavailable, match="memory backend only for now"):
+        with pytest.raises(HistoryUnavailable, match="the nohistory backend keeps none"):
             hornbeam_trio.history("chat:a")
     finally:
         current_runtime.reset(token)
