@@ -609,7 +609,9 @@ class RedisBackend:
     ) -> None:
         try:
             read = await self.ahistory_read(topic, since)
-        except (BackendUnavailable, RedisError, LookupError) as exc:
+        except Exception as exc:
+            # Handed on, not swallowed: done() logs it and closes the one client.  Raised
+            # here it would stop the backend's nursery, for every connection.
             done(exc)
         else:
             done(read)
