@@ -21,6 +21,7 @@ from .backends.base import HistoryRead, HistoryStore, HistoryUnavailable
 from .backends.history import Position
 from .backends.presence import events_topic
 from .pubsub import Delivery, Message, SlowConsumer, Subscription
+from .recovery import PositionedPush
 from .runtime import ConnectionContext, current_connection, get_runtime
 
 __all__ = [
@@ -117,15 +118,32 @@ def publish(topic: str, message: Any) -> int:
     return get_runtime().backend.publish(topic, message)
 
 
-def subscribe(topic: str) -> None:
-    """The current WebSocket client receives the topic's messages, pushed by the server."""
+def subscribe(topic: str, since: Position | str | None = None) -> None:
+    """The current WebSocket client receives the topic's messages, pushed by the server.
+
+    With ``since`` (a :class:`Position` or its ``str()``; the topic must keep history),
+    the client first gets a recovery frame ``{"topic", "recovered", "position"}``, then
+    the messages kept after ``since``, then the live ones, each once, every one as
+    ``{"topic", "position", "data"}`` (see :mod:`hornbeam_trio.recovery`).  A plain
+    push subscription to the topic is replaced by this one.
+    """
     context = current_connection.get()
     if context is None or context.pusher is None:
         raise RuntimeError(
             "subscribe() pushes to the current WebSocket client, and there is none here; "
             "use `async with hornbeam_trio.subscription(topic) as messages` instead"
         )
-    context.subscribe(topic, context.pusher)
+    if since is None:
+        context.subscribe(topic, context.pusher)
+        return
+    position = _position(since)
+    store = _history_store(topic)
+    if context.ended:
+        return
+    context.unsubscribe(topic, context.pusher)
+    push = PositionedPush(topic, context.pusher)
+    context.subscribe(topic, push)  # registered first: the read below misses nothing
+    store.fetch_history(topic, position, push.replay)
 
 
 def unsubscribe(topic: str) -> None:
@@ -182,9 +200,7 @@ class History(NamedTuple):
 def _history_store(topic: str) -> HistoryStore:
     backend: Any = get_runtime().backend
     if not hasattr(backend, "history_read"):
-        raise HistoryUnavailable(
-            f"topic history: the {backend.name} backend keeps none (memory backend only for now)"
-        )
+        raise HistoryUnavailable(f"topic history: the {backend.name} backend keeps none")
     store: HistoryStore = backend
     if not store.keeps_history(topic):
         raise LookupError(f"topic {topic!r} keeps no history: no --history pattern matches it")
@@ -201,12 +217,26 @@ def history(topic: str, since: Position | str | None = None, limit: int | None =
     ``limit`` keeps the newest ``limit`` of them (``recovered`` is then False if it cut
     any).  A ``since`` of another epoch reads as None, with ``recovered`` False.
     Raises LookupError for a topic no ``--history`` pattern matches, and
-    :class:`HistoryUnavailable` over a backend that keeps no history.
+    :class:`HistoryUnavailable` over a backend that keeps no history.  Over Redis it
+    raises ``SyncUnavailable``: ``await hornbeam_trio.state.history(...)`` works on both.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be an integer >= 0 or None, got {limit!r}")
+    _check_limit(limit)
     read: HistoryRead = _history_store(topic).history_read(topic, _position(since), limit)
     return History(_messages(read), read.position, read.recovered)
+
+
+async def ahistory(
+    topic: str, since: Position | str | None = None, limit: int | None = None
+) -> History:
+    """``history()``, awaitable: what to call over Redis (``hornbeam_trio.state.history``)."""
+    _check_limit(limit)
+    read = await _history_store(topic).ahistory_read(topic, _position(since), limit)
+    return History(_messages(read), read.position, read.recovered)
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an integer >= 0 or None, got {limit!r}")
 
 
 def _messages(read: HistoryRead) -> list[Message]:
@@ -259,16 +289,16 @@ async def subscription(
         on_overflow=on_overflow,
         positions=positions,
     )
-    # Registering and reading history happen in one synchronous step (no checkpoint,
-    # so no publish, in between): the replay ends where the live deliveries begin.
+    # The subscriber is registered before the history is read: every message is in
+    # the read or delivered live (or both, and replay() drops the live copy).
     if context is not None:
         context.open_iterator(sub)  # ends with the connection (at once if it has ended)
     else:
         runtime.add_subscriber(topic, sub)
-    if store is not None and position is not None:
-        read = store.history_read(topic, position)
-        sub.replay(read.messages, recovered=read.recovered)
     try:
+        if store is not None and position is not None:
+            read = await store.ahistory_read(topic, position)
+            sub.replay(read.messages, recovered=read.recovered, through=read.position)
         yield sub
     finally:
         sub.close()

@@ -108,8 +108,7 @@ class Config:
     history: tuple[str, ...] = ()
     """``PATTERN=SIZE[,AGEs]``: topics matching the fnmatch PATTERN keep their last SIZE
     messages (for at most AGE seconds) for recovery; the first matching entry wins.
-    Memory backend only for now: over Redis the server warns at start and the history
-    calls raise ``HistoryUnavailable``."""
+    Over Redis the history is shared by every process, which should agree on these."""
 
     # --- logging -----------------------------------------------------------
     log_level: str = "info"

@@ -68,6 +68,16 @@ class Delivery:
         return json.loads(self._text)
 
 
+def replayed(delivery: Delivery, through: Position) -> bool:
+    """Whether a replay that read up to ``through`` holds ``delivery`` already."""
+    position = delivery.position
+    return (
+        position is not None
+        and position.offset <= through.offset
+        and position.epoch == through.epoch
+    )
+
+
 class Subscriber(Protocol):
     def deliver(self, delivery: Delivery) -> bool:
         """Take the delivery without blocking; False if this subscriber is gone."""
@@ -162,6 +172,8 @@ class Subscription:
         self._queue: deque[Delivery] = deque()
         self._replay: deque[Delivery] = deque()
         self._positions = positions
+        self._through: Position | None = None
+        """The replay's position: live deliveries at or below it were replayed already."""
         self.recovered = True
         """False when the position given as ``since`` was of another epoch, or older
         than what history still keeps: the replay then starts at the oldest kept."""
@@ -176,6 +188,9 @@ class Subscription:
     def deliver(self, delivery: Delivery) -> bool:
         if self._closed or self._overflowed:
             return False
+        through = self._through
+        if through is not None and replayed(delivery, through):
+            return True  # in the replay already
         if len(self._queue) >= self._maxsize:
             if self._policy == "drop-oldest":
                 self._queue.popleft()
@@ -191,12 +206,17 @@ class Subscription:
             self._lot.unpark()
         return True
 
-    def replay(self, kept: Iterable[Kept], *, recovered: bool) -> None:
-        """Queue the history read when this subscription registered, ahead of the live
-        deliveries (all newer); nothing if the subscription has already ended."""
+    def replay(self, kept: Iterable[Kept], *, recovered: bool, through: Position) -> None:
+        """Queue a history read made after this subscription registered, ahead of the
+        live deliveries.  ``through`` is the read's position: live deliveries at or below
+        it, queued already or still to come, are in the replay and are dropped (over
+        Redis the read and the live deliveries overlap).  Nothing if it has ended."""
         self.recovered = recovered
+        self._through = through
         if not self._closed:
             self._replay.extend(Delivery(item) for item in kept)
+            if self._queue:
+                self._queue = deque(d for d in self._queue if not replayed(d, through))
 
     def close(self) -> None:
         """The block is left: no more deliveries; what is queued can still be read."""

@@ -331,12 +331,8 @@ def _make_runtime(config: Config) -> Runtime:
         return runtime
     from .backends.redis import RedisBackend  # coredis is imported only when asked for
 
-    if config.history:
-        logger.warning(
-            "--history: topic history is built for the memory backend only for now; "
-            "over Redis no history is kept and history() raises HistoryUnavailable"
-        )
     backend = RedisBackend(config.backend)
+    backend.configure_history(HistoryRule(*rule) for rule in config.history_rules)
     runtime = Runtime(backend)
     topics = runtime.hub.topics
     backend.count_local = lambda topic: len(topics.get(topic) or ())

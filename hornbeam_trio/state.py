@@ -12,6 +12,9 @@ network, so the synchronous ``state_get``, ``state_get_multi``, ``state_keys`` a
     profile = await state.get("user:42")
     names = await state.keys("user:")
 
+``await state.history(topic, since=None, limit=None)`` is ``hornbeam_trio.history()``
+on every backend (topic history is no state key, but over Redis it is read the same way).
+
 Each call waits until the state writes and publishes this process made before it
 (with the synchronous calls) have reached the store, so a process reads its own writes.
 """
@@ -21,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .api import ahistory as history
 from .runtime import ConnectionContext, current_connection, get_runtime
 
-__all__ = ["decr", "delete", "get", "get_multi", "incr", "keys", "presence", "set"]
+__all__ = ["decr", "delete", "get", "get_multi", "history", "incr", "keys", "presence", "set"]
 
 
 def _owner(call: str) -> ConnectionContext:

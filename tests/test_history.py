@@ -178,11 +178,11 @@ async def test_since_on_a_topic_without_history_or_a_backend_without_it_is_a_cle
             pass
 
     class NoHistory:
-        name = "redis"
+        name = "nohistory"
 
     token = current_runtime.set(Runtime(NoHistory()))  # type: ignore[arg-type]
     try:
-        with pytest.raises(HistoryUnavailable, match="memory backend only for now"):
+        with pytest.raises(HistoryUnavailable, match="the nohistory backend keeps none"):
             hornbeam_trio.history("chat:a")
     finally:
         current_runtime.reset(token)
@@ -333,3 +333,102 @@ def test_a_topic_is_matched_against_the_patterns_once_then_cached(
         hornbeam_trio.publish("chat:a", 1)
     assert calls == ["news", "chat:a"]
     assert hornbeam_trio.history("chat:a").position.offset == 100
+
+
+# -- the push form: subscribe(topic, since=...) -------------------------------------------
+async def test_push_subscribe_since_replays_what_was_missed_then_goes_live_with_positions(
+    hornbeam_state: Any,
+) -> None:
+    from tests.apps.history_race import app
+
+    async with run_server(app, history=("chat:*=100,300s",)) as server:
+        for n in range(3):
+            hornbeam_trio.publish("chat:race", n)
+        epoch = hornbeam_trio.history("chat:race").position.epoch
+        async with server.websocket(f"/?since={Position(1, epoch)}&mode=push") as client:
+            first = json.loads(await client.receive())
+            assert first == {"topic": "chat:race", "recovered": True, "position": f"{epoch}-3"}
+            replayed = [json.loads(await client.receive()) for _ in range(2)]
+            assert replayed == [
+                {"topic": "chat:race", "position": f"{epoch}-2", "data": 1},
+                {"topic": "chat:race", "position": f"{epoch}-3", "data": 2},
+            ]
+            hornbeam_trio.publish("chat:race", 3)
+            live = json.loads(await client.receive())
+            assert live == {"topic": "chat:race", "position": f"{epoch}-4", "data": 3}
+        async with server.websocket(f"/?since={Position(9, 'another')}&mode=push") as client:
+            first = json.loads(await client.receive())
+            assert first["recovered"] is False  # another epoch: the replay starts at the oldest
+            again = [json.loads(await client.receive())["data"] for _ in range(4)]
+            assert again == [0, 1, 2, 3]
+
+
+async def test_a_push_client_reconnecting_under_1000_publishes_sees_every_offset_exactly_once(
+    hornbeam_state: Any,
+) -> None:
+    from tests.apps.history_race import app
+
+    total = 1000
+    seen: list[int] = []
+    visits = racing = 0
+    async with run_server(app, history=("chat:*=2000,300s",)) as server:
+        position = hornbeam_trio.history("chat:race").position
+        published = trio.Event()
+
+        async def publisher() -> None:
+            for n in range(total):
+                hornbeam_trio.publish("chat:race", n)
+                await trio.sleep(0.001 if n % 7 else 0)
+            published.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            with trio.fail_after(60):
+                while len(seen) < total:
+                    async with server.websocket(f"/?since={position}&mode=push") as client:
+                        assert json.loads(await client.receive())["recovered"] is True
+                        visits += 1
+                        racing += not published.is_set()
+                        for _ in range(1 + visits % 40):
+                            item = json.loads(await client.receive())
+                            position = Position.parse(item["position"])
+                            assert item["data"] == position.offset - 1
+                            seen.append(position.offset)
+                            if len(seen) == total:
+                                break
+    assert seen == list(range(1, total + 1))
+    assert racing > 20
+
+
+async def test_unsubscribe_ends_a_push_subscription_made_with_since(
+    memory: MemoryBackend,
+) -> None:
+    """The positioned push subscriber stands for its connection: one per topic, and
+    ``unsubscribe(topic)`` (or the connection's end) finds it."""
+    from hornbeam_trio.runtime import ConnectionContext, current_connection
+
+    pushed: list[bytes] = []
+
+    class Pusher:
+        def deliver(self, delivery: Any) -> bool:
+            pushed.append(delivery.frame)
+            return True
+
+    runtime = current_runtime.get()
+    assert runtime is not None
+    context = ConnectionContext(runtime, "websocket", Config())
+    context.pusher = Pusher()
+    token = current_connection.set(context)
+    try:
+        hornbeam_trio.subscribe("chat:a")
+        hornbeam_trio.subscribe("chat:a", since=Position(0, memory.epoch))  # replaces it
+        assert runtime.hub.subscriber_counts() == {"chat:a": 1}
+        hornbeam_trio.publish("chat:a", "x")
+        assert len(pushed) == 2 and b'"data":"x"' in pushed[1]  # recovery frame, then x
+        hornbeam_trio.unsubscribe("chat:a")
+        assert runtime.hub.subscriber_counts() == {}
+        hornbeam_trio.subscribe("chat:a", since=Position(0, memory.epoch))
+        context.release()
+        assert runtime.hub.subscriber_counts() == {}
+    finally:
+        current_connection.reset(token)

@@ -108,25 +108,41 @@ class HistoryRead(NamedTuple):
 
 
 class HistoryUnavailable(RuntimeError):
-    """Topic history was asked of a backend that keeps none (for now: any but memory)."""
+    """Topic history was asked of a backend that keeps none."""
 
 
 class HistoryStore(Protocol):
-    """What a backend with topic history adds to :class:`Backend`.
+    """What a backend with topic history (memory, Redis) adds to :class:`Backend`.
 
     Every message published to a topic that keeps history reaches the hub as a
-    :class:`Kept` carrying its position.  ``history_read`` is synchronous: a
-    ``subscription(topic, since=...)`` registers its subscriber and reads the
-    history in one step, with no publish in between, so replay and live
-    deliveries meet with no gap and no duplicate.  A networked backend keeps that
-    promise by numbering deliveries and dropping the live ones at or below the
-    replay's last position.
+    :class:`Kept` carrying its position, the same position its history entry has.
+    Replay then live, with no gap and no duplicate, rests on one rule: a read made
+    after a subscriber was registered holds every message that subscriber will not
+    receive live.  The subscriber then drops the live ones at or below the read's
+    position (``Subscription.replay``).  The memory backend reads synchronously, so
+    nothing is published in between; Redis reads once its SUBSCRIBE is in place.
     """
-
-    epoch: str
 
     def configure_history(self, rules: Iterable[HistoryRule]) -> None: ...
     def keeps_history(self, topic: str) -> bool: ...
     def history_read(
         self, topic: str, since: Position | None, limit: int | None = None
-    ) -> HistoryRead: ...
+    ) -> HistoryRead:
+        """The read, synchronously (raises SyncUnavailable over Redis)."""
+        ...
+
+    async def ahistory_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead:
+        """The read, on every backend.  The memory backend's makes no checkpoint."""
+        ...
+
+    def fetch_history(
+        self,
+        topic: str,
+        since: Position | None,
+        done: Callable[[HistoryRead | BaseException], None],
+    ) -> None:
+        """Start the read; ``done`` gets it (at once on the memory backend), or the
+        exception that stopped it, for callers that cannot wait (push subscribers)."""
+        ...

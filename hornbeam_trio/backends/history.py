@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -83,6 +85,33 @@ class HistoryRule(NamedTuple):
     pattern: str
     size: int
     max_age: float | None
+
+
+class TopicRules:
+    """The ``--history`` rules and, per topic, the rule it matches (the first), matched
+    once and remembered.  Past ``limit`` topics remembered as matching none, those are
+    forgotten, so a stream of one-off topic names cannot grow the cache without bound."""
+
+    __slots__ = ("_cache", "_unmatched", "limit", "rules")
+
+    def __init__(self, rules: Iterable[HistoryRule] = (), limit: int = 65536) -> None:
+        self.rules = tuple(rules)
+        self.limit = limit
+        self._cache: dict[str, HistoryRule | None] = {}
+        self._unmatched = 0
+
+    def rule_for(self, topic: str) -> HistoryRule | None:
+        cache = self._cache
+        if topic in cache:
+            return cache[topic]
+        rule = next((r for r in self.rules if fnmatchcase(topic, r.pattern)), None)
+        if rule is None:
+            if self._unmatched >= self.limit:
+                self._cache = cache = {t: r for t, r in cache.items() if r is not None}
+                self._unmatched = 0
+            self._unmatched += 1
+        cache[topic] = rule
+        return rule
 
 
 class TopicRing:

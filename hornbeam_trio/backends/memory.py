@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -161,6 +161,27 @@ class MemoryBackend:
             Position(ring.top, epoch),
             recovered and same_epoch,
         )
+
+    async def ahistory_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead:
+        """``history_read`` with no checkpoint: a subscriber registered just before
+        meets the read with no publish in between."""
+        return self.history_read(topic, since, limit)
+
+    def fetch_history(
+        self,
+        topic: str,
+        since: Position | None,
+        done: Callable[[HistoryRead | BaseException], None],
+    ) -> None:
+        """``done`` gets the read at once (LookupError too)."""
+        try:
+            read = self.history_read(topic, since)
+        except LookupError as exc:
+            done(exc)
+        else:
+            done(read)
 
     def topic_added(self, topic: str) -> None:
         pass

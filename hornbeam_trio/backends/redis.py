@@ -62,6 +62,7 @@ Decisions (README, "Redis backend"):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -78,9 +79,18 @@ import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, ResponseError
 
-from .base import BackendUnavailable, LocalDeliver, SyncUnavailable
-from .codec import decode_message, decode_value, encode_message, encode_value
+from .base import BackendUnavailable, HistoryRead, LocalDeliver, SyncUnavailable
+from .codec import decode_value, encode_message, encode_value
+from .history import HistoryRule, Position, TopicRules, new_epoch
 from .presence import checked_topic, events_topic, join_event, leave_event
+from .redis_history import (
+    PUBLISH_SCRIPT,
+    READ_SCRIPT,
+    decode_published,
+    history_key,
+    parse_read,
+    stream_key,
+)
 from .redis_outage import OutageLog, reason
 
 logger = logging.getLogger("hornbeam_trio")
@@ -88,9 +98,11 @@ logger = logging.getLogger("hornbeam_trio")
 _BATCH = 512
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
-# (kind, name, argument): ("P", topic, payload) | ("S", key, payload) | ("D", key, None)
-# | ("I", key, delta) | ("R", topic, [raw commands]) (presence changes)
+# (kind, name, argument): ("P", topic, payload | _KeptPublish) | ("S", key, payload)
+# | ("D", key, None) | ("I", key, delta) | ("R", topic, [raw commands]) (presence changes)
 _Op = tuple[str, str, Any]
+
+_PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
 _PACE = b"hornbeam-pace"
@@ -182,6 +194,9 @@ class RedisBackend:
         self.keepalive = 15.0
         """Seconds of silence on the subscriber connection before a PING (and as long
         again for its answer before reconnecting)."""
+        self._history = TopicRules()
+        self._nursery: trio.Nursery | None = None
+        """Where history reads for push subscribers run (``fetch_history``)."""
 
     @property
     def max_pending(self) -> int:
@@ -238,6 +253,7 @@ class RedisBackend:
                     ) from None
                 async with trio.open_nursery() as nursery:
                     self._client = client
+                    self._nursery = nursery
                     self._token = trio.lowlevel.current_trio_token()
                     self._thread = threading.get_ident()
                     nursery.start_soon(self._subscriber, client.connection_pool)
@@ -249,6 +265,7 @@ class RedisBackend:
                     finally:
                         self._closed = True
                         self._client = None
+                        self._nursery = None
                         nursery.cancel_scope.cancel()
                         if self._writer_connection is not None:
                             await trio.aclose_forcefully(self._writer_connection[0])
@@ -442,13 +459,19 @@ class RedisBackend:
         commands: list[bytes] = []
         queries: list[tuple[_Query, int]] = []
         state, channel = self._state_prefix, self._topic_prefix
+        script_loaded = False
         for kind, name, argument in batch:
             if kind == "Q":
                 if not argument.abandoned:
                     queries.append((argument, len(commands)))
                     commands.extend(argument.commands)
-            elif kind == "P":
+            elif kind == "P" and type(argument) is bytes:
                 commands.append(_command(b"PUBLISH", channel + name, argument))
+            elif kind == "P":
+                if not script_loaded:  # once per batch: Redis may have restarted since
+                    script_loaded = True
+                    commands.append(_command(b"SCRIPT", b"LOAD", PUBLISH_SCRIPT))
+                commands.append(argument.command(self.namespace, channel + name))
             elif kind == "S":
                 commands.append(_command(b"SET", state + name, argument))
             elif kind == "D":
@@ -468,7 +491,7 @@ class RedisBackend:
         for query, start in reversed(queries):
             query.succeed(replies[start : start + len(query.commands)])
             del replies[start : start + len(query.commands)]
-        return replies  # those of the queued operations
+        return replies  # those of the queued operations (and the SCRIPT LOAD's, if sent)
 
     async def _roundtrip(self, pool: Any, commands: list[bytes]) -> list[Any]:
         """``commands`` in one write on the writer's own connection; their replies."""
@@ -504,6 +527,99 @@ class RedisBackend:
     def publish(self, topic: str, message: Any) -> int:
         self._enqueue(("P", topic, encode_message(message)))
         return self.count_local(topic)
+
+    def _publish_recording(self, topic: str, message: Any) -> int:
+        """``publish`` while history is configured: a topic that keeps history is
+        published by the script that gives the message its position."""
+        rule = self._history.rule_for(topic)
+        payload = encode_message(message)
+        self._enqueue(("P", topic, payload if rule is None else _KeptPublish(topic, payload, rule)))
+        return self.count_local(topic)
+
+    # -- topic history (redis_history.py) ----------------------------------------
+    def configure_history(self, rules: Iterable[HistoryRule]) -> None:
+        """Keep history for the topics matching ``rules`` (the first match wins).  The
+        positions live in Redis, shared by every process: each process sends its own
+        limits with each publish and read, so processes should agree on the rules."""
+        self._history = TopicRules(rules)
+        if self._history.rules:
+            self.publish = self._publish_recording  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("publish", None)
+
+    def keeps_history(self, topic: str) -> bool:
+        return self._history.rule_for(topic) is not None
+
+    def history_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead:
+        raise SyncUnavailable(
+            "history() cannot answer without waiting for Redis (--backend redis://); "
+            "use `await hornbeam_trio.state.history(topic, since, limit)` instead"
+        )
+
+    async def ahistory_read(
+        self, topic: str, since: Position | None, limit: int | None = None
+    ) -> HistoryRead:
+        """What ``topic``'s history holds after ``since`` (see :class:`HistoryRead`).
+
+        Read once every SUBSCRIBE this process has asked for ``topic`` is in place, so a
+        subscriber registered before this call receives, live, every message published
+        after the read (no gap; the ones in both are told apart by their offsets).
+        LookupError for a topic that keeps no history."""
+        rule = self._history.rule_for(topic)
+        if rule is None:
+            raise LookupError(f"topic {topic!r} keeps no history: no --history pattern matches it")
+        event = self._pending_subs.get(topic)
+        if event is not None:
+            with self._network("history"):
+                await event.wait()
+        (reply,) = await self._query(
+            "history",
+            _command(
+                b"EVAL",
+                READ_SCRIPT,
+                b"2",
+                history_key(self.namespace, topic),
+                stream_key(self.namespace, topic),
+                b"0" if since is None else str(since.offset),
+                str(rule.size),
+                str(round(rule.max_age * 1000)) if rule.max_age else b"0",
+                b"-1" if limit is None else str(limit),
+                new_epoch(),
+                b"" if since is None else since.epoch,
+            ),
+        )
+        return parse_read(_ok(reply))
+
+    def fetch_history(
+        self,
+        topic: str,
+        since: Position | None,
+        done: Callable[[HistoryRead | BaseException], None],
+    ) -> None:
+        """``ahistory_read`` in a task of the backend's own; ``done`` gets the read, or
+        the exception that stopped it (for a push subscriber, whose call cannot wait)."""
+        nursery = self._nursery
+        if nursery is None:
+            done(BackendUnavailable("history: the Redis backend is not running"))
+            return
+        nursery.start_soon(self._fetch, topic, since, done)
+
+    async def _fetch(
+        self,
+        topic: str,
+        since: Position | None,
+        done: Callable[[HistoryRead | BaseException], None],
+    ) -> None:
+        try:
+            read = await self.ahistory_read(topic, since)
+        except Exception as exc:
+            # Handed on, not swallowed: done() logs it and closes the one client.  Raised
+            # here it would stop the backend's nursery, for every connection.
+            done(exc)
+        else:
+            done(read)
 
     def topic_added(self, topic: str) -> None:
         self._wanted.add(topic)
@@ -630,7 +746,7 @@ class RedisBackend:
                 kind = reply[0]
                 if kind == b"message":
                     try:
-                        payload = decode_message(reply[2])
+                        payload = decode_published(reply[2])
                     except ValueError as exc:
                         logger.warning("ignoring a message on %r: %s", reply[1], exc)
                         continue
@@ -837,6 +953,31 @@ class RedisBackend:
                 found[name[strip:].decode("utf-8", "surrogateescape")] = None
             if cursor == b"0":
                 return list(found)
+
+
+class _KeptPublish:
+    """A publish to a topic that keeps history: sent as PUBLISH_SCRIPT (EVALSHA; the
+    writer loads the script first in the same batch)."""
+
+    __slots__ = ("payload", "rule", "topic")
+
+    def __init__(self, topic: str, payload: bytes, rule: HistoryRule) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.rule = rule
+
+    def command(self, namespace: str, channel: str) -> bytes:
+        return _command(
+            b"EVALSHA",
+            _PUBLISH_SHA,
+            b"2",
+            history_key(namespace, self.topic),
+            stream_key(namespace, self.topic),
+            channel,
+            self.payload,
+            str(self.rule.size),
+            new_epoch(),
+        )
 
 
 class _Query:
