@@ -15,6 +15,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import http_apps
 import httpx
 import pytest
@@ -420,3 +421,83 @@ def test_cli_flag_turns_http2_off() -> None:
     config = parse_args(["m:app", "--http2-max-concurrent-streams", "7"])[1]
     assert config.http2_max_concurrent_streams == 7
     assert json.dumps(config.http2)  # a plain bool
+
+
+class RawH2:
+    """An h2 client over a TCP stream, for what httpx hides: windows and frames."""
+
+    def __init__(self, stream: trio.SocketStream, settings: dict[int, int]) -> None:
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
+        self.conn.initiate_connection()
+        self.events: list[Any] = []
+
+    async def flush(self) -> None:
+        await self.stream.send_all(self.conn.data_to_send())
+
+    async def until(self, done: Any) -> None:
+        """Read until ``done(events)``, answering what h2 must answer (SETTINGS ACK)."""
+        with trio.fail_after(10):
+            while not done(self.events):
+                data = await self.stream.receive_some(65536)
+                assert data, "the server closed the connection"
+                self.events += self.conn.receive_data(data)
+                await self.flush()
+
+
+REQUEST_HEADERS = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+
+
+async def test_flow_control_both_ways_over_a_socket() -> None:
+    """Upload: the stream's window is given back only as the app reads.  Download: the
+    response goes as far as the client's 100-byte window, the rest once it grows."""
+    read_now = trio.Event()
+    sent = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # lifespan
+        await read_now.wait()
+        body, _ = await http_apps.read_body(receive)
+        assert len(body) == 65535
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"y" * 1000})
+        sent.set()
+
+    async with run_server(app) as server:
+        client = RawH2(
+            await trio.open_tcp_stream("127.0.0.1", server.port),
+            {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100},
+        )
+        client.conn.send_headers(1, REQUEST_HEADERS)
+        await client.flush()
+        settled = h2.events.SettingsAcknowledged
+        await client.until(lambda ev: any(isinstance(e, settled) for e in ev))
+        for _ in range(3):
+            client.conn.send_data(1, b"x" * 16384)
+        client.conn.send_data(1, b"x" * (65535 - 3 * 16384))
+        await client.flush()
+        assert client.conn.local_flow_control_window(1) == 0  # the stream window is used up
+        # A PING round trip: everything the server sent before its answer has arrived.
+        client.conn.ping(b"12345678")
+        await client.flush()
+        await client.until(lambda ev: any(isinstance(e, h2.events.PingAckReceived) for e in ev))
+        assert client.conn.local_flow_control_window(1) == 0  # nothing given back unread
+        read_now.set()
+        await client.until(
+            lambda ev: any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == 1 for e in ev)
+        )
+        client.conn.end_stream(1)
+        await client.flush()
+
+        def received(events: list[Any]) -> int:
+            return sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
+
+        await client.until(lambda ev: received(ev) == 100)
+        assert not sent.is_set()  # the app's send() waits for the window
+        client.conn.increment_flow_control_window(900, stream_id=1)
+        await client.flush()
+        await client.until(lambda ev: any(isinstance(e, h2.events.StreamEnded) for e in ev))
+        assert received(client.events) == 1000
+        await client.stream.aclose()
