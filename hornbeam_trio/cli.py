@@ -57,6 +57,8 @@ HELP: dict[str, str] = {
     "shutdown_timeout": (
         "seconds the whole shutdown may take: open connections, then lifespan shutdown"
     ),
+    "http2": "serve HTTP/2 (ALPN h2 over TLS, h2c by prior knowledge on cleartext)",
+    "http2_max_concurrent_streams": "requests one HTTP/2 connection may have in flight",
     "websocket_timeout": "ms without any frame from the peer before a WebSocket closes (0: never)",
     "websocket_max_frame_size": "largest WebSocket frame, and message, accepted, in bytes",
     "websocket_compress": "negotiate permessage-deflate compression",
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     an absent flag leaves the field to Config's default."""
     parser = _OneLineParser(
         prog=PROG,
-        description="Serve an ASGI 3 application (HTTP/1.1 and WebSocket) on Trio.",
+        description="Serve an ASGI 3 application (HTTP/1.1, HTTP/2 and WebSocket) on Trio.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )
@@ -136,9 +138,10 @@ def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hi
     help_text = HELP.get(field.name, "").replace("%", "%%")
     flag = flag_name(field.name)
     if hint is bool:
-        if default:  # a flag can only switch away from the default
-            flag = "--no-" + flag[2:]
-            parser.add_argument(flag, dest=field.name, action="store_false", help=help_text)
+        if default:  # on by default: --NAME and --no-NAME
+            parser.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
         return

@@ -77,6 +77,11 @@ class Config:
     a chunked body as it arrives).  None: no limit (the app reads the body as it comes)."""
     shutdown_timeout: float = 10.0
     """Seconds in-flight HTTP responses get to finish after shutdown begins."""
+    http2: bool = True
+    """Serve HTTP/2: ALPN ``h2`` over TLS (``http/1.1`` still offered) and h2c by prior
+    knowledge on cleartext ports.  Off: HTTP/1.1 only."""
+    http2_max_concurrent_streams: int = 100
+    """SETTINGS_MAX_CONCURRENT_STREAMS: requests one HTTP/2 connection may have in flight."""
 
     # --- WebSocket ---------------------------------------------------------
     websocket_timeout: int = 60000
@@ -146,6 +151,7 @@ class Config:
             "max_header_size",
             "max_headers",
             "max_request_head_size",
+            "http2_max_concurrent_streams",
             "websocket_max_frame_size",
             "websocket_max_queue_bytes",
             "subscriber_queue_size",

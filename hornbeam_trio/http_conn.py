@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .h2_conn import H2Connection
 from .protocol import websocket as wsproto
+from .protocol.http2 import PREFACE
 from .protocol.http11 import (
     CONTINUE_RESPONSE,
     END_OF_MESSAGE,
@@ -172,6 +174,9 @@ class HTTPConnection:
         self.scope: trio.CancelScope | None = None
         self.context: ConnectionContext | None = None
         self.websocket: WebSocketConnection | None = None
+        self.http2: H2Connection | None = None
+        self.h2_received = b""
+        """The h2c preface and what came with it, once the first read found it."""
         self.eof = False
         # A parse error found after complete pipelined requests waits until those
         # are answered.
@@ -230,15 +235,33 @@ class HTTPConnection:
         if self.context is not None:
             self.context.end()
 
+    def _to_http2(self) -> H2Connection:
+        """Hand the connection to HTTP/2 with the bytes read so far (preface included)."""
+        if self.hub is not None:
+            self.hub.unwatch(self.fd)
+        self.parser = None  # type: ignore[assignment]
+        h2 = H2Connection(
+            self.server, self.transport, received=self.h2_received, overloaded=self.overloaded
+        )
+        self.h2_received = b""
+        self.http2 = h2
+        if self.server.shutting_down:
+            h2.begin_shutdown()
+        return h2
+
     def begin_shutdown(self) -> None:
+        if self.http2 is not None:
+            self.http2.begin_shutdown()
+            return
         ws = self.websocket
         if ws is not None:
             ws.begin_shutdown()
         elif self.idle and self.scope is not None:
             self.scope.cancel()
 
-    async def run(self) -> WebSocketConnection | None:
-        """Serve requests; a WebSocket upgrade is returned for the caller to run.
+    async def run(self) -> WebSocketConnection | H2Connection | None:
+        """Serve requests; a WebSocket upgrade, or HTTP/2 by prior knowledge, is returned
+        for the caller to run.
 
         The caller runs it, not this coroutine: one suspended frame fewer per idle
         WebSocket.
@@ -272,6 +295,8 @@ class HTTPConnection:
             current_connection.reset(token)
             self.context.release()
             self.context = None
+        if self.h2_received:
+            return self._to_http2()
         if upgrade is not None:
             # Outside the idle-close scope: a WebSocket is shut down with close 1001.
             ws = await self._upgrade(upgrade)
@@ -356,6 +381,9 @@ class HTTPConnection:
         timeout = server.config.request_timeout_s  # the first head; then keepalive
         keepalive = server.config.keepalive
         first = True
+        # The connection's first read decides: HTTP/2 by prior knowledge (h2c), or not.
+        # Over TLS, ALPN decided before this connection was made.
+        sniff = server.config.http2 and not transport.scheme_secure
         while not server.shutting_down or first:
             self.idle = True
             if events:
@@ -373,6 +401,13 @@ class HTTPConnection:
                         if self.eof:
                             return None
                         data = await transport.recv()
+                        if sniff:
+                            sniff = False
+                            if data[:1] == b"P":  # no HTTP/1.1 method starts "PRI "
+                                data = await self._read_preface(data)
+                                if data.startswith(PREFACE):
+                                    self.h2_received = data
+                                    return None
                         if not data:
                             self.eof = True
                         try:
@@ -404,6 +439,16 @@ class HTTPConnection:
             if not cycle.reuse or self.eof:
                 return None
         return None
+
+    async def _read_preface(self, data: bytes) -> bytes:
+        """Read on while ``data`` could still become the HTTP/2 preface (it rarely comes
+        split); the bytes read, for HTTP/1.1's parser if they are not the preface."""
+        while len(data) < len(PREFACE) and PREFACE.startswith(data):
+            more = await self.transport.recv()
+            if not more:
+                break
+            data += more
+        return data
 
     async def _upgrade(self, request: Request) -> WebSocketConnection | None:
         """Validate the handshake; the connection to run, or None once refused."""

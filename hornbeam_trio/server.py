@@ -32,6 +32,7 @@ import trio
 
 from .backends.history import HistoryRule
 from .config import BindAddress, Config, parse_bind
+from .h2_conn import H2Connection
 from .http_conn import HTTPConnection
 from .lifespan import Lifespan, StartupFailed
 from .readiness import ReadinessHub
@@ -108,7 +109,7 @@ def make_ssl_context(config: Config) -> ssl.SSLContext | None:
     context.load_cert_chain(config.certfile, config.keyfile)
     if config.cacertfile:
         context.load_verify_locations(config.cacertfile)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return context
 
 
@@ -121,7 +122,7 @@ class Server:
         self.runtime = runtime
         self.ssl_context = make_ssl_context(config)
         self.shutting_down = False
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[HTTPConnection | H2Connection] = set()
         self.admitted = 0
         """Connections counted against ``limit_concurrency`` (those not answered 503)."""
         self.lifespan = Lifespan(app, config.lifespan)
@@ -205,14 +206,18 @@ class Server:
             return
         limit = self.config.limit_concurrency
         overloaded = limit is not None and self.admitted >= limit
-        conn = HTTPConnection(self, transport, overloaded=overloaded)
+        conn: HTTPConnection | H2Connection
+        if _alpn(transport) == "h2":
+            conn = H2Connection(self, transport, overloaded=overloaded)
+        else:
+            conn = HTTPConnection(self, transport, overloaded=overloaded)
         self.connections.add(conn)
         if not overloaded:
             self.admitted += 1
         try:
-            websocket = await conn.run()
-            if websocket is not None:
-                await websocket.run()
+            handoff = await conn.run()
+            if handoff is not None:  # a WebSocket, or HTTP/2 by prior knowledge
+                await handoff.run()
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
             logger.debug("connection from %s ended: %r", transport.client, exc)
         except Exception:
@@ -259,6 +264,15 @@ class Server:
         self.shutting_down = True
         for conn in list(self.connections):
             conn.begin_shutdown()
+
+
+def _alpn(transport: Transport) -> str | None:
+    """The protocol TLS negotiated by ALPN (None on cleartext, or without ALPN)."""
+    stream = getattr(transport, "stream", None)
+    if isinstance(stream, trio.SSLStream):
+        protocol: str | None = stream.selected_alpn_protocol()
+        return protocol
+    return None
 
 
 async def serve(

@@ -136,8 +136,12 @@ def test_a_module_that_raises_on_import_is_named_with_its_error(broken_app_dir: 
 def test_help_lists_every_flag_and_nothing_else() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    flags = set(re.findall(r"(--[a-z][a-z-]*)", result.stdout))
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", result.stdout))
     expected = {flag_name(f.name) for f in dataclasses.fields(Config)} | {"--help", "--version"}
+    # A switch that is on by default has its --no- form too (--http2/--no-http2).
+    expected |= {
+        "--no-" + flag_name(f.name)[2:] for f in dataclasses.fields(Config) if f.default is True
+    }
     assert flags == expected
 
 
@@ -167,6 +171,8 @@ FULL_COMMAND_LINE = [
     "--max-request-head-size", "32768",
     "--max-request-body-size", "1048576",
     "--shutdown-timeout", "3",
+    "--no-http2",
+    "--http2-max-concurrent-streams", "7",
     "--websocket-timeout", "0",
     "--websocket-max-frame-size", "65536",
     "--websocket-compress",
@@ -205,6 +211,8 @@ FULL_CONFIG = Config(
     max_request_head_size=32768,
     max_request_body_size=1048576,
     shutdown_timeout=3.0,
+    http2=False,
+    http2_max_concurrent_streams=7,
     websocket_timeout=0,
     websocket_max_frame_size=65536,
     websocket_compress=True,

@@ -1,0 +1,486 @@
+"""The Trio shell of one HTTP/2 connection: a reader task and a task per stream.
+
+The connection's task reads the socket and feeds the sans-I/O
+:class:`~hornbeam_trio.protocol.http2.H2Protocol`; each request it reports
+becomes an :class:`H2Stream` running the app in the connection's nursery, so a
+slow or crashed app holds up only its own stream.  Every write goes through
+:meth:`H2Connection.flush` under one FIFO lock: the frames ``h2`` queued leave
+in the order it queued them, and a stream's ``send()`` returns once its bytes
+are with the kernel (the peer's TCP window is the backpressure, as on HTTP/1.1).
+
+Flow control both ways: a stream's body goes out only as far as the peer's
+windows allow (its ``send()`` waits for WINDOW_UPDATE), and received body bytes
+are acknowledged when the app reads them, so a stream's unread body is bounded
+by its window.
+
+Ending: the peer's EOF, a connection error (``h2`` queued GOAWAY), the idle
+timeout (``keepalive`` seconds with no stream), or a graceful shutdown: GOAWAY
+at once, the streams in flight finish (the server's ``shutdown_timeout``
+cancels what is left), then the final GOAWAY and close.  A stream's end
+(``H2Stream.run``'s finally) is the one place its state is released.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from math import inf
+from typing import TYPE_CHECKING
+
+import h2.errors
+import trio
+
+from .protocol import http2
+from .protocol.http11 import loggable_path
+from .runtime import ConnectionContext, current_connection
+from .transport import Transport, TransportClosed
+from .types import ASGI_VERSION, ClientDisconnected
+
+if TYPE_CHECKING:
+    from .server_context import ServerContext
+    from .types import Message, Scope
+
+logger = logging.getLogger("hornbeam_trio")
+access_logger = logging.getLogger("hornbeam_trio.access")
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+_GONE = "client went away"
+
+
+class H2Connection:
+    """One HTTP/2 connection (h2 by ALPN over TLS, or h2c by prior knowledge)."""
+
+    def __init__(
+        self,
+        server: ServerContext,
+        transport: Transport,
+        *,
+        received: bytes = b"",
+        overloaded: bool = False,
+    ) -> None:
+        self.server = server
+        self.transport = transport
+        self.received = received
+        """Bytes read before we knew this was HTTP/2 (the h2c preface and what followed)."""
+        self.overloaded = overloaded
+        """Accepted beyond ``limit_concurrency``: each request gets 503, then GOAWAY."""
+        config = server.config
+        transport.stall_timeout = config.request_timeout_s
+        self.proto = http2.H2Protocol(
+            max_concurrent_streams=config.http2_max_concurrent_streams,
+            max_request_line_size=config.max_request_line_size,
+            max_header_size=config.max_header_size,
+            max_headers=config.max_headers,
+            max_head_size=config.max_request_head_size,
+            max_body_size=config.max_request_body_size,
+        )
+        self.streams: dict[int, H2Stream] = {}
+        self.write_lock = trio.StrictFIFOLock()
+        self.nursery: trio.Nursery | None = None
+        self.read_scope: trio.CancelScope | None = None
+        self.keepalive = config.keepalive
+        self.idle_deadline = trio.current_time() + self.keepalive if self.keepalive else inf
+        self.lost = False
+        """The transport is gone (EOF, reset, connection error): no stream can write."""
+        self.context: ConnectionContext | None = None
+
+    def begin_shutdown(self) -> None:
+        """GOAWAY now (from the reader task); streams in flight go on to their end."""
+        self.proto.go_away()
+        if self.read_scope is not None:
+            self.read_scope.cancel()
+
+    async def run(self) -> None:
+        self.context = ConnectionContext(self.server.runtime, "http", self.server.config)
+        token = current_connection.set(self.context)
+        try:
+            self.proto.initiate()
+            if self.server.shutting_down:
+                self.proto.go_away()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    await self._read_loop()
+                except TransportClosed:
+                    pass
+                self._lose()
+        finally:
+            current_connection.reset(token)
+            self.context.release()
+            self.context = None
+            await self.transport.close()
+
+    def _lose(self) -> None:
+        """Nothing more can be written: every stream's app sees a disconnect."""
+        self.lost = True
+        if self.context is not None:
+            self.context.end()
+        for stream in self.streams.values():
+            stream.gone = True
+            stream.wake()
+
+    async def _read_loop(self) -> None:
+        proto = self.proto
+        transport = self.transport
+        data = self.received
+        self.received = b""
+        if data:
+            if not await self._feed(data):
+                return
+        else:
+            await self.flush()  # our SETTINGS go first
+        while True:
+            if proto.going_away and not self.streams:
+                proto.close()
+                await self.flush()
+                return
+            with trio.CancelScope() as scope:
+                if not self.streams:
+                    scope.deadline = self.idle_deadline
+                self.read_scope = scope
+                data = await transport.recv()
+            self.read_scope = None
+            if scope.cancelled_caught:
+                if not self.streams and trio.current_time() >= self.idle_deadline:
+                    proto.go_away()  # idle: the loop's top closes
+                await self.flush()  # a GOAWAY from begin_shutdown
+                continue
+            if not data:
+                return
+            if not await self._feed(data):
+                return
+
+    async def _feed(self, data: bytes) -> bool:
+        """Handle ``data``; False: a connection error was answered, close."""
+        try:
+            events = self.proto.receive_data(data)
+        except http2.ProtocolError as exc:
+            logger.info("HTTP/2 connection error from %s: %s", self.transport.client, exc)
+            await self.flush()  # h2 queued the GOAWAY
+            return False
+        for event in events:
+            if isinstance(event, http2.BodyReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is None:
+                    self.proto.acknowledge(event.stream_id, event.flow_length)
+                else:
+                    stream.chunks.append((event.data, event.flow_length))
+                    stream.wake()
+            elif isinstance(event, http2.RequestReceived):
+                self._start_stream(event)
+            elif isinstance(event, http2.BodyEnded):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body_done = True
+                    stream.wake()
+            elif isinstance(event, http2.WindowOpened):
+                if event.stream_id:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.wake()
+                else:
+                    for stream in self.streams.values():
+                        stream.wake()
+            elif isinstance(event, http2.StreamReset):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.gone = True
+                    stream.wake()
+            elif isinstance(event, http2.RequestRejected):
+                self._reject(event)
+            # ConnectionLost (the peer's GOAWAY): streams in flight finish; EOF ends us.
+        await self.flush()
+        return True
+
+    def _start_stream(self, event: http2.RequestReceived) -> None:
+        if self.overloaded:
+            logger.info(
+                "refused %s: over --limit-concurrency=%s (503)",
+                self.transport.client,
+                self.server.config.limit_concurrency,
+            )
+            self._answer(event.stream_id, 503, b"service unavailable", [(b"retry-after", b"1")])
+            self.proto.go_away()
+            return
+        stream = H2Stream(self, event)
+        self.streams[event.stream_id] = stream
+        assert self.nursery is not None
+        self.nursery.start_soon(stream.run, name="hornbeam_trio h2 stream")
+
+    def _reject(self, event: http2.RequestRejected) -> None:
+        logger.info(
+            "bad request from %s: %s (%d)", self.transport.client, event.reason, event.status
+        )
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            # Its body broke a limit while its app ran.
+            stream.gone = True
+            stream.wake()
+            if stream.head_sent:
+                self.proto.reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                return
+            stream.answered = True
+        self._answer(event.stream_id, event.status, event.reason.encode())
+
+    def _answer(
+        self,
+        stream_id: int,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """A complete response of the server's own; the request's rest is refused."""
+        head = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            *(headers or ()),
+        ]
+        try:
+            self.proto.send_headers(stream_id, http2.response_block(status, head))
+            self.proto.send_data(stream_id, body, end_stream=True)
+        except http2.ProtocolError:
+            return  # the peer reset it meanwhile
+        # RFC 9113 8.1: a response before the request's end, then RST_STREAM NO_ERROR.
+        self.proto.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def stream_done(self, stream: H2Stream) -> None:
+        """Release what the stream held; the connection may now be idle or finished."""
+        del self.streams[stream.stream_id]
+        self.proto.forget(stream.stream_id)
+        for _, flow in stream.chunks:
+            self.proto.acknowledge(stream.stream_id, flow)
+        stream.chunks.clear()
+        if not self.streams:
+            if self.keepalive:
+                self.idle_deadline = trio.current_time() + self.keepalive
+            if self.read_scope is not None:
+                if self.proto.going_away:
+                    self.read_scope.cancel()  # the last stream after GOAWAY: close
+                else:
+                    self.read_scope.deadline = self.idle_deadline
+
+    async def flush(self) -> None:
+        """Write what ``h2`` queued.  Raises TransportClosed."""
+        async with self.write_lock:
+            data = self.proto.data_to_send()
+            if data:
+                await self.transport.send_all(data)
+
+
+class H2Stream:
+    """One request/response: the ASGI ``receive`` and ``send`` of an ``http`` scope."""
+
+    __slots__ = (
+        "answered",
+        "body_done",
+        "body_read",
+        "chunks",
+        "complete",
+        "conn",
+        "gone",
+        "head",
+        "head_sent",
+        "request",
+        "status",
+        "stream_id",
+        "wakeup",
+    )
+
+    def __init__(self, conn: H2Connection, request: http2.RequestReceived) -> None:
+        self.conn = conn
+        self.request = request
+        self.stream_id = request.stream_id
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        """Received body chunks not yet read by the app, with their flow-controlled sizes."""
+        self.body_done = request.end_stream
+        """The request body has ended (the last chunk may still be in ``chunks``)."""
+        self.body_read = False
+        """The app has had the body's last message."""
+        self.gone = False
+        """Reset by the peer, the connection lost, or answered by the server itself."""
+        self.answered = False
+        """The server answered this stream itself (413): no 500 after it."""
+        self.head: list[tuple[bytes, bytes]] | None = None
+        self.head_sent = False
+        self.complete = False
+        self.status = 0
+        self.wakeup = trio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    async def _wait(self) -> None:
+        """Until the reader reports news for this stream.  Callers check their condition
+        first; nothing awaits between that check and this, so no wake is lost."""
+        event = self.wakeup = trio.Event()
+        await event.wait()
+
+    async def run(self) -> None:
+        conn = self.conn
+        server = conn.server
+        request = self.request
+        transport = conn.transport
+        root_path = server.config.root_path
+        scope: Scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": "2",
+            "scheme": server.http_scheme,
+            "path": root_path + request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "root_path": root_path,
+            "headers": request.headers,
+            "client": transport.client,
+            "server": transport.server,
+            "method": request.method,
+        }
+        if server.lifespan.supported:
+            scope["state"] = server.lifespan.state.copy()
+        try:
+            try:
+                await server.app(scope, self.receive, self.send)
+            except ClientDisconnected:
+                pass
+            except Exception as exc:
+                logger.exception(
+                    "HTTP app raised (%s %s)", request.method, loggable_path(request.raw_path)
+                )
+                server.report_app_error(exc)
+                await self._fail()
+            else:
+                if not self.complete and not self.answered:
+                    logger.error(
+                        "HTTP app returned without a complete response (%s)",
+                        loggable_path(request.raw_path),
+                    )
+                    await self._fail()
+            if self.complete and not self.body_done and not self.gone:
+                # RFC 9113 8.1: the response is complete; the unread body is not wanted.
+                conn.proto.reset(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                await self._flush()
+        except ClientDisconnected:
+            pass  # the connection is gone; the reader ends it
+        finally:
+            conn.stream_done(self)
+        if server.config.access_log:
+            client = transport.client
+            access_logger.info(
+                '%s - "%s %s HTTP/2" %d',
+                f"{client[0]}:{client[1]}" if client else "-",
+                request.method,
+                loggable_path(request.raw_path),
+                self.status,
+            )
+
+    async def _fail(self) -> None:
+        """The app failed: 500 if nothing was sent, else RST_STREAM (INTERNAL_ERROR)."""
+        if self.gone or self.complete:
+            return
+        proto = self.conn.proto
+        if self.head_sent:
+            proto.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            self.status = 500
+            head = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+            try:
+                proto.send_headers(self.stream_id, http2.response_block(500, head))
+                proto.send_data(self.stream_id, b"Internal Server Error", end_stream=True)
+            except http2.ProtocolError:
+                return  # the peer reset it meanwhile
+            self.complete = True
+        await self._flush()
+
+    async def _flush(self) -> None:
+        try:
+            await self.conn.flush()
+        except TransportClosed:
+            self.conn._lose()
+            raise ClientDisconnected(_GONE) from None
+
+    async def receive(self) -> Message:
+        while True:
+            if self.gone:
+                await trio.lowlevel.checkpoint()
+                return _DISCONNECT
+            if self.chunks:
+                data, flow = self.chunks.popleft()
+                self.conn.proto.acknowledge(self.stream_id, flow)
+                more = not (self.body_done and not self.chunks)
+                self.body_read = not more
+                if flow:
+                    try:
+                        await self.conn.flush()  # the WINDOW_UPDATE, when h2 made one
+                    except TransportClosed:
+                        self.conn._lose()
+                else:
+                    await trio.lowlevel.checkpoint()
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.body_done and not self.body_read:
+                self.body_read = True
+                await trio.lowlevel.checkpoint()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self.body_read and self.complete:
+                await trio.lowlevel.checkpoint()
+                return _DISCONNECT
+            await self._wait()  # more body, or (all read) the client leaving
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self.head is None and not self.head_sent:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.complete:
+                raise RuntimeError("http.response.body after the response completed")
+            await self._send_body(bytes(message.get("body", b"")), message.get("more_body", False))
+        elif kind == "http.response.start":
+            if self.head is not None or self.head_sent:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            # Validated now, as on HTTP/1.1: a bad header is the app's error, 500.
+            self.head = http2.response_block(self.status, message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in an http scope")
+
+    async def _send_body(self, data: bytes, more_body: bool) -> None:
+        if self.gone:
+            raise ClientDisconnected(_GONE)
+        conn = self.conn
+        proto = conn.proto
+        stream_id = self.stream_id
+        if self.request.method == "HEAD":
+            data = b""
+        try:
+            if not self.head_sent:
+                assert self.head is not None
+                self.head_sent = True
+                proto.send_headers(stream_id, self.head, end_stream=not data and not more_body)
+                self.head = None
+                if not data and not more_body:
+                    self.complete = True
+                    await self._flush()
+                    return
+            view = memoryview(data)
+            while view:
+                size = proto.sendable(stream_id, len(view))
+                if not size:
+                    await self._flush()  # what is queued goes before we wait
+                    while not size:
+                        if self.gone:
+                            raise ClientDisconnected(_GONE)
+                        await self._wait()
+                        size = proto.sendable(stream_id, len(view))
+                last = size == len(view) and not more_body
+                proto.send_data(stream_id, bytes(view[:size]), end_stream=last)
+                view = view[size:]
+                if last:
+                    self.complete = True
+                await self._flush()
+            if not more_body and not self.complete:
+                proto.end_stream(stream_id)
+                self.complete = True
+                await self._flush()
+        except http2.ProtocolError:
+            # h2 refuses frames on a stream the peer reset meanwhile (or a closed connection).
+            self.gone = True
+            raise ClientDisconnected(_GONE) from None

@@ -1,0 +1,370 @@
+"""Sans-I/O HTTP/2 for the server side: the ``h2`` library plus our rules.
+
+``h2`` (the engine Hypercorn is built on) owns the frame layer: HPACK, stream
+states, flow-control accounting, SETTINGS, PING, and the connection errors of
+RFC 9113 (a ``ProtocolError`` from :meth:`H2Protocol.receive_data` means GOAWAY
+is queued in :meth:`data_to_send` and the connection must close).  This module
+adds what a server decides on top of it, so each rule is unit-tested with plain
+bytes:
+
+* the request limits HTTP/1.1 has (``max_request_line_size`` for ``:path``,
+  ``max_header_size`` per field, ``max_headers``, ``max_request_head_size`` as
+  SETTINGS_MAX_HEADER_LIST_SIZE, ``max_request_body_size``), answered with the
+  same statuses (414, 431, 413);
+* the ASGI view of a request: method, raw path, decoded path, query, and the
+  headers with ``host`` from ``:authority`` when the client sent none;
+* response headers: validated as on HTTP/1.1, lowercased, connection-specific
+  ones (forbidden in HTTP/2) dropped;
+* flow control as a window the shell may fill (:meth:`sendable`), and a
+  connection window big enough that one stream's unread body never blocks
+  another (invariant: connection window >= max streams x stream window);
+* a graceful GOAWAY that, unlike ``h2``'s ``close_connection()``, leaves the
+  streams in flight able to finish.
+
+Imports no event loop and nothing of ours outside ``protocol/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from .headers import check_name, check_value
+from .http11 import _decode_path
+
+__all__ = [
+    "PREFACE",
+    "BodyEnded",
+    "BodyReceived",
+    "ConnectionLost",
+    "H2Protocol",
+    "ProtocolError",
+    "RequestReceived",
+    "RequestRejected",
+    "StreamReset",
+    "WindowOpened",
+    "response_block",
+]
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The first bytes of every HTTP/2 connection (RFC 9113 3.4); on a cleartext port they
+mean h2c by prior knowledge."""
+
+ProtocolError = h2.exceptions.ProtocolError
+
+STREAM_WINDOW: Final = 65535
+"""Bytes of request body a stream may have unread by its app (SETTINGS_INITIAL_WINDOW_SIZE)."""
+MAX_WINDOW: Final = 2**31 - 1
+
+_CONNECTION_SPECIFIC: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+"""Response header names RFC 9113 8.2.2 forbids; an app written for HTTP/1.1 may send them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request head that passed our limits; the shell starts its app."""
+
+    stream_id: int
+    method: str
+    raw_path: bytes
+    path: str
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRejected:
+    """A request head over a limit: the shell answers ``status`` itself, no app runs."""
+
+    stream_id: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BodyReceived:
+    """Request body bytes; ``flow_length`` (padding included) is acknowledged as read."""
+
+    stream_id: int
+    data: bytes
+    flow_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEnded:
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The peer reset the stream (or its body broke a limit and we did): no more I/O on it."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    """Flow-control room grew; ``stream_id`` 0: for every stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The peer sent GOAWAY: no new streams will come; those in flight may finish."""
+
+    last_stream_id: int
+
+
+Event = (
+    RequestReceived
+    | RequestRejected
+    | BodyReceived
+    | BodyEnded
+    | StreamReset
+    | WindowOpened
+    | ConnectionLost
+)
+
+
+def response_block(
+    status: int, headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """An app's response head as an HTTP/2 header block: ``:status`` first, names
+    lowercased, connection-specific fields dropped.  Raises ValueError for a header
+    HTTP/1.1 would refuse too (the same check, ``protocol.headers``)."""
+    block: list[tuple[bytes, bytes]] = [(b":status", b"%d" % status)]
+    for name, value in headers:
+        lname = check_name(name)
+        check_value(value)
+        if lname in _CONNECTION_SPECIFIC:
+            continue
+        if lname == b"te" and value.lower() != b"trailers":
+            continue
+        block.append((lname, bytes(value)))
+    return block
+
+
+class H2Protocol:
+    """One server-side HTTP/2 connection: bytes in, events out, bytes to send."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_streams: int = 100,
+        max_request_line_size: int = 4094,
+        max_header_size: int = 8190,
+        max_headers: int = 100,
+        max_head_size: int = 64 * 1024,
+        max_body_size: int | None = None,
+    ) -> None:
+        self.max_path = max_request_line_size
+        self.max_header_size = max_header_size
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+        self.max_concurrent_streams = max_concurrent_streams
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_head_size,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        self.body_seen: dict[int, int] = {}
+        """Body bytes received per open request stream (for ``max_body_size``)."""
+        self.going_away = False
+        """A GOAWAY was sent: streams above ``last_stream_id`` are refused."""
+        self.last_stream_id = 0
+
+    def initiate(self) -> None:
+        """Queue our SETTINGS, and widen the connection window to the invariant above."""
+        self.conn.initiate_connection()
+        extra = min(self.max_concurrent_streams * STREAM_WINDOW, MAX_WINDOW) - STREAM_WINDOW
+        if extra > 0:
+            self.conn.increment_flow_control_window(extra)
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Our events for ``data``.  Raises ProtocolError: GOAWAY is queued, close after
+        sending it."""
+        out: list[Event] = []
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self._request(event, out)
+            elif isinstance(event, h2.events.DataReceived):
+                self._data(event, out)
+            elif isinstance(event, h2.events.StreamEnded):
+                if self.body_seen.pop(event.stream_id, None) is not None:
+                    out.append(BodyEnded(event.stream_id))
+            elif isinstance(event, h2.events.StreamReset):
+                self.body_seen.pop(event.stream_id, None)
+                out.append(StreamReset(event.stream_id))
+            elif isinstance(event, h2.events.WindowUpdated):
+                out.append(WindowOpened(event.stream_id))
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    out.append(WindowOpened(0))
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                out.append(ConnectionLost(event.last_stream_id or 0))
+            # PING, SETTINGS ACK, PRIORITY and trailers need nothing of us: h2 answers
+            # what must be answered, and trailers are not passed to the app (ASGI has none).
+        return out
+
+    def _request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
+        stream_id = event.stream_id
+        if self.going_away:
+            # After our GOAWAY: never processed (RFC 9113 6.8), the client may retry it.
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.last_stream_id = stream_id
+        method = raw_target = b""
+        authority: bytes | None = None
+        headers: list[tuple[bytes, bytes]] = []
+        has_host = False
+        for name, value in event.headers or ():
+            assert isinstance(name, bytes) and isinstance(value, bytes)  # header_encoding=None
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    raw_target = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if len(name) + len(value) > self.max_header_size:
+                out.append(RequestRejected(stream_id, 431, "header too large"))
+                return
+            has_host = has_host or name == b"host"
+            headers.append((name, value))
+        if len(headers) > self.max_headers:
+            out.append(RequestRejected(stream_id, 431, "too many headers"))
+            return
+        if method == b"CONNECT":
+            # Plain CONNECT (a tunnel) is no ASGI request; RFC 8441 (WebSocket) is not
+            # offered yet, so no client sends an extended CONNECT.
+            out.append(RequestRejected(stream_id, 501, "CONNECT is not supported"))
+            return
+        if len(raw_target) > self.max_path:
+            out.append(RequestRejected(stream_id, 414, "request line too long"))
+            return
+        if authority is not None and not has_host:
+            headers.insert(0, (b"host", authority))
+        if self.max_body_size is not None:
+            for name, value in headers:
+                if (
+                    name == b"content-length"
+                    and value.isdigit()
+                    and int(value) > self.max_body_size
+                ):
+                    out.append(RequestRejected(stream_id, 413, "request body too large"))
+                    return
+        raw_path, _, query = raw_target.partition(b"#")[0].partition(b"?")
+        ended = event.stream_ended is not None
+        if not ended:
+            self.body_seen[stream_id] = 0
+        out.append(
+            RequestReceived(
+                stream_id=stream_id,
+                method=method.decode("ascii", "replace"),
+                raw_path=raw_path,
+                path=_decode_path(raw_path),
+                query_string=query,
+                headers=headers,
+                end_stream=ended,
+            )
+        )
+
+    def _data(self, event: h2.events.DataReceived, out: list[Event]) -> None:
+        stream_id = event.stream_id
+        data = event.data or b""
+        flow = event.flow_controlled_length or 0
+        seen = self.body_seen.get(stream_id)
+        if seen is None:
+            # The body of a stream we rejected (or answered and reset): only the window.
+            self.acknowledge(stream_id, flow)
+            return
+        seen += len(data)
+        self.body_seen[stream_id] = seen
+        if self.max_body_size is not None and seen > self.max_body_size:
+            del self.body_seen[stream_id]
+            self.acknowledge(stream_id, flow)
+            out.append(RequestRejected(stream_id, 413, "request body too large"))
+            return
+        out.append(BodyReceived(stream_id, data, flow))
+
+    # --- what the shell does to a stream ---------------------------------------
+
+    def acknowledge(self, stream_id: int, flow_length: int) -> None:
+        """The app read ``flow_length`` bytes: give them back to the peer's windows."""
+        if flow_length:
+            self.conn.acknowledge_received_data(flow_length, stream_id)
+
+    def forget(self, stream_id: int) -> None:
+        """The stream's task is done: a body still arriving is only acknowledged."""
+        self.body_seen.pop(stream_id, None)
+
+    def send_headers(
+        self, stream_id: int, block: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> None:
+        """A response head built by :func:`response_block`."""
+        self.conn.send_headers(stream_id, block, end_stream=end_stream)
+
+    def sendable(self, stream_id: int, wanted: int) -> int:
+        """How many of ``wanted`` body bytes may go now (0: wait for a WindowOpened)."""
+        window = self.conn.local_flow_control_window(stream_id)
+        return max(0, min(wanted, window, self.conn.max_outbound_frame_size))
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """``data`` must fit :meth:`sendable`."""
+        self.conn.send_data(stream_id, data, end_stream=end_stream)
+
+    def end_stream(self, stream_id: int) -> None:
+        self.conn.end_stream(stream_id)
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
+        """RST_STREAM, unless the stream is closed already."""
+        self.body_seen.pop(stream_id, None)
+        try:
+            self.conn.reset_stream(stream_id, error_code)
+        except h2.exceptions.StreamClosedError:
+            pass
+
+    def go_away(self) -> None:
+        """Graceful shutdown: GOAWAY(NO_ERROR, last stream seen); the streams up to it go on.
+
+        Written as our own frame because ``h2``'s ``close_connection()`` also closes its
+        state machine, after which no stream in flight could send its response.
+        """
+        if self.going_away:
+            return
+        self.going_away = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last_stream_id
+        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+        # h2 queues its own frames in this buffer; ours joins them in order.
+        self.conn._data_to_send += frame.serialize()
+
+    def close(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        """Final GOAWAY: nothing more goes on this connection."""
+        try:
+            self.conn.close_connection(error_code, last_stream_id=self.last_stream_id)
+        except h2.exceptions.ProtocolError:
+            pass  # closed already (the peer's GOAWAY or a connection error)

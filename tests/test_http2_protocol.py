@@ -1,0 +1,160 @@
+"""The sans-I/O HTTP/2 core (hornbeam_trio/protocol/http2.py) against h2's own client,
+bytes in and out, no sockets: limits, the request's ASGI view, response headers,
+flow control and the graceful GOAWAY."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from hyperframe.frame import Frame, GoAwayFrame, WindowUpdateFrame
+
+from hornbeam_trio.protocol import http2
+from hornbeam_trio.protocol.http2 import H2Protocol
+
+REQUEST = [(":method", "GET"), (":path", "/a%20b?x=1"), (":scheme", "http"), (":authority", "h")]
+
+
+def pair(**limits: int | None) -> tuple[H2Protocol, h2.connection.H2Connection]:
+    """A server core and an h2 client, past the preface and both SETTINGS."""
+    server = H2Protocol(**limits)  # type: ignore[arg-type]
+    server.initiate()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())  # its SETTINGS (the window may open)
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())  # the client's SETTINGS ACK
+    return server, client
+
+
+def frames(data: bytes) -> list[Frame]:
+    out = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out
+
+
+def test_request_view_has_no_pseudo_headers_and_host_from_authority() -> None:
+    server, client = pair()
+    client.send_headers(1, [*REQUEST, ("x-a", "b")], end_stream=True)
+    [event] = server.receive_data(client.data_to_send())
+    assert event == http2.RequestReceived(
+        stream_id=1,
+        method="GET",
+        raw_path=b"/a%20b",
+        path="/a b",
+        query_string=b"x=1",
+        headers=[(b"host", b"h"), (b"x-a", b"b")],
+        end_stream=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "headers", "status"),
+    [
+        ({"max_request_line_size": 10}, [("x", "y")], 414),
+        ({"max_header_size": 20}, [("x-long", "v" * 30)], 431),
+        ({"max_headers": 2}, [("a", "1"), ("b", "2"), ("c", "3")], 431),
+        ({"max_body_size": 5}, [("content-length", "6")], 413),
+    ],
+)
+def test_request_over_a_limit_is_rejected_with_the_http11_status(
+    limits: dict[str, int], headers: list[tuple[str, str]], status: int
+) -> None:
+    server, client = pair(**limits)
+    request = [(n, v) for n, v in REQUEST if n != ":path"] + [(":path", "/" + "p" * 20)]
+    if "max_request_line_size" not in limits:
+        request = REQUEST
+    client.send_headers(1, request + headers, end_stream=True)
+    [event] = server.receive_data(client.data_to_send())
+    assert isinstance(event, http2.RequestRejected)
+    assert event.status == status
+
+
+def test_body_over_the_limit_without_content_length_is_413_as_it_arrives() -> None:
+    server, client = pair(max_body_size=5)
+    client.send_headers(1, REQUEST)
+    client.send_data(1, b"abc")
+    events = server.receive_data(client.data_to_send())
+    assert isinstance(events[-1], http2.BodyReceived)
+    client.send_data(1, b"def")
+    [event] = server.receive_data(client.data_to_send())
+    assert event == http2.RequestRejected(1, 413, "request body too large")
+
+
+def test_response_block_drops_connection_specific_headers_and_lowercases() -> None:
+    block = http2.response_block(
+        200, [(b"Content-Type", b"text/plain"), (b"Connection", b"close"), (b"TE", b"gzip")]
+    )
+    assert block == [(b":status", b"200"), (b"content-type", b"text/plain")]
+    with pytest.raises(ValueError):
+        http2.response_block(200, [(b"x", b"a\r\nb")])
+
+
+def test_body_goes_only_as_far_as_the_peers_window() -> None:
+    server, client = pair()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())  # our SETTINGS ACK
+    server.send_headers(1, http2.response_block(200, []))
+    assert server.sendable(1, 100) == 10
+    server.send_data(1, b"x" * 10)
+    assert server.sendable(1, 90) == 0
+    client.receive_data(server.data_to_send())
+    client.increment_flow_control_window(5, stream_id=1)
+    [event] = server.receive_data(client.data_to_send())
+    assert event == http2.WindowOpened(1)
+    assert server.sendable(1, 90) == 5
+
+
+def test_received_body_is_given_back_only_when_acknowledged() -> None:
+    server, client = pair()
+    client.send_headers(1, REQUEST)
+    events = []
+    for _ in range(3):  # 48 KiB: past half the stream window, where h2 gives it back
+        client.send_data(1, b"x" * 16384)
+        events += server.receive_data(client.data_to_send())
+    updates = [f for f in frames(server.data_to_send()) if isinstance(f, WindowUpdateFrame)]
+    assert updates == []  # the app has read nothing yet
+    for event in events:
+        if isinstance(event, http2.BodyReceived):
+            server.acknowledge(1, event.flow_length)
+    updates = [f for f in frames(server.data_to_send()) if isinstance(f, WindowUpdateFrame)]
+    # The stream's window reopens; the connection's is large enough not to need it yet.
+    assert [f.stream_id for f in updates] == [1]
+
+
+def test_connection_window_covers_every_stream_window() -> None:
+    """One stream's unread body can never hold up another (the module's invariant)."""
+    _, client = pair(max_concurrent_streams=10)
+    assert client.outbound_flow_control_window == 10 * http2.STREAM_WINDOW
+
+
+def test_graceful_goaway_keeps_streams_in_flight_able_to_answer() -> None:
+    server, client = pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.go_away()
+    [goaway] = [f for f in frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert (goaway.last_stream_id, goaway.error_code) == (1, 0)
+    # A stream opened after the GOAWAY is refused, never reported.
+    client.send_headers(3, REQUEST, end_stream=True)
+    assert server.receive_data(client.data_to_send()) == []
+    server.send_headers(1, http2.response_block(200, []))
+    server.send_data(1, b"done", end_stream=True)
+    sent = frames(server.data_to_send())
+    assert any(f.stream_id == 3 and type(f).__name__ == "RstStreamFrame" for f in sent)
+    assert any(f.stream_id == 1 and "END_STREAM" in f.flags for f in sent)
+
+
+def test_protocol_violation_raises_and_queues_goaway() -> None:
+    server, _ = pair()
+    with pytest.raises(http2.ProtocolError):
+        server.receive_data(b"\x00\x00\x00\x04\x00\x00\x00\x00\x01")  # SETTINGS on stream 1
+    assert any(isinstance(f, GoAwayFrame) for f in frames(server.data_to_send()))
