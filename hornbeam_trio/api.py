@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .backends.base import HistoryRead, HistoryStore, HistoryUnavailable
 from .backends.history import Position
-from .pubsub import Delivery, Message, SlowConsumer, Subscription
+from .pubsub import COUNTS, Delivery, Message, SlowConsumer, Subscription
 from .runtime import ConnectionContext, current_connection, get_runtime
 
 __all__ = [
@@ -109,7 +109,9 @@ decr = state_decr
 # -- pub/sub -----------------------------------------------------------------
 def publish(topic: str, message: Any) -> int:
     """Deliver to every subscriber of ``topic`` without blocking; returns how many."""
-    return get_runtime().backend.publish(topic, message)
+    reached = get_runtime().backend.publish(topic, message)
+    COUNTS.published += 1  # after: a publish that raised (a bad value) was not made
+    return reached
 
 
 def subscribe(topic: str) -> None:
