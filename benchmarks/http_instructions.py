@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -78,6 +79,10 @@ SHAPES: dict[str, tuple[str, bytes]] = {
 WS_SHAPE = "ws echo"
 
 
+HORNBEAM_FLAGS: list[str] = []
+"""Extra flags for hornbeam_trio (``--flags``), e.g. ``--metrics-bind 127.0.0.1:0``."""
+
+
 def server_command(server: str, app: str, port: int) -> list[str]:
     """The server's argv, as benchmarks/run.py starts it."""
     if server == "uvicorn":
@@ -94,6 +99,7 @@ def server_command(server: str, app: str, port: int) -> list[str]:
         f"{HOST}:{port}",
         "--log-level",
         "warning",
+        *HORNBEAM_FLAGS,
     ]
 
 
@@ -302,7 +308,11 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="directory to keep callgrind.out files in")
     parser.add_argument("--ws", action="store_true", help="WebSocket echo round trips")
+    parser.add_argument(
+        "--flags", default="", help="extra hornbeam_trio flags, e.g. '--metrics-bind 127.0.0.1:0'"
+    )
     args = parser.parse_args()
+    HORNBEAM_FLAGS.extend(shlex.split(args.flags))
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for server in servers:
         if server not in ("hornbeam_trio", "uvicorn"):

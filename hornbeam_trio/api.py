@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from .backends.base import HistoryRead, HistoryStore, HistoryUnavailable
 from .backends.history import Position
 from .backends.presence import events_topic
-from .pubsub import Delivery, Message, SlowConsumer, Subscription
+from .pubsub import COUNTS, Delivery, Message, SlowConsumer, Subscription
 from .recovery import PositionedPush
 from .runtime import ConnectionContext, current_connection, get_runtime
 
@@ -115,7 +115,9 @@ decr = state_decr
 # -- pub/sub -----------------------------------------------------------------
 def publish(topic: str, message: Any) -> int:
     """Deliver to every subscriber of ``topic`` without blocking; returns how many."""
-    return get_runtime().backend.publish(topic, message)
+    reached = get_runtime().backend.publish(topic, message)
+    COUNTS.published += 1  # after: a publish that raised (a bad value) was not made
+    return reached
 
 
 def subscribe(topic: str, since: Position | str | None = None) -> None:

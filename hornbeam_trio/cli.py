@@ -83,6 +83,10 @@ HELP: dict[str, str] = {
         "PATTERN=SIZE[,AGEs]: topics matching the fnmatch PATTERN keep their last SIZE"
         " messages (at most AGE seconds old) for recovery; repeatable; memory backend only"
     ),
+    "metrics_bind": (
+        "host:port of a separate listener serving Prometheus metrics at /metrics"
+        " (needs the metrics extra; default: off)"
+    ),
     "log_level": "lowest level logged",
     "access_log": "log one line per HTTP request and WebSocket session",
 }

@@ -11,6 +11,7 @@ trust every value.  This module imports nothing of ours.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import socket
 import sys
 from dataclasses import dataclass
@@ -115,6 +116,12 @@ class Config:
     messages (for at most AGE seconds) for recovery; the first matching entry wins.
     Over Redis the history is shared by every process, which should agree on these."""
 
+    # --- metrics -----------------------------------------------------------
+    metrics_bind: str | None = None
+    """host:port of a listener of its own serving Prometheus text at ``/metrics``
+    (needs ``prometheus-client``, the ``metrics`` extra).  None: no metrics, and the
+    server pays nothing for them."""
+
     # --- logging -----------------------------------------------------------
     log_level: str = "info"
     access_log: bool = False
@@ -175,6 +182,8 @@ class Config:
             raise ConfigError(
                 "backend", f"expected 'memory' or redis://host:port/db, got {self.backend!r}"
             )
+        if self.metrics_bind is not None:
+            parse_metrics_bind(self.metrics_bind, self.bind)
         if self.workers > 1 and self.backend == "memory":
             raise ConfigError(
                 "workers",
@@ -241,6 +250,32 @@ def parse_bind(address: str) -> BindAddress:
     return BindAddress("tcp", host=host or "0.0.0.0", port=port)
 
 
+def parse_metrics_bind(address: object, app_binds: tuple[str, ...] = ()) -> BindAddress:
+    """``host:port`` (or ``[v6]:port``) for the metrics listener: TCP only, and never a
+    port the app listens on (port 0, a free port, excepted)."""
+    form = f"expected host:port or [v6]:port, got {address!r}"
+    if not isinstance(address, str) or address.startswith("unix:"):
+        raise ConfigError("metrics_bind", form)
+    try:
+        parsed = parse_bind(address)
+    except ConfigError as exc:
+        out_of_range = exc.message.startswith("port out of range")
+        raise ConfigError("metrics_bind", exc.message if out_of_range else form) from None
+    for app_bind in app_binds:
+        app = parse_bind(app_bind)
+        if parsed.port and app.kind == "tcp" and app.port == parsed.port:
+            raise ConfigError(
+                "metrics_bind",
+                f"{address!r} is the app's port too ({app_bind}); metrics need a port of their own",
+            )
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            "metrics_bind",
+            "needs prometheus-client: pip install 'hornbeam_trio[metrics]'",
+        )
+    return parsed
+
+
 _HISTORY_FORM = "expected PATTERN=SIZE[,AGEs] such as 'chat:*=100,300s'"
 
 
@@ -284,4 +319,5 @@ __all__ = [
     "flag_name",
     "parse_bind",
     "parse_history",
+    "parse_metrics_bind",
 ]

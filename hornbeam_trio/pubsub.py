@@ -25,6 +25,29 @@ from .backends.history import Kept, Position
 from .protocol.websocket import encode_binary, encode_text
 
 
+class PubSubCounts:
+    """Totals of this process's pub/sub: plain ints, read by the metrics collector at
+    scrape time (metrics.py), so counting costs an add and nothing else.
+
+    ``published``: publish() calls made here; ``delivered``: messages handed to local
+    subscribers (one per subscriber reached); ``dropped``: deliveries lost under
+    ``drop-oldest``; ``slow_consumer_closes``: subscribers ended under ``close`` (a
+    WebSocket closed with 1013, a ``subscription()`` that raised SlowConsumer).
+    """
+
+    __slots__ = ("delivered", "dropped", "published", "slow_consumer_closes")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.slow_consumer_closes = 0
+
+
+COUNTS = PubSubCounts()
+"""The process's one instance: metrics are per process, whatever the servers in it."""
+
+
 class Delivery:
     """One published message, encoded lazily and only once."""
 
@@ -122,6 +145,7 @@ class Hub:
         for subscriber in tuple(subscribers):
             if subscriber.deliver(delivery):
                 reached += 1
+        COUNTS.delivered += reached
         return reached
 
     def subscriber_counts(self) -> dict[str, int]:
@@ -195,8 +219,10 @@ class Subscription:
             if self._policy == "drop-oldest":
                 self._queue.popleft()
                 self.dropped += 1
+                COUNTS.dropped += 1
             else:
                 self._overflowed = True
+                COUNTS.slow_consumer_closes += 1
                 self._lot.unpark_all()
                 if self._on_overflow is not None:
                     self._on_overflow()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .backends.history import HistoryRule
-from .config import BindAddress, Config, parse_bind
+from .config import BindAddress, Config, parse_bind, parse_metrics_bind
 from .h2_conn import H2Connection
 from .http_conn import HTTPConnection
 from .lifespan import Lifespan, StartupFailed
@@ -40,9 +40,11 @@ from .runtime import Runtime, current_runtime, default_runtime
 from .timers import TimerSweeper
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
+from .ws_conn import WebSocketConnection
 from .ws_send import DeliveryBatcher
 
 if TYPE_CHECKING:
+    from .metrics import ServerMetrics
     from .protocol.http11 import Request
     from .types import ASGIApp, Scope
 
@@ -138,6 +140,16 @@ class Server:
         """Called with every exception an app raises (the testing toolkit re-raises them)."""
         self.http_scheme = "https" if self.ssl_context else "http"
         self._ws_scheme = "wss" if self.ssl_context else "ws"
+        self.websocket_class: type[WebSocketConnection] = WebSocketConnection
+        self.metrics: ServerMetrics | None = None
+        """Set with ``metrics_bind``: then WebSockets count their messages and the
+        batcher times its rounds; without, neither runs a single extra instruction."""
+        if config.metrics_bind is not None:
+            from .metrics import MeteredWebSocketConnection, ServerMetrics
+
+            self.metrics = ServerMetrics(runtime, config)
+            self.websocket_class = MeteredWebSocketConnection
+            self.batcher.observe_latency = self.metrics.latency.observe
 
     def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:
         """The scope of a request; HTTP requests build theirs inline (RequestCycle.run)."""
@@ -366,6 +378,18 @@ async def _backend_running(runtime: Runtime) -> AsyncIterator[None]:
             nursery.cancel_scope.cancel()
 
 
+async def _start_metrics(metrics: ServerMetrics, bind: str, nursery: trio.Nursery) -> None:
+    """The metrics listener, bound before the app's listeners report ready (a port in
+    use fails the start like the app's own would)."""
+    from .metrics_http import serve_metrics
+
+    address: BindAddress = await nursery.start(
+        serve_metrics, metrics.render, parse_metrics_bind(bind)
+    )
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    logger.info("Metrics on http://%s:%d/metrics", host, address.port)
+
+
 def _close_listener(listener: socket.socket, *, unlink: bool) -> None:
     if listener.fileno() == -1:
         return
@@ -397,6 +421,8 @@ async def _run_shielded(
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()
                 lifespan_nursery.start_soon(server.readiness.run)
+            if server.metrics is not None and config.metrics_bind is not None:
+                await _start_metrics(server.metrics, config.metrics_bind, lifespan_nursery)
             await lifespan_nursery.start(server.lifespan.run)
             try:
                 server.lifespan.check_startup()

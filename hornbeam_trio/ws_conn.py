@@ -34,7 +34,7 @@ from trio.lowlevel import checkpoint, current_task
 
 from .protocol import websocket as wsproto
 from .protocol.http11 import ResponseEncoder, loggable_path, simple_response
-from .pubsub import Delivery
+from .pubsub import COUNTS, Delivery
 from .readiness import park
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
@@ -752,6 +752,7 @@ class WebSocketConnection(WebSocketSession):
         if offered == JOINED:
             return True
         if config.slow_consumer == "close":
+            COUNTS.slow_consumer_closes += 1
             logger.info(
                 "closing WebSocket: slow consumer (%d messages, %d bytes queued)",
                 writer.delivery_count,
@@ -760,6 +761,7 @@ class WebSocketConnection(WebSocketSession):
             self.close_now(1013, "slow consumer")
             return False
         while (offered := writer.offer(frame, max_messages, max_bytes)) == FULL:
+            COUNTS.dropped += 1
             if not writer.drop_oldest_delivery():
                 # All that is queued is already on the wire: this message is the one lost.
                 return True

@@ -24,6 +24,7 @@ pass into one write, so a broadcast costs one ``send()`` per subscriber.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -416,11 +417,17 @@ class DeliveryBatcher:
         self.dirty: list[BatchTarget] = []
         self.task: trio.lowlevel.Task | None = None
         self.parked = False
+        self.observe_latency: Callable[[float], None] | None = None
+        """Metrics on: told, once per round of passes, the seconds from the first delivery
+        that woke the batcher to the moment every marked connection was flushed."""
+        self._woken_at: float | None = None
 
     def mark(self, conn: BatchTarget) -> None:
         self.dirty.append(conn)
         if self.parked:
             self.parked = False
+            if self.observe_latency is not None:  # once per round, not per delivery
+                self._woken_at = trio.current_time()
             assert self.task is not None
             trio.lowlevel.reschedule(self.task)
 
@@ -456,6 +463,9 @@ class DeliveryBatcher:
                 # mass disconnect after a broadcast) is garbage now, not at the next publish.
                 dirty.clear()
                 conn = None
+            if self._woken_at is not None and self.observe_latency is not None:
+                self.observe_latency(trio.current_time() - self._woken_at)
+                self._woken_at = None
             flushed = 0
             self.parked = True
             await trio.lowlevel.wait_task_rescheduled(self._abort)

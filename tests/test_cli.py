@@ -185,6 +185,7 @@ FULL_COMMAND_LINE = [
     "--subscriber-queue-size", "16",
     "--subscriber-queue-bytes", "65536",
     "--history", "chat:*=100,300s",
+    "--metrics-bind", "127.0.0.1:9100",
     "--log-level", "debug",
     "--access-log",
 ]  # fmt: skip
@@ -224,6 +225,7 @@ FULL_CONFIG = Config(
     subscriber_queue_size=16,
     subscriber_queue_bytes=65536,
     history=("chat:*=100,300s",),
+    metrics_bind="127.0.0.1:9100",
     log_level="debug",
     access_log=True,
 )

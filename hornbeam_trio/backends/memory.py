@@ -137,6 +137,10 @@ class MemoryBackend:
         ring = self._rings[topic] = TopicRing(rule.size, rule.max_age)
         return ring
 
+    def history_sizes(self) -> dict[str, int]:
+        """Topic -> messages its ring holds (the metrics collector reads this)."""
+        return {topic: len(ring) for topic, ring in self._rings.items() if ring is not None}
+
     def keeps_history(self, topic: str) -> bool:
         ring = self._lookup(topic)
         return ring is not None

@@ -215,6 +215,11 @@ class RedisBackend:
     def lost_writes(self) -> int:
         return self.outage.lost_writes
 
+    @property
+    def queue_depth(self) -> int:
+        """Operations waiting for Redis: queued, and sent but not yet answered."""
+        return len(self._queue) + len(self._inflight)
+
     # -- lifecycle -----------------------------------------------------------
     def attach(self, deliver_local: LocalDeliver) -> None:
         self._deliver_local = deliver_local
