@@ -6,14 +6,11 @@ Most of what is exposed the server keeps anyway: open connections are
 table, Redis' queue and losses the backend's ``OutageLog``.  One :class:`ServerCollector`
 reads them at scrape time, so a scrape costs work and a request or an echo costs none.
 
-Two things are counted only with metrics on, so that a server without them runs exactly
-the code it ran before (no flag test on any hot path):
-
-* WebSocket messages in and out: with metrics on an upgrade becomes a
-  :class:`MeteredWebSocketConnection` (``Server.websocket_class``), which counts around
-  its parent's ``send`` and ``_received``.
-* The publish-to-delivery latency: ``DeliveryBatcher.observe_latency``, one observation
-  per batcher round (see :class:`ServerMetrics`), never one per delivery.
+WebSocket messages in and out are ``ws_conn.WEBSOCKET_COUNTS``, counted always (one add
+per read, one per app send: cheaper than any switch between a counting and a plain
+connection).  Only the publish-to-delivery latency runs with metrics on alone:
+``DeliveryBatcher.observe_latency``, one observation per batcher round (see
+:class:`ServerMetrics`), never one per delivery.
 
 Metrics are per process: a ``--workers`` server exposes each worker's own (see README).
 This module imports prometheus-client, an extra: only ``server`` imports it, and only
@@ -22,7 +19,7 @@ when ``metrics_bind`` is set (Config has checked that the package is there).
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -31,64 +28,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .pubsub import COUNTS
-from .ws_conn import WebSocketConnection
-from .ws_session import OPEN
+from .ws_conn import WEBSOCKET_COUNTS
 
 if TYPE_CHECKING:
     from .config import Config
     from .runtime import Runtime
-    from .types import Message
 
 NO_PATTERN = "(none)"
 """The ``pattern`` label of topics that match no ``--history`` pattern."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class WebSocketCounts:
-    """Messages of every metered WebSocket of this process, in and out."""
-
-    __slots__ = ("received", "sent")
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.sent = 0
-
-
-WEBSOCKET_COUNTS = WebSocketCounts()
-
-_parent_send = WebSocketConnection.send
-_parent_received = WebSocketConnection._received
-"""The parent's methods as globals: a call through them is a specialized global load,
-where ``WebSocketConnection.send`` would be an attribute lookup on a class per message."""
-
-
-class MeteredWebSocketConnection(WebSocketConnection):
-    """A WebSocket that counts the messages its app receives and sends.
-
-    Counts wrap the parent's methods and change nothing they do; ``send`` is a plain
-    function handing back the parent's coroutine, so the app's send costs one call
-    more and no coroutine more.  tests/test_metrics.py checks the counts against what a
-    real client sent and received.
-    """
-
-    __slots__ = ()
-
-    def send(self, message: Message) -> Coroutine[Any, Any, None]:
-        if message["type"] == "websocket.send" and self.state is OPEN:
-            WEBSOCKET_COUNTS.sent += 1
-        return _parent_send(self, message)
-
-    def _received(self, data: bytes) -> bool:
-        events = self._events  # only appended to while _received runs
-        queued = len(events)
-        open_before = self.close_code is None
-        done = _parent_received(self, data)
-        # Besides the messages, one websocket.disconnect joins the queue, exactly when
-        # close_code is first set (WebSocketSession.end).
-        closed_now = open_before and self.close_code is not None
-        WEBSOCKET_COUNTS.received += len(events) - queued - closed_now
-        return done
 
 
 def presence_members(runtime: Runtime) -> dict[str, int]:
@@ -249,8 +198,6 @@ class ServerMetrics:
 
 __all__ = [
     "NO_PATTERN",
-    "WEBSOCKET_COUNTS",
-    "MeteredWebSocketConnection",
     "ServerCollector",
     "ServerMetrics",
     "presence_members",

@@ -40,7 +40,6 @@ from .runtime import Runtime, current_runtime, default_runtime
 from .timers import TimerSweeper
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
-from .ws_conn import WebSocketConnection
 from .ws_send import DeliveryBatcher
 
 if TYPE_CHECKING:
@@ -140,15 +139,13 @@ class Server:
         """Called with every exception an app raises (the testing toolkit re-raises them)."""
         self.http_scheme = "https" if self.ssl_context else "http"
         self._ws_scheme = "wss" if self.ssl_context else "ws"
-        self.websocket_class: type[WebSocketConnection] = WebSocketConnection
         self.metrics: ServerMetrics | None = None
-        """Set with ``metrics_bind``: then WebSockets count their messages and the
-        batcher times its rounds; without, neither runs a single extra instruction."""
+        """Set with ``metrics_bind``: then the batcher times its rounds (the counters
+        are plain ints the server keeps anyway; see metrics.py)."""
         if config.metrics_bind is not None:
-            from .metrics import MeteredWebSocketConnection, ServerMetrics
+            from .metrics import ServerMetrics
 
             self.metrics = ServerMetrics(runtime, config)
-            self.websocket_class = MeteredWebSocketConnection
             self.batcher.observe_latency = self.metrics.latency.observe
 
     def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:

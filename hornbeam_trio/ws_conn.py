@@ -63,6 +63,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hornbeam_trio")
 
 
+class WebSocketCounts:
+    """Messages of every WebSocket of this process, in and out: plain ints, always
+    counted (one add per read and one per app send), read by the metrics collector at
+    scrape time (metrics.py).
+
+    ``received``: messages read from clients and queued for the app (not those read
+    after our Close, which are dropped); ``sent``: ``websocket.send`` messages the apps
+    sent while open (pub/sub pushes are ``pubsub.COUNTS.delivered``).
+    """
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+
+
+WEBSOCKET_COUNTS = WebSocketCounts()
+"""The process's one instance, as ``pubsub.COUNTS``."""
+
+
 def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
     """True when ``exc`` is how an app ends once its client left, not an app error.
 
@@ -503,6 +524,7 @@ class WebSocketConnection(WebSocketSession):
                 if data is None:
                     raise TypeError("websocket.send needs 'text' or 'bytes'")
                 frame = protocol.send_message(bytes(data))
+            WEBSOCKET_COUNTS.sent += 1
             writer = self.writer
             if writer.batch is not None:
                 self.flush_batch()
@@ -654,6 +676,10 @@ class WebSocketConnection(WebSocketSession):
             if protocol.closed and self._failure is None:
                 self._finish_reading()
             return self.state is CLOSED
+        # Counted once per read, as if every event were a message queued for the app;
+        # the rare events that are not (a Close, a failure, a message after our Close)
+        # take theirs back below.
+        WEBSOCKET_COUNTS.received += len(events)
         queue = self._events
         for event in events:
             cls = event.__class__
@@ -662,15 +688,21 @@ class WebSocketConnection(WebSocketSession):
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "text": event})
+                else:
+                    WEBSOCKET_COUNTS.received -= 1
             elif cls is bytes:
                 if self.state is OPEN:
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "bytes": event})
+                else:
+                    WEBSOCKET_COUNTS.received -= 1
             elif cls is wsproto.CloseReceived:
+                WEBSOCKET_COUNTS.received -= 1
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
             elif cls is wsproto.ProtocolFailure:
+                WEBSOCKET_COUNTS.received -= 1
                 logger.info("closing WebSocket: %s (%d)", event.reason, event.code)  # type: ignore[union-attr]
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
