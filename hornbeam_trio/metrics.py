@@ -1,10 +1,11 @@
 """Prometheus metrics (``--metrics-bind``): counted on the hot paths as plain ints, read
 and formatted only when Prometheus scrapes.
 
-Most of what is exposed the server keeps anyway: open connections are
-``Runtime.connections``, pub/sub totals ``pubsub.COUNTS``, subscribers the hub's topic
-table, Redis' queue and losses the backend's ``OutageLog``.  One :class:`ServerCollector`
-reads them at scrape time, so a scrape costs work and a request or an echo costs none.
+Most of what is exposed the server keeps anyway: open connections (and their presence
+memberships) are ``Runtime.connections``, pub/sub totals ``pubsub.COUNTS``, subscribers
+the hub's topic table, Redis' queue and losses the backend's ``OutageLog``.  One
+:class:`ServerCollector` reads them at scrape time, so a scrape costs work and a request
+or an echo costs none.
 
 WebSocket messages in and out are ``ws_conn.WEBSOCKET_COUNTS``, counted always (one add
 per read, one per app send: cheaper than any switch between a counting and a plain
@@ -41,14 +42,19 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 def presence_members(runtime: Runtime) -> dict[str, int]:
-    """Topic -> presence members this process knows of: the presence hook.
+    """Topic -> presence members held by this process's connections.
 
-    TODO(presence): presence is built on its own branch.  Its backend should offer
-    ``presence_counts() -> dict[str, int]`` (topic -> members); until one does, the
-    ``hornbeam_presence_members`` family is exposed empty.
+    Read from the connections themselves (``ConnectionContext.presence``, the topics a
+    connection is a member of until it leaves or ends), so it is the same on every
+    backend and costs nothing until a scrape.  Over Redis it counts this process's
+    members, as the other gauges count its subscribers; members of other processes
+    sharing the store are theirs to report.
     """
-    counts = getattr(runtime.backend, "presence_counts", None)
-    return dict(counts()) if counts is not None else {}
+    counts: dict[str, int] = {}
+    for context in list(runtime.connections.values()):
+        for topic in context.presence:
+            counts[topic] = counts.get(topic, 0) + 1
+    return counts
 
 
 class ServerCollector(Collector):
