@@ -201,6 +201,10 @@ class ServerMetrics:
         """The Prometheus text exposition of everything, as of now."""
         return generate_latest(self.registry)
 
+    async def arender(self) -> bytes:
+        """:meth:`render` for the listener (metrics_http.Render)."""
+        return self.render()
+
 
 __all__ = [
     "NO_PATTERN",

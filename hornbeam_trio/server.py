@@ -142,6 +142,9 @@ class Server:
         self.metrics: ServerMetrics | None = None
         """Set with ``metrics_bind``: then the batcher times its rounds (the counters
         are plain ints the server keeps anyway; see metrics.py)."""
+        self.metrics_socket: str | None = None
+        """A ``--workers`` worker's: the unix socket its metrics are asked for on (the
+        parent's collector serves ``metrics_bind``; metrics_workers.py)."""
         if config.metrics_bind is not None:
             from .metrics import ServerMetrics
 
@@ -381,7 +384,7 @@ async def _start_metrics(metrics: ServerMetrics, bind: str, nursery: trio.Nurser
     from .metrics_http import serve_metrics
 
     address: BindAddress = await nursery.start(
-        serve_metrics, metrics.render, parse_metrics_bind(bind)
+        serve_metrics, metrics.arender, parse_metrics_bind(bind)
     )
     host = f"[{address.host}]" if ":" in address.host else address.host
     logger.info("Metrics on http://%s:%d/metrics", host, address.port)
@@ -418,7 +421,13 @@ async def _run_shielded(
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()
                 lifespan_nursery.start_soon(server.readiness.run)
-            if server.metrics is not None and config.metrics_bind is not None:
+            if server.metrics is not None and server.metrics_socket is not None:
+                from .metrics_workers import serve_snapshots
+
+                await lifespan_nursery.start(
+                    serve_snapshots, server.metrics.render, server.metrics_socket
+                )
+            elif server.metrics is not None and config.metrics_bind is not None:
                 await _start_metrics(server.metrics, config.metrics_bind, lifespan_nursery)
             await lifespan_nursery.start(server.lifespan.run)
             try:
