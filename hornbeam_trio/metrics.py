@@ -7,9 +7,10 @@ the hub's topic table, Redis' queue and losses the backend's ``OutageLog``.  One
 :class:`ServerCollector` reads them at scrape time, so a scrape costs work and a request
 or an echo costs none.
 
-WebSocket messages in and out are ``ws_conn.WEBSOCKET_COUNTS``, counted always (one add
-per read, one per app send: cheaper than any switch between a counting and a plain
-connection).  Only the publish-to-delivery latency runs with metrics on alone:
+WebSocket messages in and out are counted always, by each connection in a slot of its
+own (``messages_in``, ``messages_out``: one add per message, cheaper than any switch
+between a counting and a plain connection), and handed to ``ws_conn.WEBSOCKET_COUNTS``
+when it ends.  Only the publish-to-delivery latency runs with metrics on alone:
 ``DeliveryBatcher.observe_latency``, one observation per batcher round (see
 :class:`ServerMetrics`), never one per delivery.
 
@@ -29,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .pubsub import COUNTS
-from .ws_conn import WEBSOCKET_COUNTS
+from .ws_conn import WEBSOCKET_COUNTS, WebSocketConnection
 
 if TYPE_CHECKING:
     from .config import Config
@@ -89,8 +90,13 @@ class ServerCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         runtime = self.runtime
         kinds = {"http": 0, "websocket": 0}
+        received, sent = WEBSOCKET_COUNTS.received, WEBSOCKET_COUNTS.sent  # ended ones'
         for context in list(runtime.connections.values()):
             kinds[context.kind] = kinds.get(context.kind, 0) + 1
+            ws = context.pusher
+            if isinstance(ws, WebSocketConnection):
+                received += ws.messages_in
+                sent += ws.messages_out
         connections = GaugeMetricFamily(
             "hornbeam_connections", "Open connections by kind", labels=["kind"]
         )
@@ -100,12 +106,12 @@ class ServerCollector(Collector):
         yield CounterMetricFamily(
             "hornbeam_websocket_messages_received",
             "WebSocket messages received from clients and queued for the app",
-            value=WEBSOCKET_COUNTS.received,
+            value=received,
         )
         yield CounterMetricFamily(
             "hornbeam_websocket_messages_sent",
             "WebSocket messages the apps sent (pub/sub pushes are counted apart)",
-            value=WEBSOCKET_COUNTS.sent,
+            value=sent,
         )
         yield CounterMetricFamily(
             "hornbeam_pubsub_published",

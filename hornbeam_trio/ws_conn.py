@@ -64,13 +64,13 @@ logger = logging.getLogger("hornbeam_trio")
 
 
 class WebSocketCounts:
-    """Messages of every WebSocket of this process, in and out: plain ints, always
-    counted (one add per read and one per app send), read by the metrics collector at
-    scrape time (metrics.py).
+    """Messages of this process's WebSockets that have ended, in and out.
 
-    ``received``: messages read from clients and queued for the app (not those read
-    after our Close, which are dropped); ``sent``: ``websocket.send`` messages the apps
-    sent while open (pub/sub pushes are ``pubsub.COUNTS.delivered``).
+    A live connection counts its own (``messages_in``, ``messages_out``: one slot add
+    per message, no global on the hot path) and adds them here in the same synchronous
+    step that takes it out of ``Runtime.connections``, so the metrics collector
+    (metrics.py), which sums these and every live connection's at scrape time, counts
+    each message once.
     """
 
     __slots__ = ("received", "sent")
@@ -142,6 +142,8 @@ class WebSocketConnection(WebSocketSession):
         "app",
         "config",
         "context",
+        "messages_in",
+        "messages_out",
         "protocol",
         "request",
         "runtime",
@@ -199,6 +201,12 @@ class WebSocketConnection(WebSocketSession):
         self._max_queue_bytes = config.websocket_max_queue_bytes
         self._app_waiter: trio.lowlevel.Task | None = None
         self._recv_unyielded = 0
+        self.messages_in = 0
+        """Messages read from the client and queued for the app (not those read after
+        our Close, which are dropped)."""
+        self.messages_out = 0
+        """``websocket.send`` messages the app sent while open (pub/sub pushes are
+        ``pubsub.COUNTS.delivered``)."""
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
         """Deliveries to a subscriber whose handshake the app has not accepted yet: bounded
@@ -251,6 +259,10 @@ class WebSocketConnection(WebSocketSession):
             if self.state is not REJECTED:
                 self.state = CLOSED
             self.release()
+            # In the step that takes the connection out of runtime.connections: a scrape
+            # finds its messages either here or on the live connection, never both.
+            WEBSOCKET_COUNTS.received += self.messages_in
+            WEBSOCKET_COUNTS.sent += self.messages_out
             self.context.release()
             with trio.CancelScope(shield=True):
                 if self._answer is not None:
@@ -524,7 +536,7 @@ class WebSocketConnection(WebSocketSession):
                 if data is None:
                     raise TypeError("websocket.send needs 'text' or 'bytes'")
                 frame = protocol.send_message(bytes(data))
-            WEBSOCKET_COUNTS.sent += 1
+            self.messages_out += 1
             writer = self.writer
             if writer.batch is not None:
                 self.flush_batch()
@@ -676,10 +688,6 @@ class WebSocketConnection(WebSocketSession):
             if protocol.closed and self._failure is None:
                 self._finish_reading()
             return self.state is CLOSED
-        # Counted once per read, as if every event were a message queued for the app;
-        # the rare events that are not (a Close, a failure, a message after our Close)
-        # take theirs back below.
-        WEBSOCKET_COUNTS.received += len(events)
         queue = self._events
         for event in events:
             cls = event.__class__
@@ -688,21 +696,17 @@ class WebSocketConnection(WebSocketSession):
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "text": event})
-                else:
-                    WEBSOCKET_COUNTS.received -= 1
+                    self.messages_in += 1
             elif cls is bytes:
                 if self.state is OPEN:
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "bytes": event})
-                else:
-                    WEBSOCKET_COUNTS.received -= 1
+                    self.messages_in += 1
             elif cls is wsproto.CloseReceived:
-                WEBSOCKET_COUNTS.received -= 1
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
             elif cls is wsproto.ProtocolFailure:
-                WEBSOCKET_COUNTS.received -= 1
                 logger.info("closing WebSocket: %s (%d)", event.reason, event.code)  # type: ignore[union-attr]
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()
