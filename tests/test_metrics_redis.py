@@ -1,9 +1,12 @@
-"""``--metrics-bind`` with ``--workers``: one listener whose counters are every worker's sum.
+"""``--metrics-bind`` over Redis: ``--workers`` and Redis outages.
 
-The merge rules are checked on plain Prometheus text; the end-to-end test runs a real
-two-worker server over a real redis-server (skipped without one, failed under
-HORNBEAM_CI), loads both workers through real WebSocket clients and checks one scrape
-against the totals the test sent.
+* With ``--workers``, one listener whose counters are every worker's sum: the merge rules
+  on plain Prometheus text, then a real two-worker server loaded through real WebSocket
+  clients, one scrape checked against the totals the test sent.
+* During a Redis outage the queue depth, ``redis_up`` and what was lost are what the
+  test did to Redis and published meanwhile.
+
+Real redis-servers (skipped without one, failed under HORNBEAM_CI).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from hornbeam_trio.metrics_workers import merge
-from tests.example_server import eventually, example_server
+from tests.example_server import eventually, example_server, http_get
 from tests.redis_server import RedisServer, redis_server, skip_or_fail
 from tests.test_metrics import metrics_port, parse, scrape, value
 
@@ -136,3 +139,46 @@ async def test_one_scrape_of_two_workers_counts_what_was_sent_to_both(
                 == batches
             )
             assert 2 <= batches <= 2 * messages  # each worker delivered at least once
+
+
+async def test_redis_metrics_during_an_outage_show_the_queue_the_loss_and_the_recovery(
+    redis: RedisServer,
+) -> None:
+    """Redis is killed under a subscribed server, then ``MAX_PENDING + lost`` publishes
+    are made: the queue holds ``MAX_PENDING``, ``lost`` are dropped; once Redis is back
+    the queue drains and the loss stays counted."""
+    max_pending, lost = 100_000, 7  # RedisBackend's default queue bound
+    redis.command("FLUSHALL")
+    flags = ("--backend", redis.url, "--metrics-bind", "127.0.0.1:0")
+    async with example_server("tests.apps.outage_app:app", *flags) as server:
+        port = metrics_port(server)
+        samples = await scrape(port)
+        assert value(samples, "hornbeam_redis_up") == 1
+        assert value(samples, "hornbeam_redis_queue_depth") == 0
+        async with open_websocket_url(server.ws_url("/room/r")) as ws:
+            await _json(ws)  # {"pid": ...}: subscribed once the next one is
+            redis.kill()
+            response = await http_get(server, f"/publish/r/0/{max_pending + lost}")
+            assert response.text == f"queued {max_pending + lost}"
+            samples = await eventually(
+                lambda: scrape(port),
+                lambda s: value(s, "hornbeam_redis_up") == 0,
+                timeout=10,
+                what="redis_up 0",
+            )
+            assert value(samples, "hornbeam_redis_queue_depth") == max_pending
+            assert value(samples, "hornbeam_redis_lost_publishes_total") == lost
+            assert value(samples, "hornbeam_redis_lost_writes_total") == 0
+            assert value(samples, "hornbeam_redis_outages_total") == 1
+            assert value(samples, "hornbeam_pubsub_published_total") == max_pending + lost
+        redis.restart()  # empty, on the same port; the client has gone: nobody to flood
+        samples = await eventually(
+            lambda: scrape(port),
+            lambda s: (
+                value(s, "hornbeam_redis_up") == 1 and value(s, "hornbeam_redis_queue_depth") == 0
+            ),
+            timeout=30,
+            what="Redis back and the queue drained",
+        )
+        assert value(samples, "hornbeam_redis_lost_publishes_total") == lost
+        assert value(samples, "hornbeam_redis_outages_total") == 1
