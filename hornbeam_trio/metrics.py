@@ -7,14 +7,16 @@ the hub's topic table, Redis' queue and losses the backend's ``OutageLog``.  One
 :class:`ServerCollector` reads them at scrape time, so a scrape costs work and a request
 or an echo costs none.
 
-WebSocket messages in and out are counted always, by each connection in a slot of its
-own (``messages_in``, ``messages_out``: one add per message, cheaper than any switch
-between a counting and a plain connection), and handed to ``ws_conn.WEBSOCKET_COUNTS``
-when it ends.  Only the publish-to-delivery latency runs with metrics on alone:
+WebSocket messages in and out are counted always, by each connection (in:
+``messages_in``, one slot add per message, cheaper than any switch between a counting
+and a plain connection; out: ``Writer.sent``, the count that paces the app's
+checkpoints anyway), and handed to ``ws_conn.WEBSOCKET_COUNTS`` when it ends.  Only
+the publish-to-delivery latency runs with metrics on alone:
 ``DeliveryBatcher.observe_latency``, one observation per batcher round (see
 :class:`ServerMetrics`), never one per delivery.
 
-Metrics are per process: a ``--workers`` server exposes each worker's own (see README).
+Metrics are per process; with ``--workers`` a collector process sums the workers'
+expositions at scrape time (metrics_workers.py).
 This module imports prometheus-client, an extra: only ``server`` imports it, and only
 when ``metrics_bind`` is set (Config has checked that the package is there).
 """
@@ -96,7 +98,7 @@ class ServerCollector(Collector):
             ws = context.pusher
             if isinstance(ws, WebSocketConnection):
                 received += ws.messages_in
-                sent += ws.messages_out
+                sent += ws.writer.sent
         connections = GaugeMetricFamily(
             "hornbeam_connections", "Open connections by kind", labels=["kind"]
         )

@@ -66,8 +66,8 @@ logger = logging.getLogger("hornbeam_trio")
 class WebSocketCounts:
     """Messages of this process's WebSockets that have ended, in and out.
 
-    A live connection counts its own (``messages_in``, ``messages_out``: one slot add
-    per message, no global on the hot path) and adds them here in the same synchronous
+    A live connection counts its own (``messages_in``, and ``writer.sent``, which the
+    send path keeps anyway: no global on the hot path) and adds them here in the same synchronous
     step that takes it out of ``Runtime.connections``, so the metrics collector
     (metrics.py), which sums these and every live connection's at scrape time, counts
     each message once.
@@ -143,7 +143,6 @@ class WebSocketConnection(WebSocketSession):
         "config",
         "context",
         "messages_in",
-        "messages_out",
         "protocol",
         "request",
         "runtime",
@@ -204,9 +203,7 @@ class WebSocketConnection(WebSocketSession):
         self.messages_in = 0
         """Messages read from the client and queued for the app (not those read after
         our Close, which are dropped)."""
-        self.messages_out = 0
-        """``websocket.send`` messages the app sent while open (pub/sub pushes are
-        ``pubsub.COUNTS.delivered``)."""
+        # Messages out are ``writer.sent``: the app's send() counts them there anyway.
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
         """Deliveries to a subscriber whose handshake the app has not accepted yet: bounded
@@ -262,7 +259,7 @@ class WebSocketConnection(WebSocketSession):
             # In the step that takes the connection out of runtime.connections: a scrape
             # finds its messages either here or on the live connection, never both.
             WEBSOCKET_COUNTS.received += self.messages_in
-            WEBSOCKET_COUNTS.sent += self.messages_out
+            WEBSOCKET_COUNTS.sent += self.writer.sent
             self.context.release()
             with trio.CancelScope(shield=True):
                 if self._answer is not None:
@@ -536,7 +533,6 @@ class WebSocketConnection(WebSocketSession):
                 if data is None:
                     raise TypeError("websocket.send needs 'text' or 'bytes'")
                 frame = protocol.send_message(bytes(data))
-            self.messages_out += 1
             writer = self.writer
             if writer.batch is not None:
                 self.flush_batch()
