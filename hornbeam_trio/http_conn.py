@@ -474,7 +474,7 @@ class HTTPConnection:
         scope = server.base_scope(request, self.transport, "websocket")
         scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
         scope["extensions"] = {"websocket.http.response": {}}
-        ws = server.websocket_class(
+        ws = WebSocketConnection(
             app=server.app,
             scope=scope,
             request=request,

@@ -1,28 +1,29 @@
 """Prometheus metrics (``--metrics-bind``): counted on the hot paths as plain ints, read
 and formatted only when Prometheus scrapes.
 
-Most of what is exposed the server keeps anyway: open connections are
-``Runtime.connections``, pub/sub totals ``pubsub.COUNTS``, subscribers the hub's topic
-table, Redis' queue and losses the backend's ``OutageLog``.  One :class:`ServerCollector`
-reads them at scrape time, so a scrape costs work and a request or an echo costs none.
+Most of what is exposed the server keeps anyway: open connections (and their presence
+memberships) are ``Runtime.connections``, pub/sub totals ``pubsub.COUNTS``, subscribers
+the hub's topic table, Redis' queue and losses the backend's ``OutageLog``.  One
+:class:`ServerCollector` reads them at scrape time, so a scrape costs work and a request
+or an echo costs none.
 
-Two things are counted only with metrics on, so that a server without them runs exactly
-the code it ran before (no flag test on any hot path):
+WebSocket messages in and out are counted always, by each connection (in:
+``messages_in``, one slot add per message, cheaper than any switch between a counting
+and a plain connection; out: ``Writer.sent``, the count that paces the app's
+checkpoints anyway), and handed to ``ws_conn.WEBSOCKET_COUNTS`` when it ends.  Only
+the publish-to-delivery latency runs with metrics on alone:
+``DeliveryBatcher.observe_latency``, one observation per batcher round (see
+:class:`ServerMetrics`), never one per delivery.
 
-* WebSocket messages in and out: with metrics on an upgrade becomes a
-  :class:`MeteredWebSocketConnection` (``Server.websocket_class``), which counts around
-  its parent's ``send`` and ``_received``.
-* The publish-to-delivery latency: ``DeliveryBatcher.observe_latency``, one observation
-  per batcher round (see :class:`ServerMetrics`), never one per delivery.
-
-Metrics are per process: a ``--workers`` server exposes each worker's own (see README).
+Metrics are per process; with ``--workers`` a collector process sums the workers'
+expositions at scrape time (metrics_workers.py).
 This module imports prometheus-client, an extra: only ``server`` imports it, and only
 when ``metrics_bind`` is set (Config has checked that the package is there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .pubsub import COUNTS
-from .ws_conn import WebSocketConnection
-from .ws_session import OPEN
+from .ws_conn import WEBSOCKET_COUNTS, WebSocketConnection
 
 if TYPE_CHECKING:
     from .config import Config
     from .runtime import Runtime
-    from .types import Message
 
 NO_PATTERN = "(none)"
 """The ``pattern`` label of topics that match no ``--history`` pattern."""
@@ -45,61 +44,20 @@ NO_PATTERN = "(none)"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class WebSocketCounts:
-    """Messages of every metered WebSocket of this process, in and out."""
-
-    __slots__ = ("received", "sent")
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.sent = 0
-
-
-WEBSOCKET_COUNTS = WebSocketCounts()
-
-_parent_send = WebSocketConnection.send
-_parent_received = WebSocketConnection._received
-"""The parent's methods as globals: a call through them is a specialized global load,
-where ``WebSocketConnection.send`` would be an attribute lookup on a class per message."""
-
-
-class MeteredWebSocketConnection(WebSocketConnection):
-    """A WebSocket that counts the messages its app receives and sends.
-
-    Counts wrap the parent's methods and change nothing they do; ``send`` is a plain
-    function handing back the parent's coroutine, so the app's send costs one call
-    more and no coroutine more.  tests/test_metrics.py checks the counts against what a
-    real client sent and received.
-    """
-
-    __slots__ = ()
-
-    def send(self, message: Message) -> Coroutine[Any, Any, None]:
-        if message["type"] == "websocket.send" and self.state is OPEN:
-            WEBSOCKET_COUNTS.sent += 1
-        return _parent_send(self, message)
-
-    def _received(self, data: bytes) -> bool:
-        events = self._events  # only appended to while _received runs
-        queued = len(events)
-        open_before = self.close_code is None
-        done = _parent_received(self, data)
-        # Besides the messages, one websocket.disconnect joins the queue, exactly when
-        # close_code is first set (WebSocketSession.end).
-        closed_now = open_before and self.close_code is not None
-        WEBSOCKET_COUNTS.received += len(events) - queued - closed_now
-        return done
-
-
 def presence_members(runtime: Runtime) -> dict[str, int]:
-    """Topic -> presence members this process knows of: the presence hook.
+    """Topic -> presence members held by this process's connections.
 
-    TODO(presence): presence is built on its own branch.  Its backend should offer
-    ``presence_counts() -> dict[str, int]`` (topic -> members); until one does, the
-    ``hornbeam_presence_members`` family is exposed empty.
+    Read from the connections themselves (``ConnectionContext.presence``, the topics a
+    connection is a member of until it leaves or ends), so it is the same on every
+    backend and costs nothing until a scrape.  Over Redis it counts this process's
+    members, as the other gauges count its subscribers; members of other processes
+    sharing the store are theirs to report.
     """
-    counts = getattr(runtime.backend, "presence_counts", None)
-    return dict(counts()) if counts is not None else {}
+    counts: dict[str, int] = {}
+    for context in list(runtime.connections.values()):
+        for topic in context.presence:
+            counts[topic] = counts.get(topic, 0) + 1
+    return counts
 
 
 class ServerCollector(Collector):
@@ -134,8 +92,13 @@ class ServerCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         runtime = self.runtime
         kinds = {"http": 0, "websocket": 0}
+        received, sent = WEBSOCKET_COUNTS.received, WEBSOCKET_COUNTS.sent  # ended ones'
         for context in list(runtime.connections.values()):
             kinds[context.kind] = kinds.get(context.kind, 0) + 1
+            ws = context.pusher
+            if isinstance(ws, WebSocketConnection):
+                received += ws.messages_in
+                sent += ws.writer.sent
         connections = GaugeMetricFamily(
             "hornbeam_connections", "Open connections by kind", labels=["kind"]
         )
@@ -145,12 +108,12 @@ class ServerCollector(Collector):
         yield CounterMetricFamily(
             "hornbeam_websocket_messages_received",
             "WebSocket messages received from clients and queued for the app",
-            value=WEBSOCKET_COUNTS.received,
+            value=received,
         )
         yield CounterMetricFamily(
             "hornbeam_websocket_messages_sent",
             "WebSocket messages the apps sent (pub/sub pushes are counted apart)",
-            value=WEBSOCKET_COUNTS.sent,
+            value=sent,
         )
         yield CounterMetricFamily(
             "hornbeam_pubsub_published",
@@ -246,11 +209,13 @@ class ServerMetrics:
         """The Prometheus text exposition of everything, as of now."""
         return generate_latest(self.registry)
 
+    async def arender(self) -> bytes:
+        """:meth:`render` for the listener (metrics_http.Render)."""
+        return self.render()
+
 
 __all__ = [
     "NO_PATTERN",
-    "WEBSOCKET_COUNTS",
-    "MeteredWebSocketConnection",
     "ServerCollector",
     "ServerMetrics",
     "presence_members",

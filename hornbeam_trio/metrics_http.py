@@ -11,7 +11,7 @@ client holds one socket for a while and nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -49,7 +49,13 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
     return None
 
 
-async def _handle(render: Callable[[], bytes], stream: trio.SocketStream) -> None:
+Render = Callable[[], Awaitable[bytes]]
+"""What a scrape answers: the Prometheus text, as of now (asked over unix sockets from
+the workers' collector, metrics_workers.py, hence awaitable)."""
+
+
+async def handle_scrape(render: Render, stream: trio.SocketStream) -> None:
+    """Answer one request on ``stream``, then close it."""
     try:
         head = await _read_head(stream)
         if head is None:
@@ -61,7 +67,7 @@ async def _handle(render: Callable[[], bytes], stream: trio.SocketStream) -> Non
         elif target != b"/metrics":
             answer = _response(b"404 Not Found", b"text/plain", b"metrics are at /metrics\n")
         else:
-            answer = _response(b"200 OK", CONTENT_TYPE, render())
+            answer = _response(b"200 OK", CONTENT_TYPE, await render())
             if method == b"HEAD":
                 answer = answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         with trio.move_on_after(READ_TIMEOUT):
@@ -73,7 +79,7 @@ async def _handle(render: Callable[[], bytes], stream: trio.SocketStream) -> Non
 
 
 async def serve_metrics(
-    render: Callable[[], bytes],
+    render: Render,
     address: BindAddress,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
@@ -86,7 +92,7 @@ async def serve_metrics(
     listeners = await trio.open_tcp_listeners(address.port, host=address.host or None)
     name = listeners[0].socket.getsockname()
     task_status.started(BindAddress("tcp", host=str(name[0]), port=int(name[1])))
-    await trio.serve_listeners(partial(_handle, render), listeners)
+    await trio.serve_listeners(partial(handle_scrape, render), listeners)
 
 
-__all__ = ["serve_metrics"]
+__all__ = ["Render", "handle_scrape", "serve_metrics"]

@@ -94,12 +94,6 @@ def check_supported(app: str | ASGIApp, config: Config) -> None:
         raise ConfigError("workers", "--reload runs one server process: drop --workers or --reload")
     if config.workers > 1 and not hasattr(os, "fork"):
         raise ConfigError("workers", "needs os.fork (Linux, macOS)")
-    if config.workers > 1 and config.metrics_bind is not None:
-        raise ConfigError(
-            "metrics_bind",
-            "one metrics listener for several --workers is not built yet: run one server "
-            "process per metrics port",
-        )
     if config.backend != "memory":
         try:
             from hornbeam_trio.backends.redis import RedisBackend

@@ -40,7 +40,6 @@ from .runtime import Runtime, current_runtime, default_runtime
 from .timers import TimerSweeper
 from .transport import SocketTransport, StreamTransport, Transport
 from .types import ASGI_VERSION
-from .ws_conn import WebSocketConnection
 from .ws_send import DeliveryBatcher
 
 if TYPE_CHECKING:
@@ -140,15 +139,16 @@ class Server:
         """Called with every exception an app raises (the testing toolkit re-raises them)."""
         self.http_scheme = "https" if self.ssl_context else "http"
         self._ws_scheme = "wss" if self.ssl_context else "ws"
-        self.websocket_class: type[WebSocketConnection] = WebSocketConnection
         self.metrics: ServerMetrics | None = None
-        """Set with ``metrics_bind``: then WebSockets count their messages and the
-        batcher times its rounds; without, neither runs a single extra instruction."""
+        """Set with ``metrics_bind``: then the batcher times its rounds (the counters
+        are plain ints the server keeps anyway; see metrics.py)."""
+        self.metrics_socket: str | None = None
+        """A ``--workers`` worker's: the unix socket its metrics are asked for on (the
+        parent's collector serves ``metrics_bind``; metrics_workers.py)."""
         if config.metrics_bind is not None:
-            from .metrics import MeteredWebSocketConnection, ServerMetrics
+            from .metrics import ServerMetrics
 
             self.metrics = ServerMetrics(runtime, config)
-            self.websocket_class = MeteredWebSocketConnection
             self.batcher.observe_latency = self.metrics.latency.observe
 
     def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:
@@ -384,7 +384,7 @@ async def _start_metrics(metrics: ServerMetrics, bind: str, nursery: trio.Nurser
     from .metrics_http import serve_metrics
 
     address: BindAddress = await nursery.start(
-        serve_metrics, metrics.render, parse_metrics_bind(bind)
+        serve_metrics, metrics.arender, parse_metrics_bind(bind)
     )
     host = f"[{address.host}]" if ":" in address.host else address.host
     logger.info("Metrics on http://%s:%d/metrics", host, address.port)
@@ -421,7 +421,13 @@ async def _run_shielded(
                 # Outlives every connection: this nursery closes after the connections'.
                 server.readiness = ReadinessHub()
                 lifespan_nursery.start_soon(server.readiness.run)
-            if server.metrics is not None and config.metrics_bind is not None:
+            if server.metrics is not None and server.metrics_socket is not None:
+                from .metrics_workers import serve_snapshots
+
+                await lifespan_nursery.start(
+                    serve_snapshots, server.metrics.render, server.metrics_socket
+                )
+            elif server.metrics is not None and config.metrics_bind is not None:
                 await _start_metrics(server.metrics, config.metrics_bind, lifespan_nursery)
             await lifespan_nursery.start(server.lifespan.run)
             try:

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .timers import TimerSweeper
     from .transport import Transport
     from .types import ASGIApp, Scope
-    from .ws_conn import WebSocketConnection
     from .ws_send import DeliveryBatcher
 
 
@@ -53,11 +52,6 @@ class ServerContext(Protocol):
 
     @property
     def lifespan(self) -> LifespanView: ...
-
-    @property
-    def websocket_class(self) -> type[WebSocketConnection]:
-        """What an upgrade becomes: ``WebSocketConnection``, or with metrics on a
-        subclass that also counts messages (metrics.py)."""
 
     @property
     def http_scheme(self) -> str: ...

@@ -15,6 +15,10 @@ The parent runs no Trio and no app code: it only supervises.
   down; one that dies within a second of its start is replaced a second later.
 * Exit code: 0 when every worker stopped cleanly after a signal, else the first
   non-zero worker code.
+* **Metrics** (``--metrics-bind``): the parent binds that port too, and forks one more
+  child, the collector (number 0, supervised and replaced like a worker), which serves
+  it and sums what every worker answers on its private unix socket
+  (metrics_workers.py).
 
 Fork is used (not spawn) so the app is imported once, in the parent, before the
 workers exist (like gunicorn's ``--preload``): import errors are reported once, with
@@ -24,8 +28,10 @@ exit code 2, by the CLI.  POSIX only.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .backends.base import BackendUnavailable
-from .config import Config
+from .config import Config, parse_metrics_bind
 from .logs import logger, setup_logging
 from .process import (
     EXIT_CANNOT_LISTEN,
@@ -58,6 +64,9 @@ from .server import (
 if TYPE_CHECKING:
     from .types import ASGIApp
 
+COLLECTOR = 0
+"""The supervised child number of the metrics collector (workers are 1..N)."""
+
 RESTART_DELAY = 1.0
 """A worker that dies sooner than this after its start is replaced only this much later."""
 
@@ -75,12 +84,23 @@ def serve_workers(app: ASGIApp, config: Config) -> int:
     except OSError as exc:
         logger.error("Cannot listen: %s", exc)
         return EXIT_CANNOT_LISTEN
+    metrics: _Metrics | None = None
+    if config.metrics_bind is not None:
+        try:
+            metrics = _Metrics(config.metrics_bind, config.workers)
+        except OSError as exc:
+            for sock in listeners:
+                sock.close()
+            logger.error("Cannot listen for metrics: %s", exc)
+            return EXIT_CANNOT_LISTEN
     for sock in listeners:
         logger.info("Listening on %s", describe_address(bound_address(sock), config))
-    supervisor = _Supervisor(app, config, listeners)
+    supervisor = _Supervisor(app, config, listeners, metrics)
     try:
         code = supervisor.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         for sock in listeners:
             if sock.family == socket.AF_UNIX:
                 try:
@@ -93,11 +113,51 @@ def serve_workers(app: ASGIApp, config: Config) -> int:
     return code
 
 
+def _name(number: int) -> str:
+    return "Metrics collector" if number == COLLECTOR else f"Worker {number}"
+
+
+class _Metrics:
+    """The parent's part of ``--metrics-bind`` with workers: the bound port and the
+    directory of the workers' sockets (its own, 0700, removed at the end)."""
+
+    def __init__(self, bind: str, workers: int) -> None:
+        address = parse_metrics_bind(bind)
+        host = address.host
+        if host:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.listener = socket.create_server((host, address.port), family=family)
+        elif socket.has_dualstack_ipv6():
+            self.listener = socket.create_server(
+                ("", address.port), family=socket.AF_INET6, dualstack_ipv6=True
+            )
+        else:
+            self.listener = socket.create_server(("", address.port))
+        self.directory = tempfile.mkdtemp(prefix="hornbeam-metrics-")
+        from .metrics_workers import worker_socket
+
+        self.paths = [worker_socket(self.directory, n) for n in range(1, workers + 1)]
+        name = self.listener.getsockname()
+        shown = f"[{name[0]}]" if ":" in name[0] else name[0]
+        logger.info("Metrics on http://%s:%d/metrics", shown, name[1])
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class _Supervisor:
-    def __init__(self, app: ASGIApp, config: Config, listeners: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: Config,
+        listeners: list[socket.socket],
+        metrics: _Metrics | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.listeners = listeners
+        self.metrics = metrics
         self.workers: dict[int, tuple[int, float]] = {}
         """pid -> (worker number, start time)."""
         self.signals = 0
@@ -109,6 +169,8 @@ class _Supervisor:
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         try:
+            if self.metrics is not None:
+                self._start(COLLECTOR)
             for number in range(1, self.config.workers + 1):
                 self._start(number)
             while self.workers:
@@ -133,13 +195,13 @@ class _Supervisor:
             return
         if code in (EXIT_USAGE, EXIT_STARTUP_FAILED):  # it says it cannot start: stop all
             logger.error(
-                "Worker %d (pid %d) could not start (exit %d): stopping", number, pid, code
+                "%s (pid %d) could not start (exit %d): stopping", _name(number), pid, code
             )
             self.code = code
             self.signals = 1
             self._forward(signal.SIGTERM)
             return
-        logger.error("Worker %d (pid %d) exited with %d: starting another", number, pid, code)
+        logger.error("%s (pid %d) exited with %d: starting another", _name(number), pid, code)
         if time.monotonic() - started < RESTART_DELAY:
             time.sleep(RESTART_DELAY)  # no hot loop of a worker that dies at once
             if self.signals:
@@ -155,13 +217,27 @@ class _Supervisor:
                 os.setpgrp()
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(signum, signal.SIG_DFL)
-                code = trio.run(_worker_main, self.app, self.config, self.listeners)
+                code = self._child_main(number)
             except BaseException:
-                logger.exception("Worker %d failed", number)
+                logger.exception("%s failed", _name(number))
             finally:
                 os._exit(code)
         self.workers[pid] = (number, time.monotonic())
-        logger.info("Started worker %d (pid %d)", number, pid)
+        logger.info("Started %s (pid %d)", _name(number).lower(), pid)
+
+    def _child_main(self, number: int) -> int:
+        """In the forked child: its one job, with only the sockets that job needs."""
+        metrics = self.metrics
+        if metrics is None:
+            return trio.run(_worker_main, self.app, self.config, self.listeners, None)
+        if number == COLLECTOR:
+            for sock in self.listeners:
+                sock.close()
+            return trio.run(_collector_main, metrics.listener, metrics.paths)
+        metrics.listener.close()
+        return trio.run(
+            _worker_main, self.app, self.config, self.listeners, metrics.paths[number - 1]
+        )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -195,9 +271,26 @@ async def _check_backend(config: Config) -> str | None:
     return None
 
 
-async def _worker_main(app: ASGIApp, config: Config, listeners: list[socket.socket]) -> int:
+async def _collector_main(listener: socket.socket, paths: list[str]) -> int:
+    """The metrics collector: serve scrapes on the inherited socket until SIGINT/SIGTERM."""
+    from .metrics_workers import serve_collector
+
+    serve_scope = trio.CancelScope()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, signals, serve_scope)
+            with serve_scope:
+                await serve_collector(listener, paths)
+            nursery.cancel_scope.cancel()
+    return EXIT_OK
+
+
+async def _worker_main(
+    app: ASGIApp, config: Config, listeners: list[socket.socket], metrics_socket: str | None
+) -> int:
     """One worker: serve on the inherited listeners until SIGINT/SIGTERM."""
     server = Server(app, config, _make_runtime(config))
+    server.metrics_socket = metrics_socket
     serve_scope = trio.CancelScope()
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -63,6 +63,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hornbeam_trio")
 
 
+class WebSocketCounts:
+    """Messages of this process's WebSockets that have ended, in and out.
+
+    A live connection counts its own (``messages_in``, and ``writer.sent``, which the
+    send path keeps anyway: no global on the hot path) and adds them here in the same synchronous
+    step that takes it out of ``Runtime.connections``, so the metrics collector
+    (metrics.py), which sums these and every live connection's at scrape time, counts
+    each message once.
+    """
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+
+
+WEBSOCKET_COUNTS = WebSocketCounts()
+"""The process's one instance, as ``pubsub.COUNTS``."""
+
+
 def _only_disconnects(exc: BaseException, *, client_gone: bool) -> bool:
     """True when ``exc`` is how an app ends once its client left, not an app error.
 
@@ -121,6 +142,7 @@ class WebSocketConnection(WebSocketSession):
         "app",
         "config",
         "context",
+        "messages_in",
         "protocol",
         "request",
         "runtime",
@@ -178,6 +200,10 @@ class WebSocketConnection(WebSocketSession):
         self._max_queue_bytes = config.websocket_max_queue_bytes
         self._app_waiter: trio.lowlevel.Task | None = None
         self._recv_unyielded = 0
+        self.messages_in = 0
+        """Messages read from the client and queued for the app (not those read after
+        our Close, which are dropped)."""
+        # Messages out are ``writer.sent``: the app's send() counts them there anyway.
         self._nursery: trio.Nursery | None = None
         self._pre_accept: list[bytes] = []
         """Deliveries to a subscriber whose handshake the app has not accepted yet: bounded
@@ -230,6 +256,10 @@ class WebSocketConnection(WebSocketSession):
             if self.state is not REJECTED:
                 self.state = CLOSED
             self.release()
+            # In the step that takes the connection out of runtime.connections: a scrape
+            # finds its messages either here or on the live connection, never both.
+            WEBSOCKET_COUNTS.received += self.messages_in
+            WEBSOCKET_COUNTS.sent += self.writer.sent
             self.context.release()
             with trio.CancelScope(shield=True):
                 if self._answer is not None:
@@ -662,11 +692,13 @@ class WebSocketConnection(WebSocketSession):
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "text": event})
+                    self.messages_in += 1
             elif cls is bytes:
                 if self.state is OPEN:
                     if queue:
                         self._queued_bytes += len(event)  # type: ignore[arg-type]
                     queue.append({"type": "websocket.receive", "bytes": event})
+                    self.messages_in += 1
             elif cls is wsproto.CloseReceived:
                 self._end(CLOSED, event.code, event.reason)  # type: ignore[union-attr]
                 self._finish_reading()

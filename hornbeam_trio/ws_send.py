@@ -68,13 +68,14 @@ class Writer:
         "_flushing",
         "_nursery",
         "_spare",
-        "_unyielded",
+        "_yield_at",
         "batch",
         "delivery_bytes",
         "delivery_count",
         "pending",
         "pending_bytes",
         "pong",
+        "sent",
         "streamed",
         "transport",
     )
@@ -98,7 +99,11 @@ class Writer:
         self._nursery: trio.Nursery | None = None
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
-        self._unyielded = 0
+        self.sent = 0
+        """The app's messages written (``write``, ``write_counted``): the WebSocket's
+        messages out, and the app's checkpoint cadence (``_yield_at``) in one count."""
+        self._yield_at = CHECKPOINT_EVERY
+        """``sent`` at which the app's send() checkpoints next (see ``settle``)."""
         self.streamed = isinstance(transport, StreamTransport)
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -357,6 +362,7 @@ class Writer:
             # rather than spawn a flusher per message (the stream's lock keeps order
             # with deliveries queued meanwhile).
             await self.transport.send_all(data)
+            self.sent += 1
             return
         if self.write_counted(data):
             await self.settle()
@@ -367,10 +373,10 @@ class Writer:
         The app's send() calls this directly: no coroutine per message.
         """
         self.write_nowait(data)
+        self.sent += 1
         if self.pending_bytes > SEND_HIGH_WATER:
             return True
-        self._unyielded += 1
-        return self._unyielded >= CHECKPOINT_EVERY
+        return self.sent >= self._yield_at
 
     async def settle(self) -> None:
         """Wait for the queue to drain below the high-water mark, or just checkpoint."""
@@ -382,7 +388,7 @@ class Writer:
             if self.pending and not self._flushing:
                 raise TransportClosed("connection closed while sending")
             return
-        self._unyielded = 0
+        self._yield_at = self.sent + CHECKPOINT_EVERY
         await checkpoint()
 
     async def final_flush(self, timeout: float) -> None:

@@ -7,6 +7,7 @@ must equal what the test sent, received and published.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -132,6 +133,47 @@ async def test_metrics_scraped_during_load_count_the_messages_publishes_and_deli
         )
 
 
+@asynccontextmanager
+async def member(server: ExampleServer, topic: str) -> AsyncIterator[WebSocketConnection]:
+    async with open_websocket_url(server.ws_url(f"/presence/{topic}")) as ws:
+        with trio.fail_after(TIMEOUT):
+            assert await ws.get_message() == "joined"
+        yield ws
+
+
+async def test_presence_members_gauge_counts_members_by_pattern_and_drops_those_that_left() -> None:
+    async with example_server(APP, "--metrics-bind", "127.0.0.1:0", "--history", "room:*=10") as (
+        server
+    ):
+        port = metrics_port(server)
+        async with (
+            subscriber(server, "presence:room:a") as events,
+            member(server, "room:a") as leaver,
+            member(server, "room:a"),
+            member(server, "room:b"),
+            member(server, "lobby"),
+        ):
+            samples = await scrape(port)
+            assert value(samples, "hornbeam_presence_members", pattern="room:*") == 3
+            assert value(samples, "hornbeam_presence_members", pattern="(none)") == 1
+
+            await leaver.send_message("leave")
+            with trio.fail_after(TIMEOUT):
+                assert await leaver.get_message() == "left"
+            samples = await scrape(port)
+            assert value(samples, "hornbeam_presence_members", pattern="room:*") == 2
+
+            async with member(server, "room:a"):
+                pass  # a member whose connection ends leaves too
+            with trio.fail_after(TIMEOUT):
+                kinds = []
+                while kinds.count("presence.leave") < 2:
+                    kinds.append(json.loads(await events.get_message())["type"])
+            samples = await scrape(port)
+            assert value(samples, "hornbeam_presence_members", pattern="room:*") == 2
+            assert value(samples, "hornbeam_presence_members", pattern="(none)") == 1
+
+
 @pytest.mark.parametrize("policy", ["close", "drop-oldest"])
 async def test_metrics_count_slow_consumer_drops_and_1013_closes(policy: str) -> None:
     """Ten publishes in one go to a subscriber that may queue four: under ``close`` it is
@@ -189,7 +231,6 @@ def test_metrics_bind_on_the_app_port_is_refused() -> None:
         ("unix:/tmp/metrics.sock", "expected host:port or [v6]:port"),
         ("127.0.0.1:99999", "port out of range"),
         ("127.0.0.1:8124", "is the app's port too"),
-        ("127.0.0.1:9125 --workers 2 --backend redis://127.0.0.1:1/0", "not built yet"),
     ],
 )
 def test_bad_metrics_bind_is_a_one_line_error_naming_the_flag(argument: str, message: str) -> None:

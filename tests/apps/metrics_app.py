@@ -3,6 +3,8 @@
 * ``ws /echo``: every message sent back.
 * ``ws /sub/TOPIC``: ``subscribe(TOPIC)`` (server push), then ``"subscribed"`` is sent,
   then it only waits for the client to leave.
+* ``ws /presence/TOPIC``: ``presence_join(TOPIC)``, then ``"joined"`` is sent; a
+  message ``leave`` leaves (answered ``"left"``); otherwise it waits for the client to go.
 * ``GET /publish/TOPIC/N``: N publishes to TOPIC in one go (no checkpoint between
   them: one batch for the delivery batcher); the body is how many subscribers they
   reached in all.
@@ -46,6 +48,15 @@ async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.send", "text": "subscribed"})
         while (await receive())["type"] != "websocket.disconnect":
             pass
+        return
+    if path.startswith("/presence/"):
+        topic = path.removeprefix("/presence/")
+        hornbeam_trio.presence_join(topic, {"path": path})
+        await send({"type": "websocket.send", "text": "joined"})
+        while (message := await receive())["type"] != "websocket.disconnect":
+            if message.get("text") == "leave":
+                hornbeam_trio.presence_leave(topic)
+                await send({"type": "websocket.send", "text": "left"})
         return
     while True:
         message = await receive()
