@@ -3,7 +3,8 @@
 The example runs as its own process (``python -m hornbeam_trio examples.chat.app:app
 --history 'chat:*=100,300s'``, as the README says) and real WebSocket clients
 (trio-websocket, and a bare TCP stream for a client that vanishes) talk to it.
-``tests/test_browser_chat.py`` drives the page itself in Chromium.
+``tests/test_browser_chat.py`` drives the page itself in Chromium.  One test runs two
+server processes over a real redis-server (HORNBEAM_CI=1; skipped, saying why, without).
 
 Frames interleave: the room's presence events are pushed by the server, the welcome is
 sent by the app, so a client reads until the kind it waits for and keeps the others.
@@ -11,17 +12,36 @@ sent by the app, so a client reads until the kind it waits for and keeps the oth
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import trio
-from example_server import abort, eventually, example_server, http_get, raw_websocket
+from example_server import (
+    ExampleServer,
+    abort,
+    eventually,
+    example_server,
+    http_get,
+    raw_websocket,
+)
+from redis_server import RedisServer, redis_server, skip_or_fail
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 TIMEOUT = 5.0
 """Seconds any single expected frame or close may take."""
 HISTORY = ("--history", "chat:*=100,300s")
 """The README's command line for the chat."""
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    skip_or_fail()
+    with redis_server() as server:
+        server.command("FLUSHALL")
+        yield server
 
 
 def kind(frame: dict[str, Any]) -> str:
@@ -159,41 +179,73 @@ async def test_chat_app_first_visit_replays_the_recent_messages_then_goes_live()
                 assert (offset(live), live["data"]["text"]) == (61, "live")
 
 
+async def reconnect_under_load(
+    ann_server: ExampleServer, ben_servers: list[ExampleServer], total: int = 300
+) -> tuple[list[int], list[bool]]:
+    """ann sends ``total`` messages, paced, while ben disconnects every 0.1 s and comes
+    back with the last position he saw, to each of ``ben_servers`` in turn.  Returns the
+    offsets ben saw and what each recovery frame said."""
+    seen: list[int] = []
+    recoveries: list[bool] = []
+
+    async def ben_reconnecting() -> None:
+        since = None
+        for round_ in itertools.count():
+            server = ben_servers[round_ % len(ben_servers)]
+            url = "/ws/r?user=ben" + (f"&since={since}" if since else "")
+            async with open_websocket_url(server.ws_url(url)) as ws:
+                ben = Client(ws)
+                recoveries.append((await ben.next("recovery"))["recovered"])
+                with trio.move_on_after(0.1):
+                    while not seen or seen[-1] < total:
+                        frame = await ben.next("message")
+                        seen.append(offset(frame))
+                        since = frame["position"]
+            if seen and seen[-1] == total:
+                return
+
+    async with open_websocket_url(ann_server.ws_url("/ws/r?user=ann")) as ws_a:
+        ann = Client(ws_a)
+        await ann.next("welcome")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ben_reconnecting)
+                for n in range(total):
+                    await ann.say(f"n{n}")
+                    await trio.sleep(0.005)
+    return seen, recoveries
+
+
 async def test_chat_app_reconnecting_client_sees_every_message_once_under_load() -> None:
-    """ann sends 300 messages, paced, while ben disconnects and comes back with the
-    last position he saw, 10 times over: ben sees
-    offsets 1..300, each exactly once, in order, and every recovery says recovered."""
-    total, reconnects = 300, 10
     async with example_server("examples.chat.app:app", *HISTORY) as server:
-        seen: list[int] = []
-        recoveries: list[bool] = []
+        seen, recoveries = await reconnect_under_load(server, [server])
+    assert seen == list(range(1, 301))
+    assert len(recoveries) > 3 and all(recoveries)
 
-        async def ben_reconnecting() -> None:
-            since = None
-            for round_ in range(reconnects + 1):
-                url = "/ws/r?user=ben" + (f"&since={since}" if since else "")
-                async with open_websocket_url(server.ws_url(url)) as ws:
-                    ben = Client(ws)
-                    recoveries.append((await ben.next("recovery"))["recovered"])
-                    with trio.move_on_after(0.1 if round_ < reconnects else 1e9):
-                        while not seen or seen[-1] < total:
-                            frame = await ben.next("message")
-                            seen.append(offset(frame))
-                            since = frame["position"]
-                    if seen and seen[-1] == total:
-                        return
 
-        async with open_websocket_url(server.ws_url("/ws/r?user=ann")) as ws_a:
-            ann = Client(ws_a)
-            await ann.next("welcome")
-            with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(ben_reconnecting)
-                    for n in range(total):
-                        await ann.say(f"n{n}")
-                        await trio.sleep(0.005)
-        assert seen == list(range(1, total + 1))
+async def test_chat_app_over_redis_recovers_across_processes_and_shares_presence(
+    redis: RedisServer,
+) -> None:
+    """Two server processes over one Redis: ben alternates between them while ann,
+    on the first, talks; every message reaches him once.  Either process lists the
+    members of both."""
+    flags = (*HISTORY, "--backend", redis.url)
+    async with (
+        example_server("examples.chat.app:app", *flags) as one,
+        example_server("examples.chat.app:app", *flags) as two,
+    ):
+        seen, recoveries = await reconnect_under_load(one, [two, one])
+        assert seen == list(range(1, 301))
         assert len(recoveries) > 3 and all(recoveries)
+        async with (
+            open_websocket_url(one.ws_url("/ws/lobby?user=ann")) as ws_a,
+            open_websocket_url(two.ws_url("/ws/lobby?user=ben")) as ws_b,
+        ):
+            await Client(ws_a).next("welcome")
+            await Client(ws_b).next("welcome")
+            for server in (one, two):
+                lobby = (await http_get(server, "/api/rooms/lobby")).json()
+                assert lobby["users"] == ["ann", "ben"]
 
 
 async def test_chat_app_says_when_history_no_longer_covers_the_gap() -> None:
