@@ -1,14 +1,14 @@
 """The chat page in a real browser: headless Chromium driven by Playwright.
 
-``python -m hornbeam_trio examples.chat.app:app --history 'chat:*=100,300s'`` runs in
-its own process; browser contexts (users with no shared cookies or storage) load the
-page it serves, join the same room and talk.  The page's WebSocket is Chromium's own,
-so this checks the handshake, framing and close codes against a browser, not just
-against Python clients.  One user reaches the server through :class:`CuttableProxy`, a
-TCP forwarder the test can cut, because Playwright's ``set_offline`` leaves WebSockets
-open (microsoft/playwright#4910): cutting it resets the browser's sockets and refuses
-new ones, as a lost network would.  A screenshot of the first user's page is saved to
-tests/artifacts/chat.png.
+``python -m hornbeam_trio examples.chat.app:app --history 'chat:*=100,300s'`` (the
+README's first command) runs in its own process; browser contexts (users with no shared
+cookies or storage) load the page it serves, join the same room and talk. The page's
+WebSocket is Chromium's own, so this checks the handshake, framing and close codes
+against a browser, not just against Python clients. One user reaches the server through
+:class:`CuttableProxy`, a TCP forwarder the test can cut, because Playwright's
+``set_offline`` leaves WebSockets open (microsoft/playwright#4910): cutting it resets
+the browser's sockets and refuses new ones, as a lost network would. A screenshot of the
+first user's page is saved to tests/artifacts/chat.png.
 
 Needs Debian's ``chromium`` (/usr/bin/chromium) and the ``playwright`` package (no
 ``playwright install``: the system browser is used).  Without them the test is
@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 from example_server import eventually, example_server, http_get
+from test_chat_app import HISTORY
 
 from hornbeam_trio.transport import LINGER_RESET
 
@@ -237,9 +238,7 @@ async def test_browsers_chat_recover_after_a_network_cut_and_show_who_is_online(
     require_browser()
     screenshot = ARTIFACTS / "chat.png"
     screenshot.unlink(missing_ok=True)
-    async with example_server(
-        "examples.chat.app:app", "--history", "chat:*=100,300s"
-    ) as server:
+    async with example_server("examples.chat.app:app", *HISTORY) as server:
         async with trio.open_nursery() as nursery:
             proxy = CuttableProxy(server.port)
             await nursery.start(proxy.serve)

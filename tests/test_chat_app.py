@@ -1,8 +1,9 @@
 """examples/chat/app.py at the protocol level: history, recovery and presence.
 
-The example runs as its own process (``python -m hornbeam_trio examples.chat.app:app
---history 'chat:*=100,300s'``, as the README says) and real WebSocket clients
-(trio-websocket, and a bare TCP stream for a client that vanishes) talk to it.
+The example runs as its own process, started with the flags of the README's first
+command (``python -m hornbeam_trio examples.chat.app:app --history 'chat:*=100,300s'``),
+and real WebSocket clients (trio-websocket, and a bare TCP stream for a client that
+vanishes) talk to it.
 ``tests/test_browser_chat.py`` drives the page itself in Chromium.  One test runs two
 server processes over a real redis-server (HORNBEAM_CI=1; skipped, saying why, without).
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +35,19 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 TIMEOUT = 5.0
 """Seconds any single expected frame or close may take."""
-HISTORY = ("--history", "chat:*=100,300s")
-"""The README's command line for the chat."""
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_chat_flags() -> tuple[str, ...]:
+    """The flags of the README's first command, the one that starts the chat: the tests
+    run the example as a reader of the README would."""
+    for line in README.read_text().splitlines():
+        if "-m hornbeam_trio examples.chat.app:app" in line:
+            return tuple(shlex.split(line.partition("examples.chat.app:app")[2]))
+    raise AssertionError("the README has no command starting examples.chat.app:app")
+
+
+HISTORY = readme_chat_flags()
 
 
 @pytest.fixture(scope="module")
