@@ -13,12 +13,14 @@ Needs Debian's `redis-server` and `pip install -e '.[bench,redis]'`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,13 +44,16 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def on_core(core: str, args: argparse.Namespace) -> list[str]:
+    """The ``taskset`` prefix pinning a process to ``core``; none with ``--no-pin``."""
+    return ["taskset", "-c", core] if getattr(args, "pin", True) else []
+
+
 def measure(label: str, extra: list[str], args: argparse.Namespace) -> dict[str, object]:
     port = free_port()
     server = subprocess.Popen(
         [
-            "taskset",
-            "-c",
-            "0",
+            *on_core("0", args),
             PYTHON,
             "-m",
             "hornbeam_trio",
@@ -65,9 +70,7 @@ def measure(label: str, extra: list[str], args: argparse.Namespace) -> dict[str,
         wait_port(port)
         out = subprocess.run(
             [
-                "taskset",
-                "-c",
-                "1",
+                *on_core("1", args),
                 PYTHON,
                 "benchmarks/loadgen.py",
                 "broadcast",
@@ -96,19 +99,15 @@ def measure(label: str, extra: list[str], args: argparse.Namespace) -> dict[str,
         server.wait(timeout=30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=4.0)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def redis_url(args: argparse.Namespace) -> Iterator[str]:
+    """A redis-server on a free port (on core 0 unless ``--no-pin``), nothing saved."""
     if shutil.which("redis-server") is None:
         sys.exit("redis-server not found: apt-get install -y redis-server")
     redis_port = free_port()
     redis = subprocess.Popen(
         [
-            "taskset",
-            "-c",
-            "0",
+            *on_core("0", args),
             "redis-server",
             "--port",
             str(redis_port),
@@ -121,19 +120,40 @@ def main() -> None:
     )
     try:
         wait_port(redis_port)
-        url = f"redis://127.0.0.1:{redis_port}/0"
+        yield f"redis://127.0.0.1:{redis_port}/0"
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="no taskset (a smoke run on a shared machine; the numbers mean little)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    with redis_url(args) as url:
         rows = [
             measure("memory backend, 1 process", [], args),
             measure("Redis, --workers 2", ["--workers", "2", "--backend", url], args),
             measure("Redis, 1 process", ["--backend", url], args),
         ]
-    finally:
-        redis.terminate()
-        redis.wait(timeout=10)
+    where = "server + redis on core 0, load on core 1" if args.pin else "not pinned"
+    print(f"\nFan-out to {args.subscribers} subscribers ({where})\n")
+    print_table(rows)
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
     base = rows[0]["max"]["deliveries_per_s"]  # type: ignore[index]
-    print(
-        f"\nFan-out to {args.subscribers} subscribers (server + redis on core 0, load on core 1)\n"
-    )
     print(
         "| setup | deliveries/s | ratio | p50 ms | p99 ms | p50 ms @20 msg/s | p99 ms @20 msg/s "
         "| lost | loadgen CPU |"

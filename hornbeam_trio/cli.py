@@ -81,7 +81,7 @@ HELP: dict[str, str] = {
     ),
     "history": (
         "PATTERN=SIZE[,AGEs]: topics matching the fnmatch PATTERN keep their last SIZE"
-        " messages (at most AGE seconds old) for recovery; repeatable; memory backend only"
+        " messages (at most AGE seconds old) for recovery; repeatable"
     ),
     "metrics_bind": (
         "host:port of a separate listener serving Prometheus metrics at /metrics"

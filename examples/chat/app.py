@@ -1,47 +1,55 @@
-"""A complete chat application on Hornbeam's pub/sub and shared state.
+"""A complete chat application on hornbeam_trio's pub/sub, topic history and presence.
 
 Run::
 
-    python -m hornbeam_trio examples.chat.app:app
+    python -m hornbeam_trio examples.chat.app:app --history 'chat:*=100,300s'
 
 and open http://127.0.0.1:8000/ in two browser windows: pick a name, join the same
-room, talk.  Everything is one ASGI app, no framework:
+room, talk.  Reload a page, or cut its network for a while: it comes back with every
+message sent meanwhile, once each, and the list of who is online.  Without
+``--history`` the chat still works, live only, and the page says what it is missing.
+Everything is one ASGI app, no framework:
 
-==========================  ==========================================================
-``GET /``                   the page (``index.html`` next to this file: HTML + JS)
-``GET /api/rooms``          ``{"online": n, "rooms": {room: [user, ...]}}``
-``GET /api/rooms/<room>``   ``{"room", "users": [...], "history": [...]}``
-``WS  /ws/<room>?user=N``   join ``<room>`` as ``N``
-==========================  ==========================================================
+=================================  ===================================================
+``GET /``                          the page (``index.html`` next to this file: HTML + JS)
+``GET /api/rooms``                 ``{"online": n, "rooms": {room: [user, ...]}}``
+``GET /api/rooms/<room>``          ``{"room", "users": [...], "history": [...]}``
+``WS  /ws/<room>?user=N[&since=P]``  join ``<room>`` as ``N``, recovering after position ``P``
+=================================  ===================================================
 
-The WebSocket protocol, all JSON text frames:
+The WebSocket protocol, all JSON text frames, server -> client:
 
-* server -> client, once, right after joining: ``{"type": "welcome", "room", "user",
-  "users", "history"}`` (the recent messages, oldest first);
-* server -> everyone in the room (pub/sub): ``{"type": "join" | "leave", "user",
-  "users", "ts"}`` and ``{"type": "message", "id", "user", "text", "ts"}``;
-* client -> server: ``{"type": "message", "text": "..."}``; any other text frame is
-  taken as the message text itself, so ``websocat`` users can simply type;
-* a bad room or name, or a name already in the room, is accepted and then closed with
-  1008 and the reason, which a browser shows (a refused handshake would only say
-  1006).  A message over ``MAX_TEXT`` characters gets ``{"type": "error"}``.
+* ``{"type": "welcome", "room", "user", "member", "members", "history"}`` once, after
+  joining: ``member`` is this connection's presence id, ``members`` the room's
+  presence snapshot ``{member: {"user": name}}``, ``history`` whether the room keeps
+  history (``--history``);
+* presence events of the room, pushed by the server as they happen:
+  ``{"type": "presence.join", "member", "info"}`` and ``{"type": "presence.leave",
+  "member"}``.  The page applies them on top of the snapshot (events that arrived
+  before the welcome too: applying one twice changes nothing);
+* with history, a recovery frame ``{"topic", "recovered", "position"}``, then every
+  message, the missed ones first, as ``{"topic", "position", "data": {"type":
+  "message", "user", "text", "ts"}}``.  The page keeps the last ``position`` and sends
+  it back as ``since`` when it reconnects; ``recovered`` false means history no longer
+  covered the gap (too old, or the server lost its history) and the page says so.
+  Without ``since`` (a first visit) the replay is the room's last ``HISTORY`` messages.
+  Without history the messages come bare (``{"type": "message", ...}``), live only;
+* ``{"type": "error", "error"}`` for a message over ``MAX_TEXT`` characters; a bad
+  room, name or ``since`` is accepted and then closed with 1008 and the reason, which a
+  browser shows (a refused handshake would only say 1006).
 
-Where things live (Hornbeam's ``hornbeam_erlang`` API, with hornbeam_trio's
-``owned=True``):
+Client -> server: ``{"type": "message", "text": "..."}``; any other text frame is taken
+as the message text itself, so ``websocat`` users can simply type.
 
-* ``chat:<room>`` is the room's pub/sub topic.  ``subscribe()`` makes the server push
-  every event published to it to this client; no task of ours forwards anything.
-* ``chat:<room>:presence:<user>`` is set with ``owned=True``: the server deletes it
-  when this connection ends, however it ends (client close, network loss, idle
-  timeout, an exception here, server shutdown), so the user list cannot keep ghosts.
-  It also makes names unique within a room.
-* ``chat:online`` is incremented with ``owned=True``: the server takes the increment
-  back when the connection ends, so it always counts the connected clients.
-* ``chat:<room>:history`` holds the last ``HISTORY`` messages and ``chat:<room>:seq``
-  numbers them (``state_incr`` is atomic).  The history update is a read-modify-write
-  with no ``await`` in between, which makes it atomic in one process (the memory
-  backend); across several workers sharing Redis, two messages at the same instant
-  could overwrite each other's history entry (their ids stay unique).
+Where things live: ``chat:<room>`` is the room's topic (history by ``--history
+'chat:*=...'``), ``presence:chat:<room>`` its presence events.  Presence is owned by the
+connection, so a closed tab, a cut network or a killed server process leaves the list
+(over Redis, a killed process's members when its lease runs out).  A name is not unique:
+a member is a connection, so one person in two tabs, or a tab reconnecting while the
+server has not yet seen its old connection go, is listed once by name.  ``chat:online``
+and ``chat:rooms:<room>`` are owned counters (taken back when the connection ends) for
+``/api/rooms``.  Every call is the awaitable form, so the app runs unchanged over
+``--backend redis://`` and ``--workers``.
 """
 
 from __future__ import annotations
@@ -54,18 +62,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from hornbeam_erlang import (
+from hornbeam_trio import (
+    Position,
+    presence_join,
+    presence_topic,
     publish,
-    state_get,
-    state_get_multi,
-    state_incr,
-    state_keys,
-    state_set,
+    state,
     subscribe,
 )
 
 HISTORY = 50
-"""Messages kept per room and sent to whoever joins."""
+"""Messages a first visit is shown (the topic may keep more for recovery)."""
 MAX_TEXT = 1000
 """Longest message, in characters."""
 MAX_NAME = 24
@@ -73,33 +80,45 @@ ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 INDEX_HTML = (Path(__file__).parent / "index.html").read_bytes()
 
 
-# -- the shared state, one function per key ----------------------------------------
-def presence_key(room: str, user: str) -> str:
-    return f"chat:{room}:presence:{user}"
+def room_topic(room: str) -> str:
+    return f"chat:{room}"
 
 
-def room_users(room: str) -> list[str]:
-    values = state_get_multi(state_keys(f"chat:{room}:presence:")).values()
-    return sorted(value["user"] for value in values if value is not None)
+# -- reading the room -------------------------------------------------------------------
+async def room_users(room: str) -> list[str]:
+    """The names online in ``room``, each once, sorted."""
+    members = await state.presence(room_topic(room))
+    return sorted({info["user"] for info in members.values()})
 
 
-def room_history(room: str) -> list[dict[str, Any]]:
-    return state_get(f"chat:{room}:history") or []
+async def recent_history(room: str) -> list[Any] | None:
+    """The room's last ``HISTORY`` messages, or None if it keeps no history."""
+    try:
+        read = await state.history(room_topic(room), limit=HISTORY)
+    except LookupError:
+        return None
+    return [message.data for message in read.messages]
 
 
-def append_history(room: str, message: dict[str, Any]) -> None:
-    key = f"chat:{room}:history"
-    state_set(key, [*(state_get(key) or []), message][-HISTORY:])
+async def first_visit_since(topic: str) -> Position | None:
+    """Where a first visit's replay starts: just before the last ``HISTORY`` messages
+    (the newest position if there are none); None if the topic keeps no history."""
+    try:
+        read = await state.history(topic, limit=HISTORY)
+    except LookupError:
+        return None
+    if read.messages:
+        first = read.messages[0].position
+        return Position(first.offset - 1, first.epoch)
+    return read.position
 
 
-def active_rooms() -> dict[str, list[str]]:
+async def active_rooms() -> dict[str, list[str]]:
     """Rooms with someone in them -> their users."""
-    rooms = set()
-    for key in state_keys("chat:"):
-        parts = key.split(":", 3)
-        if len(parts) == 4 and parts[2] == "presence":
-            rooms.add(parts[1])
-    return {room: room_users(room) for room in sorted(rooms)}
+    prefix = "chat:rooms:"
+    counts = await state.get_multi(await state.keys(prefix))
+    rooms = sorted(key[len(prefix):] for key, count in counts.items() if count)
+    return {room: await room_users(room) for room in rooms}
 
 
 # -- validation -----------------------------------------------------------------------
@@ -112,6 +131,11 @@ def check_name(user: str) -> str | None:
     if any(unicodedata.category(char).startswith("C") for char in user):
         return "names cannot contain control characters"
     return None
+
+
+def parse_since(text: str | None) -> Position | None:
+    """The client's ``since``; ValueError if it is not a position."""
+    return None if text is None else Position.parse(text)
 
 
 def message_text(frame: dict[str, Any]) -> str:
@@ -145,58 +169,53 @@ async def chat_session(scope: dict[str, Any], receive: Any, send: Any) -> None:
     query = parse_qs(scope["query_string"].decode("latin-1"))
     user = (query.get("user") or [""])[0].strip()
     problem = None
+    since: Position | None = None
     if not ROOM_NAME.fullmatch(room):
         problem = "room names are 1-32 letters, digits, '-' or '_'"
     else:
         problem = check_name(user)
-        if problem is None and state_get(presence_key(room, user)) is not None:
-            problem = f"{user!r} is already in {room}"
+    try:
+        since = parse_since((query.get("since") or [None])[0])
+    except ValueError as error:
+        problem = problem or str(error)
     if problem is not None:
         await send({"type": "websocket.close", "code": 1008, "reason": problem})
         return
 
-    topic = f"chat:{room}"
-    # Subscribe, then read users and history with no await in between: every message
-    # is either in the welcome's history or pushed to us afterwards, never lost.  (A
-    # pushed one may overtake the welcome on the wire; the page orders by id.)
-    subscribe(topic)
-    state_set(presence_key(room, user), {"user": user, "since": time.time()}, owned=True)
-    state_incr("chat:online", owned=True)
-    users = room_users(room)
+    topic = room_topic(room)
+    # Presence: subscribe to the events, then join, then read the snapshot.  An event
+    # is published after the change it reports, so the snapshot and the events the
+    # page applies on top of it miss nobody (see "Presence" in the README).
+    subscribe(presence_topic(topic))
+    member = presence_join(topic, {"user": user})
+    await state.incr("chat:online", owned=True)
+    await state.incr(f"chat:rooms:{room}", owned=True)
+    members = await state.presence(topic)
+    first = await first_visit_since(topic)
+    start = None if first is None else since or first
     await send_json(send, {
-        "type": "welcome", "room": room, "user": user,
-        "users": users, "history": room_history(room),
+        "type": "welcome", "room": room, "user": user, "member": member,
+        "members": members, "history": start is not None,
     })
-    publish(topic, {"type": "join", "user": user, "users": users, "ts": time.time()})
-    try:
-        while True:
-            frame = await receive()
-            if frame["type"] == "websocket.disconnect":
-                break
-            text = message_text(frame)
-            if not text:
-                continue
-            if len(text) > MAX_TEXT:
-                await send_json(send, {
-                    "type": "error", "error": f"messages are at most {MAX_TEXT} characters",
-                })
-                continue
-            message = {
-                "type": "message",
-                "id": state_incr(f"chat:{room}:seq"),
-                "user": user,
-                "text": text,
-                "ts": time.time(),
-            }
-            append_history(room, message)
-            publish(topic, message)
-    finally:
-        # Runs however the session ends, cancellation included (nothing here awaits).
-        # The presence key is owned: the server has removed it if the client is gone
-        # already, and will once the connection is over otherwise, so the leave notice
-        # lists the others by hand either way.
-        others = [name for name in room_users(room) if name != user]
-        publish(topic, {"type": "leave", "user": user, "users": others, "ts": time.time()})
+    if start is None:
+        subscribe(topic)  # no history kept: live only
+    else:
+        # Replay after ``start``, then live: none missed, none twice, however publishes
+        # race with this; the recovery frame says whether history covered the gap.
+        subscribe(topic, since=start)
+    while True:
+        frame = await receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+        text = message_text(frame)
+        if not text:
+            continue
+        if len(text) > MAX_TEXT:
+            await send_json(send, {
+                "type": "error", "error": f"messages are at most {MAX_TEXT} characters",
+            })
+            continue
+        publish(topic, {"type": "message", "user": user, "text": text, "ts": time.time()})
 
 
 async def http_endpoint(scope: dict[str, Any], send: Any) -> None:
@@ -206,11 +225,11 @@ async def http_endpoint(scope: dict[str, Any], send: Any) -> None:
     elif path == "/":
         await respond(send, 200, INDEX_HTML, b"text/html; charset=utf-8")
     elif path == "/api/rooms":
-        await respond_json(send, {"online": state_get("chat:online") or 0,
-                                  "rooms": active_rooms()})
+        await respond_json(send, {"online": await state.get("chat:online") or 0,
+                                  "rooms": await active_rooms()})
     elif path.startswith("/api/rooms/") and ROOM_NAME.fullmatch(room := path[11:]):
-        await respond_json(send, {"room": room, "users": room_users(room),
-                                  "history": room_history(room)})
+        await respond_json(send, {"room": room, "users": await room_users(room),
+                                  "history": await recent_history(room) or []})
     else:
         await respond(send, 404, b"not found", b"text/plain")
 
