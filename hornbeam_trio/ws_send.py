@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import trio
 from trio.lowlevel import checkpoint
 
-from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
+from .transport import CHECKPOINT_EVERY, SocketTransport, Transport, TransportClosed
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -99,7 +99,9 @@ class Writer:
         self._flushing = False
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
         self._unyielded = 0
-        self.streamed = isinstance(transport, StreamTransport)
+        self.streamed = not isinstance(transport, SocketTransport)
+        """Only a socket takes bytes without waiting (``try_send``); every other transport
+        (TLS, memory streams, an HTTP/2 stream) sends in ``send_all``."""
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
