@@ -20,6 +20,8 @@ import h2.exceptions
 import h2.settings
 import pytest
 import trio
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+from test_http2 import frames_in
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -30,7 +32,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from hornbeam_trio import publish, state_set, subscribe
+from hornbeam_trio import Config, publish, serve, state_set, subscribe
 from hornbeam_trio.testing import run_server
 
 
@@ -373,3 +375,50 @@ async def test_pubsub_and_owned_state_released_on_reset_and_connection_loss() ->
         stats = server.stats()
         assert stats["owned_keys"] == []
         assert stats["topics"] == {}
+
+
+async def test_server_shutdown_closes_the_stream_with_1001_then_goaway() -> None:
+    """A WebSocket never ends by itself: shutdown closes it (1001) as over HTTP/1.1, and
+    the connection's GOAWAY lets its close handshake finish before the connection ends."""
+    log: dict[str, Any] = {}
+    config = Config(bind=("127.0.0.1:0",), log_level="warning", shutdown_timeout=10)
+    async with trio.open_nursery() as nursery:
+        serve_scope = trio.CancelScope()
+
+        async def run_serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with serve_scope:
+                await serve(websocket_app(log), config, task_status=task_status)
+
+        addresses = await nursery.start(run_serve)
+        client = await H2WebSocketClient.connect(addresses[0].port)
+        sid, status, _ = await client.open("/s")
+        assert status == 200
+        serve_scope.cancel()  # graceful shutdown begins
+        # Frames from here on are read raw: h2's client refuses every frame after GOAWAY.
+        ws = client.ws[sid]
+        frames: list[Frame] = []
+        rest = b""
+        close: CloseConnection | None = None
+        with trio.fail_after(10):
+            while close is None:
+                new, rest = frames_in(rest + await client.tcp.receive_some(65536))
+                frames += new
+                for frame in new:
+                    if isinstance(frame, DataFrame) and frame.stream_id == sid and frame.data:
+                        ws.receive_data(bytes(frame.data))
+                        close = next(
+                            (e for e in ws.events() if isinstance(e, CloseConnection)), None
+                        )
+            assert close.code == 1001
+            reply = DataFrame(sid)
+            reply.data = ws.send(close.response())
+            await client.tcp.send_all(reply.serialize())
+            await app_ended(log, "/s")
+            while data := await client.tcp.receive_some(65536):  # until the server closes
+                new, rest = frames_in(rest + data)
+                frames += new
+    assert log["disconnects"]["/s"] == 1001
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert goaways and all(f.error_code == 0 for f in goaways)
+    assert goaways[0].last_stream_id == sid
+    assert any("END_STREAM" in f.flags for f in frames if f.stream_id == sid)
