@@ -8,6 +8,9 @@ The app runs in the connection's own task, the body of its nursery.  Around it:
 * ``ws_read.py``: how bytes come in: inline in the app's ``receive()`` with the
   readiness hub reading while the app is away (plain TCP), or a reader task
   (TLS, memory streams, other platforms).
+* ``ws_handshake.py``: how the opening handshake is answered, a 101 or a response
+  on HTTP/1.1, HEADERS on an HTTP/2 stream (RFC 8441, where ``h2_ws.py`` makes the
+  stream this connection's transport).
 * ``ws_send.py``: the send path (``Writer``, the ``DeliveryBatcher``): the app,
   the protocol's control replies and pub/sub deliveries write with one
   non-blocking ``send()`` and queue only what the kernel did not take.
