@@ -18,6 +18,10 @@ timeout (``keepalive`` seconds with no stream), or a graceful shutdown: GOAWAY
 at once, the streams in flight finish (the server's ``shutdown_timeout``
 cancels what is left), then the final GOAWAY and close.  A stream's end
 (``H2Stream.run``'s finally) is the one place its state is released.
+
+An extended CONNECT (RFC 8441) starts an ``h2_ws.H2WebSocket`` instead of an
+:class:`H2Stream`: the same place in ``streams``, the same news from the reader,
+and a WebSocket connection running over it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import trio
 
+from .h2_ws import H2WebSocket
 from .protocol import http2
 from .protocol.http11 import loggable_path
 from .runtime import ConnectionContext, current_connection
@@ -74,7 +79,7 @@ class H2Connection:
             max_head_size=config.max_request_head_size,
             max_body_size=config.max_request_body_size,
         )
-        self.streams: dict[int, H2Stream] = {}
+        self.streams: dict[int, H2Stream | H2WebSocket] = {}
         self.write_lock = trio.StrictFIFOLock()
         self.nursery: trio.Nursery | None = None
         self.read_scope: trio.CancelScope | None = None
@@ -87,6 +92,8 @@ class H2Connection:
     def begin_shutdown(self) -> None:
         """GOAWAY now (from the reader task); streams in flight go on to their end."""
         self.proto.go_away()
+        for stream in self.streams.values():
+            stream.begin_shutdown()
         if self.read_scope is not None:
             self.read_scope.cancel()
 
@@ -202,7 +209,8 @@ class H2Connection:
             self._answer(event.stream_id, 503, b"service unavailable", [(b"retry-after", b"1")])
             self.proto.go_away()
             return
-        stream = H2Stream(self, event)
+        stream: H2Stream | H2WebSocket
+        stream = H2Stream(self, event) if event.protocol is None else H2WebSocket(self, event)
         self.streams[event.stream_id] = stream
         assert self.nursery is not None
         self.nursery.start_soon(stream.run, name="hornbeam_trio h2 stream")
@@ -243,7 +251,7 @@ class H2Connection:
         # RFC 9113 8.1: a response before the request's end, then RST_STREAM NO_ERROR.
         self.proto.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
-    def stream_done(self, stream: H2Stream) -> None:
+    def stream_done(self, stream: H2Stream | H2WebSocket) -> None:
         """Release what the stream held; the connection may now be idle or finished."""
         del self.streams[stream.stream_id]
         self.proto.forget(stream.stream_id)
@@ -265,6 +273,19 @@ class H2Connection:
             data = self.proto.data_to_send()
             if data:
                 await self.transport.send_all(data)
+
+    def flush_soon(self) -> None:
+        """Flush from a task of the connection's own, for a caller that cannot await
+        (a WebSocket's accept or abort): what it queued leaves without waiting for
+        the stream's next write."""
+        if self.nursery is not None and not self.lost:
+            self.nursery.start_soon(self._flush_quietly)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except TransportClosed:
+            self._lose()
 
 
 class H2Stream:
@@ -308,6 +329,9 @@ class H2Stream:
 
     def wake(self) -> None:
         self.wakeup.set()
+
+    def begin_shutdown(self) -> None:
+        """Nothing: a request in flight finishes within the shutdown timeout."""
 
     async def _wait(self) -> None:
         """Until the reader reports news for this stream.  Callers check their condition

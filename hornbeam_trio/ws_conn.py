@@ -8,6 +8,9 @@ The app runs in the connection's own task, the body of its nursery.  Around it:
 * ``ws_read.py``: how bytes come in: inline in the app's ``receive()`` with the
   readiness hub reading while the app is away (plain TCP), or a reader task
   (TLS, memory streams, other platforms).
+* ``ws_handshake.py``: how the opening handshake is answered, a 101 or a response
+  on HTTP/1.1, HEADERS on an HTTP/2 stream (RFC 8441, where ``h2_ws.py`` makes the
+  stream this connection's transport).
 * ``ws_send.py``: the send path (``Writer``, the ``DeliveryBatcher``): the app,
   the protocol's control replies and pub/sub deliveries write with one
   non-blocking ``send()`` and queue only what the kernel did not take.
@@ -33,12 +36,13 @@ import trio
 from trio.lowlevel import checkpoint, current_task
 
 from .protocol import websocket as wsproto
-from .protocol.http11 import ResponseEncoder, loggable_path, simple_response
+from .protocol.http11 import loggable_path
 from .pubsub import COUNTS, Delivery
 from .readiness import park
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
+from .ws_handshake import H1Reply
 from .ws_read import MAX_QUEUED_EVENTS, InlineReader, Reader, TaskReader
 from .ws_send import FIRST, FULL, JOINED, SEND_HIGH_WATER, DeliveryBatcher, Writer
 from .ws_session import (
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .timers import TimerSweeper
     from .types import ASGIApp, Message, Scope
+    from .ws_handshake import HandshakeReply
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -124,11 +129,9 @@ class WebSocketConnection(WebSocketSession):
         "_answer",
         "_app_waiter",
         "_batcher",
-        "_denial",
         "_events",
         "_failure",
         "_inline",
-        "_key",
         "_max_queue_bytes",
         "_nursery",
         "_on_app_error",
@@ -144,6 +147,7 @@ class WebSocketConnection(WebSocketSession):
         "context",
         "messages_in",
         "protocol",
+        "reply",
         "request",
         "runtime",
         "scope",
@@ -167,6 +171,7 @@ class WebSocketConnection(WebSocketSession):
         timers: TimerSweeper,
         key: bytes,
         tail: bytes,
+        reply: HandshakeReply | None = None,
     ) -> None:
         super().__init__(config)
         self.app = app
@@ -180,7 +185,9 @@ class WebSocketConnection(WebSocketSession):
         """Set at accept: not None exactly when the connection was accepted."""
         self.context = ConnectionContext(runtime, "websocket", config)
         self.context.pusher = self
-        self._key = key
+        self.reply: HandshakeReply = reply or H1Reply(request, key, transport)
+        """How the handshake is answered: HTTP/1.1 (``key`` is its Sec-WebSocket-Key)
+        unless the caller passes another (HTTP/2, RFC 8441)."""
         self._batcher = batcher
         self._timers = timers
         self._on_app_error = on_app_error
@@ -209,8 +216,7 @@ class WebSocketConnection(WebSocketSession):
         """Deliveries to a subscriber whose handshake the app has not accepted yet: bounded
         like any subscriber queue, in messages and bytes; beyond, they are not taken."""
         self._pre_accept_bytes = 0
-        self._denial: ResponseEncoder | None = None
-        self._answer: bytes | None = None
+        self._answer: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
         """An HTTP answer still owed when the connection ends (503: refused at shutdown)."""
         self._failure: wsproto.ProtocolFailure | None = None
         """A protocol failure held back until the app has taken the messages before it."""
@@ -263,7 +269,7 @@ class WebSocketConnection(WebSocketSession):
             self.context.release()
             with trio.CancelScope(shield=True):
                 if self._answer is not None:
-                    await self._send_http(self._answer, timeout=1.0)
+                    await self._refuse(*self._answer, timeout=1.0)
                 if self.writer.pending:
                     await self.writer.final_flush(1.0)
                 await self.transport.close()
@@ -297,9 +303,7 @@ class WebSocketConnection(WebSocketSession):
         if state is HANDSHAKE or state is REJECTED:
             if state is HANDSHAKE:
                 self.reject()
-                self._answer = simple_response(
-                    503, b"server shutting down", headers=[(b"retry-after", b"1")]
-                )
+                self._answer = (503, b"server shutting down", [(b"retry-after", b"1")])
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
             return
@@ -353,7 +357,7 @@ class WebSocketConnection(WebSocketSession):
         state = self.state
         if state is HANDSHAKE:
             self.reject()
-            await self._send_http(simple_response(500 if error else 403))
+            await self._refuse(500 if error else 403)
         elif state is OPEN:
             if self._failure is not None:
                 self._apply_failure()
@@ -375,10 +379,17 @@ class WebSocketConnection(WebSocketSession):
                 self._queued_bytes = 0
                 await self.receive()  # reads on, the app being done
 
-    async def _send_http(self, data: bytes, *, timeout: float = math.inf) -> None:
+    async def _refuse(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        timeout: float = math.inf,
+    ) -> None:
         with trio.move_on_after(timeout):
             try:
-                await self.transport.send_all(data)
+                await self.reply.refuse(status, body, headers or ())
             except TransportClosed:
                 pass
 
@@ -569,8 +580,7 @@ class WebSocketConnection(WebSocketSession):
         protocol = wsproto.ServerProtocol(
             max_message_size=config.websocket_max_frame_size, deflate=deflate
         )
-        head = wsproto.accept_response(
-            self._key,
+        head = self.reply.accept(
             subprotocol=subprotocol,
             extensions=extensions,
             extra_headers=[(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])],
@@ -582,7 +592,8 @@ class WebSocketConnection(WebSocketSession):
         self.last_activity = trio.current_time()
         # Through the writer, the connection's one ordered send path: a Close sent while
         # the head is still partly queued (shutdown, say) goes after it, never inside it.
-        self._write_nowait(head)
+        if head:
+            self._write_nowait(head)
         if self.state is not OPEN:
             await checkpoint()
             raise ClientDisconnected("WebSocket peer went away")
@@ -602,31 +613,27 @@ class WebSocketConnection(WebSocketSession):
         state = self.state
         if state is HANDSHAKE:
             self.reject()  # ASGI: a close before accept is a 403
-            await self._send_http(simple_response(403))
+            await self._refuse(403)
             return
         self._send_close(int(message.get("code") or 1000), message.get("reason") or "")
         await checkpoint()
 
     async def _deny_start(self, message: Message) -> None:
         self.check_denial()
-        encoder = ResponseEncoder(self.request)
-        encoder.start(
+        self.reply.deny_start(
             int(message["status"]), [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
         )
-        self._denial = encoder
         self.reject()
         await checkpoint()
 
     async def _deny_body(self, message: Message) -> None:
-        encoder = self._denial
-        if encoder is None or encoder.complete:
+        if not self.reply.denying:
             raise ProtocolOrderError(
                 "websocket.http.response.body without a started denial response"
             )
         more = bool(message.get("more_body", False))
-        data = encoder.body(bytes(message.get("body", b"")), more)
         try:
-            await self.transport.send_all(data)
+            await self.reply.deny_body(bytes(message.get("body", b"")), more)
         except TransportClosed:
             raise ClientDisconnected("client went away") from None
 

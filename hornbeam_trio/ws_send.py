@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import trio
 from trio.lowlevel import checkpoint
 
-from .transport import CHECKPOINT_EVERY, StreamTransport, Transport, TransportClosed
+from .transport import CHECKPOINT_EVERY, SocketTransport, Transport, TransportClosed
 
 logger = logging.getLogger("hornbeam_trio")
 
@@ -104,7 +104,9 @@ class Writer:
         messages out, and the app's checkpoint cadence (``_yield_at``) in one count."""
         self._yield_at = CHECKPOINT_EVERY
         """``sent`` at which the app's send() checkpoints next (see ``settle``)."""
-        self.streamed = isinstance(transport, StreamTransport)
+        self.streamed = not isinstance(transport, SocketTransport)
+        """Only a socket takes bytes without waiting (``try_send``); every other transport
+        (TLS, memory streams, an HTTP/2 stream) sends in ``send_all``."""
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery

@@ -158,3 +158,60 @@ def test_protocol_violation_raises_and_queues_goaway() -> None:
     with pytest.raises(http2.ProtocolError):
         server.receive_data(b"\x00\x00\x00\x04\x00\x00\x00\x00\x01")  # SETTINGS on stream 1
     assert any(isinstance(f, GoAwayFrame) for f in frames(server.data_to_send()))
+
+
+# --- RFC 8441: extended CONNECT ----------------------------------------------------
+
+WS_CONNECT = [
+    (":method", "CONNECT"),
+    (":protocol", "websocket"),
+    (":scheme", "https"),
+    (":path", "/chat?room=a"),
+    (":authority", "h"),
+    ("sec-websocket-version", "13"),
+]
+
+
+def test_settings_offer_extended_connect() -> None:
+    _, client = pair()
+    assert client.remote_settings.enable_connect_protocol == 1
+
+
+def test_extended_connect_is_a_request_whose_data_is_not_a_body() -> None:
+    """The WebSocket's bytes are outside ``max_body_size``; END_STREAM is reported."""
+    server, client = pair(max_body_size=5)
+    client.send_headers(1, WS_CONNECT)
+    [event] = server.receive_data(client.data_to_send())
+    assert event == http2.RequestReceived(
+        stream_id=1,
+        method="CONNECT",
+        raw_path=b"/chat",
+        path="/chat",
+        query_string=b"room=a",
+        headers=[(b"host", b"h"), (b"sec-websocket-version", b"13")],
+        end_stream=False,
+        protocol="websocket",
+    )
+    client.send_data(1, b"x" * 100)
+    [data] = server.receive_data(client.data_to_send())
+    assert data == http2.BodyReceived(1, b"x" * 100, 100)
+    client.end_stream(1)
+    assert server.receive_data(client.data_to_send())[-1] == http2.BodyEnded(1)
+
+
+@pytest.mark.parametrize(
+    ("headers", "end_stream", "status"),
+    [
+        ([(":method", "CONNECT"), (":authority", "h:443")], False, 501),  # a TCP tunnel
+        ([(n, "chat" if n == ":protocol" else v) for n, v in WS_CONNECT], False, 501),
+        (WS_CONNECT, True, 400),  # a WebSocket whose client side ended at once
+    ],
+)
+def test_connect_that_is_no_websocket_is_refused(
+    headers: list[tuple[str, str]], end_stream: bool, status: int
+) -> None:
+    server, client = pair()
+    client.send_headers(1, headers, end_stream=end_stream)
+    [event] = server.receive_data(client.data_to_send())
+    assert isinstance(event, http2.RequestRejected)
+    assert event.status == status

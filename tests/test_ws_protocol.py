@@ -1008,3 +1008,26 @@ def test_a_deferred_failure_close_leaves_earlier_output_and_lets_answers_out_fir
         failure.code, failure.reason
     )
     assert proto.closed and proto.receive_data(frame(ws.OP_TEXT, b"late")) == []
+
+
+def test_extended_connect_needs_only_version_13() -> None:
+    """RFC 8441 5: no Upgrade, Connection or key; a wrong version is 426 as in 4.2.2."""
+    ws.check_extended_connect([(b"sec-websocket-version", b"13")])
+    for headers in ([], [(b"sec-websocket-version", b"8")]):
+        with pytest.raises(ws.HandshakeError) as info:
+            ws.check_extended_connect(headers)
+        assert info.value.status == 426
+        assert info.value.headers == [(b"sec-websocket-version", b"13")]
+
+
+def test_http2_accept_headers_are_checked_like_the_101() -> None:
+    assert ws.accept_headers(
+        subprotocol="chat", extensions=b"permessage-deflate", extra_headers=[(b"x-a", b"1")]
+    ) == [
+        (b"sec-websocket-protocol", b"chat"),
+        (b"sec-websocket-extensions", b"permessage-deflate"),
+        (b"x-a", b"1"),
+    ]
+    for bad in ([(b"content-length", b"0")], [(b"x", b"a\r\nb")], [(b"bad name", b"v")]):
+        with pytest.raises(ValueError):
+            ws.accept_headers(extra_headers=bad)

@@ -19,7 +19,10 @@ bytes:
   connection window big enough that one stream's unread body never blocks
   another (invariant: connection window >= max streams x stream window);
 * a graceful GOAWAY that, unlike ``h2``'s ``close_connection()``, leaves the
-  streams in flight able to finish.
+  streams in flight able to finish;
+* RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL is offered, and an extended CONNECT
+  (``:protocol websocket``) is a request whose stream then carries a WebSocket's
+  bytes both ways, outside ``max_request_body_size`` (a tunnel, not a body).
 
 Imports no event loop and nothing of ours outside ``protocol/``.
 """
@@ -82,6 +85,8 @@ class RequestReceived:
     query_string: bytes
     headers: list[tuple[bytes, bytes]]
     end_stream: bool
+    protocol: str | None = None
+    """``:protocol`` of an extended CONNECT (RFC 8441): ``"websocket"``; None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +189,14 @@ class H2Protocol:
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_head_size,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         self.body_seen: dict[int, int] = {}
         """Body bytes received per open request stream (for ``max_body_size``)."""
+        self.tunnels: set[int] = set()
+        """Open extended-CONNECT streams: their DATA is reported unbounded by
+        ``max_body_size`` (the WebSocket's own limits apply to it)."""
         self.going_away = False
         """A GOAWAY was sent: streams above ``last_stream_id`` are refused."""
         self.last_stream_id = 0
@@ -214,8 +223,12 @@ class H2Protocol:
             elif isinstance(event, h2.events.StreamEnded):
                 if self.body_seen.pop(event.stream_id, None) is not None:
                     out.append(BodyEnded(event.stream_id))
+                elif event.stream_id in self.tunnels:
+                    self.tunnels.discard(event.stream_id)
+                    out.append(BodyEnded(event.stream_id))
             elif isinstance(event, h2.events.StreamReset):
                 self.body_seen.pop(event.stream_id, None)
+                self.tunnels.discard(event.stream_id)
                 out.append(StreamReset(event.stream_id))
             elif isinstance(event, h2.events.WindowUpdated):
                 out.append(WindowOpened(event.stream_id))
@@ -237,6 +250,7 @@ class H2Protocol:
         self.last_stream_id = stream_id
         method = raw_target = b""
         authority: bytes | None = None
+        protocol: bytes | None = None
         headers: list[tuple[bytes, bytes]] = []
         has_host = False
         for name, value in event.headers or ():
@@ -248,6 +262,8 @@ class H2Protocol:
                     raw_target = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
                 continue
             if len(name) + len(value) > self.max_header_size:
                 out.append(RequestRejected(stream_id, 431, "header too large"))
@@ -258,10 +274,15 @@ class H2Protocol:
             out.append(RequestRejected(stream_id, 431, "too many headers"))
             return
         if method == b"CONNECT":
-            # Plain CONNECT (a tunnel) is no ASGI request; RFC 8441 (WebSocket) is not
-            # offered yet, so no client sends an extended CONNECT.
-            out.append(RequestRejected(stream_id, 501, "CONNECT is not supported"))
-            return
+            # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
+            # protocols (RFC 8441) only WebSocket is.  h2 has checked the pseudo-headers
+            # an extended CONNECT needs (:scheme, :path, :authority).
+            if protocol is None:
+                out.append(RequestRejected(stream_id, 501, "CONNECT is not supported"))
+                return
+            if protocol.lower() != b"websocket":
+                out.append(RequestRejected(stream_id, 501, "only :protocol websocket"))
+                return
         if len(raw_target) > self.max_path:
             out.append(RequestRejected(stream_id, 414, "request line too long"))
             return
@@ -278,7 +299,12 @@ class H2Protocol:
                     return
         raw_path, _, query = raw_target.partition(b"#")[0].partition(b"?")
         ended = event.stream_ended is not None
-        if not ended:
+        if protocol is not None:
+            if ended:
+                out.append(RequestRejected(stream_id, 400, "WebSocket stream ended at once"))
+                return
+            self.tunnels.add(stream_id)
+        elif not ended:
             self.body_seen[stream_id] = 0
         out.append(
             RequestReceived(
@@ -289,6 +315,7 @@ class H2Protocol:
                 query_string=query,
                 headers=headers,
                 end_stream=ended,
+                protocol=None if protocol is None else "websocket",
             )
         )
 
@@ -298,6 +325,9 @@ class H2Protocol:
         flow = event.flow_controlled_length or 0
         seen = self.body_seen.get(stream_id)
         if seen is None:
+            if stream_id in self.tunnels:
+                out.append(BodyReceived(stream_id, data, flow))
+                return
             # The body of a stream we rejected (or answered and reset): only the window.
             self.acknowledge(stream_id, flow)
             return
@@ -320,6 +350,7 @@ class H2Protocol:
     def forget(self, stream_id: int) -> None:
         """The stream's task is done: a body still arriving is only acknowledged."""
         self.body_seen.pop(stream_id, None)
+        self.tunnels.discard(stream_id)
 
     def send_headers(
         self, stream_id: int, block: list[tuple[bytes, bytes]], *, end_stream: bool = False
@@ -342,6 +373,7 @@ class H2Protocol:
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         """RST_STREAM, unless the stream is closed already."""
         self.body_seen.pop(stream_id, None)
+        self.tunnels.discard(stream_id)
         try:
             self.conn.reset_stream(stream_id, error_code)
         except h2.exceptions.StreamClosedError:

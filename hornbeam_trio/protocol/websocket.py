@@ -44,7 +44,9 @@ __all__ = [
     "HandshakeError",
     "ProtocolFailure",
     "ServerProtocol",
+    "accept_headers",
     "accept_response",
+    "check_extended_connect",
     "check_handshake",
     "check_origin",
     "encode_binary",
@@ -770,6 +772,20 @@ def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> bytes:
     return key
 
 
+def check_extended_connect(headers: list[tuple[bytes, bytes]]) -> None:
+    """Validate a WebSocket opened by an HTTP/2 extended CONNECT (RFC 8441 5).
+
+    The method, ``:protocol`` and the pseudo-headers were checked by the HTTP/2
+    layer; RFC 8441 drops Upgrade, Connection and Sec-WebSocket-Key (the stream
+    is the upgrade), and keeps the version rule, answered as in 4.2.2 (426).
+    """
+    versions = _header_values(headers, b"sec-websocket-version")
+    if len(versions) != 1 or versions[0].strip() != "13":
+        raise HandshakeError(
+            426, "unsupported WebSocket version", [(b"sec-websocket-version", b"13")]
+        )
+
+
 def check_origin(headers: Iterable[tuple[bytes, bytes]], allowed: Iterable[str]) -> None:
     """Refuse (403) a handshake whose Origin matches none of ``allowed``.
 
@@ -909,3 +925,27 @@ def accept_response(
         lines.append(name + b": " + value)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+def accept_headers(
+    *,
+    subprotocol: str | None = None,
+    extensions: bytes | None = None,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> list[tuple[bytes, bytes]]:
+    """The headers of an HTTP/2 accept (RFC 8441 5: a 200 with no Sec-WebSocket-Accept);
+    the same checks as :func:`accept_response`, so an app's accept fails alike on
+    either protocol."""
+    headers: list[tuple[bytes, bytes]] = []
+    if subprotocol is not None:
+        value = subprotocol.encode()
+        check_value(value)
+        headers.append((b"sec-websocket-protocol", value))
+    if extensions is not None:
+        headers.append((b"sec-websocket-extensions", extensions))
+    for name, value in extra_headers:
+        if check_name(name) in _FRAMING_HEADERS:
+            raise ValueError(f"a WebSocket accept carries no {name.decode()} header")
+        check_value(value)
+        headers.append((name, value))
+    return headers
