@@ -12,6 +12,7 @@ figures still move with the load of the machine: read them side by side::
 
     python benchmarks/hostile.py                                   # every attack
     python benchmarks/hostile.py --only ping_flood,slow_consumer --seconds 2
+    python benchmarks/hostile.py --no-pin      # a shared machine: pin nothing
 
 Finding 12 of the issue (log quoting, accept header checks, ...) is about what is
 answered, not what it costs, and has no attack here.
@@ -378,10 +379,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20, help="attacking connections")
     parser.add_argument("--rss-cap", type=float, default=1500.0, help="MiB; above: killed")
     parser.add_argument("--servers", default="hornbeam,uvicorn")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="pin nothing (a machine shared with others)"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     # Server on core 0; attackers and the probe (a child: it inherits this) on core 1.
-    pinned = len(os.sched_getaffinity(0)) >= 2
+    pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     if pinned:
         os.sched_setaffinity(0, {1})
     names = args.only.split(",") if args.only else list(ATTACKS)

@@ -318,6 +318,10 @@ class HTTPConnection:
                 return None
             if self.eof:
                 return None
+            if parser.more:
+                await self.resume_parsing()
+                event = parser.next_event()
+                continue
             if timeout is None:  # the caller's scope carries the deadline (_serve_requests)
                 data = await self.transport.recv()
                 timer = None
@@ -339,6 +343,15 @@ class HTTPConnection:
                 self.parse_error = exc
             event = parser.next_event()
         return event
+
+    async def resume_parsing(self) -> None:
+        """Parse the next slice of a read of short lines (``parser.more``), after a
+        checkpoint: other connections run between slices (see http11.LINES_PER_STEP)."""
+        await trio.lowlevel.checkpoint()
+        try:
+            self.parser.resume()
+        except HTTPError as exc:
+            self.parse_error = exc  # answered once the requests before it are
 
     async def _reject(self, error: HTTPError) -> None:
         if self.closed_reason is not None:
@@ -400,6 +413,12 @@ class HTTPConnection:
                             return None
                         if self.eof:
                             return None
+                        if parser.more:
+                            await self.resume_parsing()
+                            if events:
+                                event = events.popleft()
+                                break
+                            continue
                         data = await transport.recv()
                         if sniff:
                             sniff = False
@@ -610,6 +629,9 @@ class RequestCycle(ResponseEncoder):
             if event is NEED_DATA:
                 if conn.parse_error is not None or conn.eof:
                     return False
+                if parser.more:
+                    await conn.resume_parsing()
+                    continue
                 with trio.move_on_after(timeout) as timer:
                     data = await conn.transport.recv()
                 if timer.cancelled_caught:
@@ -675,14 +697,23 @@ class RequestCycle(ResponseEncoder):
         """After the body: block until the client goes away (long-poll / streaming apps).
 
         Reads on, so that the client's leaving is seen however it comes (EOF, reset).
-        Pipelined requests read meanwhile are parsed and kept for their turn while
-        the parser holds at most ``max_request_head_size`` bytes; past that, bytes
-        are read and dropped, and the connection closes after this response instead
-        of serving them.  So memory stays bounded and the disconnect is never missed.
+        Pipelined requests read meanwhile are parsed and kept for their turn.  At most
+        ``max_request_head_size`` bytes are read here, kept or dropped; past that the
+        connection closes after this response instead of serving what follows, and,
+        with the readiness hub, reads nothing more: the hub's hang-up (FIN or reset)
+        is the disconnect.  So a client that streams bytes at a waiting app (after a
+        declined ``Upgrade``, say) costs neither memory nor CPU.  Without the hub the
+        bytes are read and dropped, to see the end of the stream.
         """
         conn = self.conn
-        budget = conn.max_head_size - conn.parser.buffered  # counted once per call, not per read
+        parser = conn.parser
+        budget = conn.max_head_size - parser.buffered  # counted once per call, not per read
         while True:
+            if parser.more and self.reuse and conn.parse_error is None:
+                await conn.resume_parsing()  # a pipelined read of short lines
+                continue
+            if budget < 0 and conn.hub is not None:
+                return await self._wait_hangup(conn.hub)
             try:
                 data = await conn.transport.recv()
             except TransportClosed:
@@ -691,16 +722,33 @@ class RequestCycle(ResponseEncoder):
                 conn.client_left()
                 self.reuse = False
                 return _DISCONNECT
-            if not self.reuse or conn.parse_error is not None:
-                continue  # nothing after this response is served: not kept
             budget -= len(data)
             if budget < 0:
-                self.reuse = False  # over the budget: dropped from here on
-                continue
+                self.reuse = False  # over the budget: nothing after this response is served
+            if not self.reuse or conn.parse_error is not None or parser.more:
+                continue  # nothing after this response is served: not kept
             try:
-                conn.parser.feed(data)  # pipelined next request: keep it for later
+                parser.feed(data)  # pipelined next request: keep it for later
             except HTTPError as exc:
                 conn.parse_error = exc  # answered in its turn, after this response
+
+    async def _wait_hangup(self, hub: ReadinessHub) -> Message:
+        """Read nothing more; wake on readiness only to see whether the client left.
+
+        Edge-triggered: one wakeup per arrival until the kernel's receive buffer is
+        full and the client's sends block, then none.  A client that closes with
+        unsent bytes behind that full window is seen when its kernel resets.
+        """
+        conn = self.conn
+        fd = conn.fd
+        try:
+            while fd not in hub.hung_up:
+                await hub.wait_readable(fd)
+        except trio.ClosedResourceError:
+            pass  # closed locally (the server is aborting it)
+        conn.client_left()
+        self.reuse = False
+        return _DISCONNECT
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

@@ -22,10 +22,10 @@ from http_apps import RawHTTP
 
 from hornbeam_trio import ClientDisconnected, publish, state_get, state_set, subscription
 from hornbeam_trio.http_conn import HTTPConnection
-from hornbeam_trio.protocol.http11 import DEFAULT_MAX_HEAD_SIZE
+from hornbeam_trio.protocol.http11 import DEFAULT_MAX_HEAD_SIZE, SLICE, HTTPParser
 from hornbeam_trio.readiness import READINESS_ENV, ReadinessHub
 from hornbeam_trio.testing import TestServer, run_server
-from hornbeam_trio.transport import RECV_SIZE
+from hornbeam_trio.transport import RECV_SIZE, SocketTransport
 from hornbeam_trio.types import Message, Receive, Scope, Send
 
 
@@ -58,6 +58,13 @@ async def wait_all_read(client: trio.abc.Stream, conn: HTTPConnection) -> None:
             and _queued(server_sock, termios.FIONREAD) == 0
         )
     )
+
+
+async def wait_all_sent(client: trio.abc.Stream, conn: HTTPConnection) -> None:
+    """Until every byte the client sent is in the server's kernel, or read (past its
+    budget, a connection whose app waits for the disconnect stops reading)."""
+    assert isinstance(client, trio.SocketStream)
+    await wait_until(lambda: _queued(client.socket, termios.TIOCOUTQ) == 0)  # type: ignore[arg-type]
 
 
 async def send_while_reading(client: RawHTTP, data: bytes, method: str = "GET") -> Any:
@@ -108,8 +115,8 @@ async def test_declined_upgrade_with_a_chunked_body_is_answered_then_closed() ->
 
 
 async def test_declined_upgrade_keeps_nothing_of_what_follows_while_the_app_waits() -> None:
-    """``Upgrade: foo`` to a long-poll app, then 8 MiB: nothing of it is held, and the
-    app still learns that the client left."""
+    """``Upgrade: foo`` to a long-poll app, then a stream of junk: nothing of it is held,
+    and the app still learns that the client left."""
     app = http_apps.LongPoll()
     async with run_server(app) as server:
         stream = await server.open_stream()
@@ -118,15 +125,68 @@ async def test_declined_upgrade_keeps_nothing_of_what_follows_while_the_app_wait
             await app.waiting.wait()
         conn = only_connection(server)
         junk = b"x" * 65536
-        for _ in range(128):
-            await stream.send_all(junk)
-        await wait_all_read(stream, conn)
+        with trio.move_on_after(0.5):  # as much as the server takes in that time
+            while True:
+                await stream.send_all(junk)
         assert len(conn.parser.upgrade_tail) == 0
         assert conn.parser.buffered < RECV_SIZE
-        await stream.aclose()
+        _reset(stream)  # unsent junk may be queued: a FIN would wait behind it
         with trio.fail_after(5):
             await app.disconnected.wait()
     assert app.after_body == {"type": "http.disconnect"}
+
+
+def _reset(stream: trio.SocketStream) -> None:
+    """Close with a reset (SO_LINGER 0), as a client that gives up does."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    stream.socket.close()
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="the hub watches for the hang-up")
+async def test_declined_upgrade_stops_reading_while_the_app_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client streaming bytes at a long-poll app after a declined ``Upgrade`` gets
+    ``max_request_head_size`` bytes read at most, then none: its sends block in its
+    kernel (uvicorn's cost), instead of the server reading and dropping gigabytes."""
+    read = [0]
+    recv = SocketTransport.recv
+
+    async def counting(self: SocketTransport) -> bytes:
+        data = await recv(self)
+        read[0] += len(data)
+        return data
+
+    monkeypatch.setattr(SocketTransport, "recv", counting)
+    app = http_apps.LongPoll()
+    async with run_server(app) as server:
+        stream = await server.open_stream()
+        assert isinstance(stream, trio.SocketStream)
+        await stream.send_all(get(b"/lp", extra=b"Connection: Upgrade\r\nUpgrade: h2c\r\n"))
+        with trio.fail_after(5):
+            await app.waiting.wait()
+        conn = only_connection(server)
+        server_sock: socket.socket = conn.transport.sock  # type: ignore[attr-defined]
+        read[0] = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_forever, stream)
+
+            def stopped_reading() -> bool:
+                assert read[0] <= DEFAULT_MAX_HEAD_SIZE + RECV_SIZE, read[0]
+                return _queued(server_sock, termios.FIONREAD) >= RECV_SIZE
+
+            await wait_until(stopped_reading, timeout=20)
+            nursery.cancel_scope.cancel()
+        _reset(stream)
+        with trio.fail_after(5):
+            await app.disconnected.wait()
+        await wait_until(lambda: not server.server.connections)
+
+
+async def _send_forever(stream: trio.SocketStream) -> None:
+    junk = b"A" * 65536
+    while True:
+        await stream.send_all(junk)
 
 
 # -- 6. long-poll after a pipelining burst --------------------------------------------------
@@ -135,7 +195,8 @@ async def test_declined_upgrade_keeps_nothing_of_what_follows_while_the_app_wait
 @pytest.mark.parametrize("pipelined", [70, 5000])
 async def test_long_poll_sees_the_disconnect_after_a_pipelining_burst(pipelined: int) -> None:
     """70 GETs (more than the 64 events that used to stop reading for good) and 5,000
-    (~160 KiB, past the head-size budget: the rest is read and dropped)."""
+    (~160 KiB, past the head-size budget: the rest is not read, or read and dropped
+    without the readiness hub)."""
     app = http_apps.LongPoll()
     async with run_server(app) as server:
         stream = await server.open_stream()
@@ -144,7 +205,7 @@ async def test_long_poll_sees_the_disconnect_after_a_pipelining_burst(pipelined:
             await app.waiting.wait()
         conn = only_connection(server)
         await stream.send_all(get(b"/next") * pipelined)
-        await wait_all_read(stream, conn)
+        await wait_all_sent(stream, conn)
         assert conn.parser.buffered <= DEFAULT_MAX_HEAD_SIZE
         await stream.aclose()
         with trio.fail_after(5):
@@ -172,6 +233,51 @@ async def test_one_byte_chunks_come_in_one_message_per_read() -> None:
     # 1.2 MB arrive in reads of up to 65 KiB: far fewer messages than chunks.
     assert len(messages) < 1000
     assert [more for _, _, more in messages] == [True] * (len(messages) - 1) + [False]
+
+
+class BodyCallbacksPerStep(trio.abc.Instrument):
+    """The most calls of httptools' on_body in one task step (between two checkpoints)."""
+
+    def __init__(self) -> None:
+        self.this_step = 0
+        self.most = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.this_step = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.most = max(self.most, self.this_step)
+
+
+async def test_reads_of_one_byte_chunks_are_parsed_a_bounded_slice_per_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """64 KiB reads of one-byte chunks are ~10,000 calls from httptools each: no task
+    step makes more than one slice's worth of them, so other connections run between."""
+    steps = BodyCallbacksPerStep()
+    on_body = HTTPParser._on_body
+
+    def counting(self: HTTPParser, chunk: bytes) -> None:
+        steps.this_step += 1
+        on_body(self, chunk)
+
+    monkeypatch.setattr(HTTPParser, "_on_body", counting)  # bound when a parser is made
+    chunks = 60_000
+    async with run_server(http_apps.body_echo) as server:
+        client = RawHTTP(await server.open_stream())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            response = await send_while_reading(
+                client,
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"1\r\nx\r\n" * chunks
+                + b"0\r\n\r\n",
+                "POST",
+            )
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert response.json()["body"] == "x" * chunks
+    assert 0 < steps.most <= SLICE // len(b"1\r\nx\r\n") + 1
 
 
 async def test_a_content_length_body_read_at_once_is_one_message() -> None:

@@ -13,7 +13,9 @@ from hornbeam_trio.protocol import http11
 from hornbeam_trio.protocol.http11 import (
     CONTINUE_RESPONSE,
     END_OF_MESSAGE,
+    LINES_PER_STEP,
     NEED_DATA,
+    SLICE,
     Event,
     HTTPError,
     HTTPParser,
@@ -529,10 +531,54 @@ def test_body_chunks_of_one_feed_are_one_event() -> None:
     parser = HTTPParser()
     parser.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert isinstance(parser.next_event(), Request)
-    parser.feed(b"1\r\nx\r\n" * 1000)
-    assert drain(parser) == [b"x" * 1000]
+    parser.feed(b"1\r\nx\r\n" * 100)
+    assert drain(parser) == [b"x" * 100]
     parser.feed(b"1\r\ny\r\n" * 3 + b"0\r\n\r\n")
     assert drain(parser) == [b"yyy", END_OF_MESSAGE]
+
+
+def test_a_read_of_tiny_chunks_is_parsed_one_bounded_slice_per_call() -> None:
+    """64 KiB of one-byte chunks (~10,000 callbacks from httptools): ``feed`` and each
+    ``resume`` parse one slice, so the connection can checkpoint between them."""
+    parser = HTTPParser()
+    parser.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(parser.next_event(), Request)
+    read = b"1\r\nx\r\n" * 10_000 + b"0\r\n\r\n" + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    parser.feed(read)
+    assert parser.more
+    body = drain(parser)
+    assert body == []
+    calls = 0
+    while parser.more:
+        assert parser.buffered > 0  # the unparsed rest of the read counts as held
+        parser.resume()
+        body += drain(parser)
+        calls += 1
+    assert calls == -(-len(read) // SLICE)
+    assert all(len(part) <= SLICE // 6 + 1 for part in body[:-3] if isinstance(part, bytes))
+    assert b"".join(p for p in body if isinstance(p, bytes)) == b"x" * 10_000
+    assert body[-3] is END_OF_MESSAGE and isinstance(body[-2], Request)
+    assert body[-1] is END_OF_MESSAGE
+
+
+def test_a_read_of_large_chunks_is_parsed_at_once() -> None:
+    parser = HTTPParser()
+    parser.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(parser.next_event(), Request)
+    parser.feed((b"1000\r\n" + b"x" * 4096 + b"\r\n") * 16)
+    assert not parser.more
+    assert drain(parser) == [b"x" * 4096 * 16]
+
+
+def test_an_upgrade_in_a_sliced_read_keeps_the_rest_of_the_read_as_its_tail() -> None:
+    parser = HTTPParser()
+    frames = b"\n" * (LINES_PER_STEP + 1) + b"f" * (3 * SLICE)
+    parser.feed(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + frames
+    )
+    while parser.more:
+        parser.resume()
+    assert parser.upgrade_tail == frames
 
 
 # -- the whole head ------------------------------------------------------------------

@@ -30,7 +30,9 @@ from .headers import CACHE_MAX, CACHED_VALUE_MAX_LEN, check_name, check_value
 __all__ = [
     "CONTINUE_RESPONSE",
     "END_OF_MESSAGE",
+    "LINES_PER_STEP",
     "NEED_DATA",
+    "SLICE",
     "Event",
     "HTTPError",
     "HTTPParser",
@@ -94,6 +96,20 @@ CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # next line starts; this much beyond max_header_size is tolerated for the
 # request-line tail, ": ", OWS and CRLF of such an invisible partial line.
 _PARTIAL_LINE_SLACK: Final = 64
+
+SLICE: Final = 2048
+"""A read parsed in one step at most, once it proves to be made of short lines."""
+LINES_PER_STEP: Final = 256
+"""More newlines than this in one read: it is parsed in slices of SLICE bytes.
+
+httptools calls back into Python about once per line: per header, per chunk of a
+chunked body (two newlines each), per pipelined request.  A 64 KiB read of one-byte
+chunks is ~10,000 calls, ~20 ms in one task step, while every other connection
+waits.  A read with more lines than this is parsed SLICE bytes per step (at most
+~350 calls: a chunk takes 6 bytes), and the connection checkpoints between slices
+(see :attr:`HTTPParser.more`).  Counting the newlines is one pass in C, made only
+for reads longer than a slice; a Content-Length body (one call per read whatever
+its size) or a large-chunked upload has few newlines and is parsed whole."""
 
 DEFAULT_MAX_HEAD_SIZE: Final = 64 * 1024
 """Request line plus headers, and apart chunked trailers (Config.max_request_head_size)."""
@@ -204,10 +220,13 @@ class HTTPParser:
         "_max_request_line_size",
         "_parser",
         "_partial",
+        "_rest",
+        "_rest_at",
         "_upgrade",
         "_upgrade_tail",
         "_url",
         "events",
+        "more",
     )
 
     def __init__(
@@ -252,6 +271,11 @@ class HTTPParser:
         self._expect: bytes | None = None
         self._upgrade: bytes | None = None
         self._parser = httptools.HttpRequestParser(_Callbacks(self))
+        self._rest = b""
+        self._rest_at = 0
+        self.more = False
+        """Part of the last read is not parsed yet (it is made of short lines, see
+        LINES_PER_STEP): checkpoint, then :meth:`resume`, before reading again."""
 
     # -- public API ---------------------------------------------------------
 
@@ -261,7 +285,45 @@ class HTTPParser:
         Raises :class:`HTTPError` for a malformed or over-limit request, and for
         EOF in the middle of one.  Events for requests completed earlier in the
         same ``data`` stay queued, so they can still be answered first.
+
+        A read of many short lines is only kept: :attr:`more` says so, and
+        :meth:`resume` calls parse it one SLICE each, after a checkpoint of the
+        caller's (the read that brought it may have run in the same task step as
+        the slice before).  ``feed`` is not called again while :attr:`more` is set.
         """
+        if len(data) > SLICE and data.count(b"\n") > LINES_PER_STEP:
+            self._rest = data
+            self._rest_at = 0
+            self.more = True
+            return
+        self._feed(data)
+
+    def resume(self) -> None:
+        """Parse the next slice of a read :meth:`feed` left unparsed (:attr:`more`)."""
+        rest = self._rest
+        start = self._rest_at
+        end = start + SLICE
+        if end >= len(rest):
+            self._rest = b""
+            self.more = False
+            self._feed(rest[start:])
+        else:
+            self._rest_at = end
+            self.more = True
+            try:
+                self._feed(rest[start:end])
+            except HTTPError:
+                self._drop_rest()
+                raise
+
+    def _drop_rest(self) -> bytes:
+        """What :meth:`resume` had left to parse, taken out of the parser."""
+        rest = self._rest[self._rest_at :]
+        self._rest = b""
+        self.more = False
+        return rest
+
+    def _feed(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
         tail = self._upgrade_tail
@@ -285,15 +347,19 @@ class HTTPParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            after_head = data[exc.args[0] :]
+            if self.more:  # the rest of the read follows the head too
+                after_head += self._drop_rest()
             if self._declined:
-                self._read_declined_upgrade_body(data[exc.args[0] :])
+                self._read_declined_upgrade_body(after_head)
             else:
-                self._upgrade_tail = bytearray(data[exc.args[0] :])
+                self._upgrade_tail = bytearray(after_head)
             return
         except httptools.HttpParserError as exc:
             if self._error is not None:  # raised by one of our callbacks
                 raise self._error from None
             if self._closed:  # bytes after the last request (_Stop, or llhttp's own error)
+                self._drop_rest()
                 return
             if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__:
                 raise exc.__context__ from None  # a bug in a callback, not a bad request
@@ -333,6 +399,7 @@ class HTTPParser:
         """About how many bytes of input the parser holds: queued events, the head in
         progress, the upgrade tail.  For accounting and tests, not the hot path."""
         held = len(self._upgrade_tail or b"") + self._head_size + self._partial
+        held += len(self._rest) - self._rest_at
         for event in self._events:
             if isinstance(event, Request):
                 held += len(event.raw_path) + len(event.query_string)
