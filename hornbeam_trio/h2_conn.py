@@ -13,6 +13,16 @@ windows allow (its ``send()`` waits for WINDOW_UPDATE), and received body bytes
 are acknowledged when the app reads them, so a stream's unread body is bounded
 by its window.
 
+Hostile input is bounded in the sans-I/O core (floods: GOAWAY(ENHANCE_YOUR_CALM));
+here only time and writing: the reader writes everything one read provoked before it
+reads again, and waits its turn behind the streams' writes, so a client that does not
+read our answers (PING ACKs, SETTINGS ACKs, RST_STREAMs) stops being read: unsent
+output stays within what one read can provoke, the kernel's buffers hold the rest, and
+the transport's stall timeout (``--timeout``) drops the client.  The reader's one
+cancel scope carries the earliest of its deadlines: the client preface (``--timeout``
+from the start), the idle timeout, and the request bodies' (``--timeout`` without
+progress: 408 or RST_STREAM).
+
 Ending: the peer's EOF, a connection error (``h2`` queued GOAWAY), the idle
 timeout (``keepalive`` seconds with no stream), or a graceful shutdown: GOAWAY
 at once, the streams in flight finish (the server's ``shutdown_timeout``
@@ -78,7 +88,12 @@ class H2Connection:
             max_headers=config.max_headers,
             max_head_size=config.max_request_head_size,
             max_body_size=config.max_request_body_size,
+            body_timeout=config.request_timeout_s,
+            clock=trio.current_time,
         )
+        timeout = config.request_timeout_s
+        self.preface_deadline = trio.current_time() + timeout if timeout else inf
+        """Until the client's preface and first SETTINGS have arrived."""
         self.streams: dict[int, H2Stream | H2WebSocket] = {}
         self.write_lock = trio.StrictFIFOLock()
         self.nursery: trio.Nursery | None = None
@@ -142,25 +157,48 @@ class H2Connection:
                 await self.flush()
                 return
             with trio.CancelScope() as scope:
-                if not self.streams:
-                    scope.deadline = self.idle_deadline
+                scope.deadline = self._deadline()
                 self.read_scope = scope
                 data = await transport.recv()
             self.read_scope = None
             if scope.cancelled_caught:
-                if not self.streams and trio.current_time() >= self.idle_deadline:
+                now = trio.current_time()
+                if not proto.preface_done and now >= self.preface_deadline:
+                    logger.info("no HTTP/2 preface from %s in time: closed", transport.client)
+                    return
+                for late in proto.expired():
+                    self._reject(late)
+                if not self.streams and now >= self.idle_deadline:
                     proto.go_away()  # idle: the loop's top closes
-                await self.flush()  # a GOAWAY from begin_shutdown
+                await self.flush()  # a GOAWAY from begin_shutdown, 408s
                 continue
             if not data:
                 return
             if not await self._feed(data):
                 return
 
+    def _deadline(self) -> float:
+        """When the reader must wake without input: the earliest deadline running."""
+        deadline = self.proto.next_deadline()
+        if not self.streams:
+            deadline = min(deadline, self.idle_deadline)
+        if not self.proto.preface_done:
+            deadline = min(deadline, self.preface_deadline)
+        return deadline
+
+    def body_deadline_armed(self) -> None:
+        """A stream's app read all its body so far: its deadline runs again."""
+        if self.read_scope is not None:
+            self.read_scope.deadline = min(self.read_scope.deadline, self.proto.next_deadline())
+
     async def _feed(self, data: bytes) -> bool:
         """Handle ``data``; False: a connection error was answered, close."""
         try:
             events = self.proto.receive_data(data)
+        except http2.Flood as exc:
+            logger.info("HTTP/2 flood from %s: %s (ENHANCE_YOUR_CALM)", self.transport.client, exc)
+            await self.flush()  # the GOAWAY
+            return False
         except http2.ProtocolError as exc:
             logger.info("HTTP/2 connection error from %s: %s", self.transport.client, exc)
             await self.flush()  # h2 queued the GOAWAY
@@ -430,6 +468,8 @@ class H2Stream:
             if self.chunks:
                 data, flow = self.chunks.popleft()
                 self.conn.proto.acknowledge(self.stream_id, flow)
+                if not self.body_done:
+                    self.conn.body_deadline_armed()
                 more = not (self.body_done and not self.chunks)
                 self.body_read = not more
                 if flow:

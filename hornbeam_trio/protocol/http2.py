@@ -22,15 +22,24 @@ bytes:
   streams in flight able to finish;
 * RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL is offered, and an extended CONNECT
   (``:protocol websocket``) is a request whose stream then carries a WebSocket's
-  bytes both ways, outside ``max_request_body_size`` (a tunnel, not a body).
+  bytes both ways, outside ``max_request_body_size`` (a tunnel, not a body);
+* the bounds on hostile input (see ``h2_limits``): frame floods end the connection with
+  GOAWAY(ENHANCE_YOUR_CALM) before ``h2`` sees the chunk; at most
+  ``max_concurrent_streams`` requests have a running app (counted until the shell calls
+  :meth:`H2Protocol.forget`, so a stream reset by the peer still counts while its app
+  runs), beyond that REFUSED_STREAM; a stream opened and reset within one read never
+  reaches an app; a request body that makes no progress for ``body_timeout`` seconds
+  while its app waits for it is answered 408 (RST_STREAM once the response began).
 
 Imports no event loop and nothing of ours outside ``protocol/``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from math import inf
 from typing import Final
 
 import h2.config
@@ -41,6 +50,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from .h2_limits import FrameScanner
 from .headers import check_name, check_value
 from .http11 import _decode_path
 
@@ -49,6 +59,7 @@ __all__ = [
     "BodyEnded",
     "BodyReceived",
     "ConnectionLost",
+    "Flood",
     "H2Protocol",
     "ProtocolError",
     "RequestReceived",
@@ -63,6 +74,13 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 mean h2c by prior knowledge."""
 
 ProtocolError = h2.exceptions.ProtocolError
+
+
+class Flood(h2.exceptions.ProtocolError):
+    """A per-connection bound broke: GOAWAY(ENHANCE_YOUR_CALM) is queued, close."""
+
+    error_code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
 
 STREAM_WINDOW: Final = 65535
 """Bytes of request body a stream may have unread by its app (SETTINGS_INITIAL_WINDOW_SIZE)."""
@@ -174,6 +192,8 @@ class H2Protocol:
         max_headers: int = 100,
         max_head_size: int = 64 * 1024,
         max_body_size: int | None = None,
+        body_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_path = max_request_line_size
         self.max_header_size = max_header_size
@@ -183,15 +203,20 @@ class H2Protocol:
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
-        self.conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_head_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-            },
-        )
+        self.max_head_size = max_head_size
+        self.conn.local_settings = self._settings(max_concurrent_streams)
+        self.clock = clock
+        self.scanner = FrameScanner(max_header_block=max_head_size + 16384, now=clock())
+        self.active: set[int] = set()
+        """Streams reported to the shell whose task has not ended (:meth:`forget`)."""
+        self.body_timeout = body_timeout
+        self.body_due: dict[int, float] = {}
+        """Deadline of each request body the app waits for: armed while the body is open
+        and the app holds none of it unread (a client held back by our window is not late)."""
+        self.unread: dict[int, int] = {}
+        """Flow-controlled bytes reported and not yet acknowledged, per open body."""
+        self.preface_done = False
+        """The client's preface and first SETTINGS have arrived."""
         self.body_seen: dict[int, int] = {}
         """Body bytes received per open request stream (for ``max_body_size``)."""
         self.tunnels: set[int] = set()
@@ -201,9 +226,29 @@ class H2Protocol:
         """A GOAWAY was sent: streams above ``last_stream_id`` are refused."""
         self.last_stream_id = 0
 
+    def _settings(self, max_streams: int) -> h2.settings.Settings:
+        return h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_head_size,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            },
+        )
+
     def initiate(self) -> None:
-        """Queue our SETTINGS, and widen the connection window to the invariant above."""
+        """Queue our SETTINGS, and widen the connection window to the invariant above.
+
+        The SETTINGS frame advertises ``max_concurrent_streams``; ``h2`` is then given a
+        ceiling twice as high, because ``h2`` answers a stream over its limit with a
+        connection error (PROTOCOL_ERROR) where RFC 9113 5.1.2 wants a stream error: we
+        refuse those streams ourselves (REFUSED_STREAM).  Only a client opening twice
+        the limit within one read meets ``h2``'s connection error.
+        """
         self.conn.initiate_connection()
+        ceiling = max(2 * self.max_concurrent_streams, self.max_concurrent_streams + 100)
+        self.conn.local_settings = self._settings(ceiling)
         extra = min(self.max_concurrent_streams * STREAM_WINDOW, MAX_WINDOW) - STREAM_WINDOW
         if extra > 0:
             self.conn.increment_flow_control_window(extra)
@@ -212,40 +257,79 @@ class H2Protocol:
         return self.conn.data_to_send()
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Our events for ``data``.  Raises ProtocolError: GOAWAY is queued, close after
-        sending it."""
-        out: list[Event] = []
+        """Our events for ``data``.  Raises ProtocolError (or its :class:`Flood`): GOAWAY
+        is queued, close after sending it."""
+        verdict = self.scanner.scan(data, self.clock())
+        if verdict:
+            self._calm_down(verdict)
+        out: list[Event | None] = []
+        opened: dict[int, int] = {}
+        """Requests reported in this call, by stream: a reset within the call unreports."""
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event, out)
+                last = out[-1] if out else None
+                if isinstance(last, RequestReceived) and last.stream_id == event.stream_id:
+                    opened[event.stream_id] = len(out) - 1
             elif isinstance(event, h2.events.DataReceived):
                 self._data(event, out)
             elif isinstance(event, h2.events.StreamEnded):
-                if self.body_seen.pop(event.stream_id, None) is not None:
+                if self.body_seen.get(event.stream_id) is not None:
+                    self._body_closed(event.stream_id)
                     out.append(BodyEnded(event.stream_id))
                 elif event.stream_id in self.tunnels:
                     self.tunnels.discard(event.stream_id)
                     out.append(BodyEnded(event.stream_id))
             elif isinstance(event, h2.events.StreamReset):
-                self.body_seen.pop(event.stream_id, None)
-                self.tunnels.discard(event.stream_id)
-                out.append(StreamReset(event.stream_id))
+                stream_id = event.stream_id
+                self._body_closed(stream_id)
+                self.tunnels.discard(stream_id)
+                index = opened.pop(stream_id, None)
+                if index is not None:
+                    # Opened and reset in one read (rapid reset): no app ever runs for it.
+                    out[index] = None
+                    self.active.discard(stream_id)
+                else:
+                    out.append(StreamReset(stream_id))
             elif isinstance(event, h2.events.WindowUpdated):
                 out.append(WindowOpened(event.stream_id))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.preface_done = True
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     out.append(WindowOpened(0))
             elif isinstance(event, h2.events.ConnectionTerminated):
                 out.append(ConnectionLost(event.last_stream_id or 0))
             # PING, SETTINGS ACK, PRIORITY and trailers need nothing of us: h2 answers
             # what must be answered, and trailers are not passed to the app (ASGI has none).
-        return out
+        return [event for event in out if event is not None]
 
-    def _request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
+    def _calm_down(self, reason: str) -> None:
+        """End the connection for a broken bound: GOAWAY(ENHANCE_YOUR_CALM), then raise."""
+        try:
+            self.conn.close_connection(
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream_id
+            )
+        except h2.exceptions.ProtocolError:
+            pass  # closed already
+        raise Flood(reason)
+
+    def _body_closed(self, stream_id: int) -> None:
+        self.body_seen.pop(stream_id, None)
+        self.body_due.pop(stream_id, None)
+        self.unread.pop(stream_id, None)
+
+    def _request(self, event: h2.events.RequestReceived, out: list[Event | None]) -> None:
         stream_id = event.stream_id
         if self.going_away:
             # After our GOAWAY: never processed (RFC 9113 6.8), the client may retry it.
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.active) >= self.max_concurrent_streams:
+            # Over SETTINGS_MAX_CONCURRENT_STREAMS, counting apps still running for
+            # streams the peer reset: a stream error (RFC 9113 5.1.2), and a reset token.
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            if not self.scanner.refused(self.clock()):
+                self._calm_down("streams beyond the concurrency limit (rapid reset)")
             return
         self.last_stream_id = stream_id
         method = raw_target = b""
@@ -306,6 +390,10 @@ class H2Protocol:
             self.tunnels.add(stream_id)
         elif not ended:
             self.body_seen[stream_id] = 0
+            self.unread[stream_id] = 0
+            if self.body_timeout is not None:
+                self.body_due[stream_id] = self.clock() + self.body_timeout
+        self.active.add(stream_id)
         out.append(
             RequestReceived(
                 stream_id=stream_id,
@@ -319,7 +407,7 @@ class H2Protocol:
             )
         )
 
-    def _data(self, event: h2.events.DataReceived, out: list[Event]) -> None:
+    def _data(self, event: h2.events.DataReceived, out: list[Event | None]) -> None:
         stream_id = event.stream_id
         data = event.data or b""
         flow = event.flow_controlled_length or 0
@@ -334,22 +422,48 @@ class H2Protocol:
         seen += len(data)
         self.body_seen[stream_id] = seen
         if self.max_body_size is not None and seen > self.max_body_size:
-            del self.body_seen[stream_id]
+            self._body_closed(stream_id)
             self.acknowledge(stream_id, flow)
             out.append(RequestRejected(stream_id, 413, "request body too large"))
             return
+        if flow:
+            self.unread[stream_id] += flow
+            self.body_due.pop(stream_id, None)  # the app has body to read: not late
         out.append(BodyReceived(stream_id, data, flow))
 
     # --- what the shell does to a stream ---------------------------------------
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
-        """The app read ``flow_length`` bytes: give them back to the peer's windows."""
+        """The app read ``flow_length`` bytes: give them back to the peer's windows.
+        Once the app has read all it was given, the body's deadline runs again."""
         if flow_length:
             self.conn.acknowledge_received_data(flow_length, stream_id)
+            unread = self.unread.get(stream_id)
+            if unread is not None:
+                unread -= flow_length
+                self.unread[stream_id] = unread
+                if not unread and self.body_timeout is not None:
+                    self.body_due[stream_id] = self.clock() + self.body_timeout
+
+    def next_deadline(self) -> float:
+        """The earliest request-body deadline (``clock`` time), inf when none runs."""
+        return min(self.body_due.values()) if self.body_due else inf
+
+    def expired(self) -> list[RequestRejected]:
+        """Request bodies past their deadline: each answered 408 by the shell (or reset,
+        if its response began); what still arrives of them is only acknowledged."""
+        if not self.body_due:
+            return []
+        now = self.clock()
+        late = [stream_id for stream_id, due in self.body_due.items() if due <= now]
+        for stream_id in late:
+            self._body_closed(stream_id)
+        return [RequestRejected(stream_id, 408, "request body timeout") for stream_id in late]
 
     def forget(self, stream_id: int) -> None:
         """The stream's task is done: a body still arriving is only acknowledged."""
-        self.body_seen.pop(stream_id, None)
+        self._body_closed(stream_id)
+        self.active.discard(stream_id)
         self.tunnels.discard(stream_id)
 
     def send_headers(
@@ -366,13 +480,14 @@ class H2Protocol:
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """``data`` must fit :meth:`sendable`."""
         self.conn.send_data(stream_id, data, end_stream=end_stream)
+        self.scanner.data_sent()
 
     def end_stream(self, stream_id: int) -> None:
         self.conn.end_stream(stream_id)
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         """RST_STREAM, unless the stream is closed already."""
-        self.body_seen.pop(stream_id, None)
+        self._body_closed(stream_id)
         self.tunnels.discard(stream_id)
         try:
             self.conn.reset_stream(stream_id, error_code)
