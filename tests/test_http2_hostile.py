@@ -294,9 +294,13 @@ async def test_a_stalled_request_body_gets_408_and_the_connection_goes_on() -> N
     async with run_server(app, timeout=300) as server:
         raw = await Raw.connect(server.port)
         await raw.send(raw.headers(1, POST, end=False) + DataFrame(1, data=b"abc").serialize())
-        await raw.read_until(lambda fs: any("END_STREAM" in f.flags for f in fs if f.stream_id == 1))
+        await raw.read_until(
+            lambda fs: any("END_STREAM" in f.flags for f in fs if f.stream_id == 1)
+        )
         await raw.send(raw.headers(3, REQUEST, end=True))
-        await raw.read_until(lambda fs: any("END_STREAM" in f.flags for f in fs if f.stream_id == 3))
+        await raw.read_until(
+            lambda fs: any("END_STREAM" in f.flags for f in fs if f.stream_id == 3)
+        )
         await raw.stream.aclose()
     decoder = Decoder()  # the server's header blocks, in the order it sent them
     statuses = {

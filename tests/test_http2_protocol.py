@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import pytest
+from hpack import Encoder
 from hyperframe.frame import Frame, GoAwayFrame, WindowUpdateFrame
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as outcome
+from hypothesis import strategies as st
 
 from hornbeam_trio.protocol import http2
 from hornbeam_trio.protocol.http2 import H2Protocol
@@ -215,3 +220,162 @@ def test_connect_that_is_no_websocket_is_refused(
     [event] = server.receive_data(client.data_to_send())
     assert isinstance(event, http2.RequestRejected)
     assert event.status == status
+
+
+# --- hostile frame sequences (hypothesis) ------------------------------------------------
+
+_stream_ids = st.sampled_from([0, 1, 2, 3, 5, 7, 9, 2**31 - 1])
+
+
+def _frame_bytes(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+@st.composite
+def _frame(draw: st.DrawFn) -> bytes:
+    """One frame as a hostile client might write it: well-formed or not, any kind."""
+    stream_id = draw(_stream_ids)
+    choice = draw(st.sampled_from([0, 0, 0, 0, 1, 2, 2, 3, 4, 5, 6, 6, 6, 7, 8, 9]))
+    if choice == 0:  # a real request head, possibly split over CONTINUATION frames
+        block = Encoder().encode(
+            [
+                *REQUEST,
+                *draw(
+                    st.lists(
+                        st.tuples(
+                            st.sampled_from(["x-a", "content-length", "te", "host"]),
+                            st.sampled_from(["1", "trailers", "", "z" * 100]),
+                        ),
+                        max_size=3,
+                    )
+                ),
+            ]
+        )
+        flags = draw(st.sampled_from([0x4, 0x4, 0x5, 0x5, 0x0, 0x1]))
+        return _frame_bytes(0x1, flags, draw(st.sampled_from([1, 3, 5, 7, 9, 0, 2])), block)
+    if choice == 1:
+        return _frame_bytes(
+            0x9, draw(st.sampled_from([0, 4])), stream_id, draw(st.binary(max_size=40))
+        )
+    if choice == 2:
+        return _frame_bytes(0x3, 0, stream_id, draw(st.integers(0, 14)).to_bytes(4, "big"))
+    if choice == 3:
+        return _frame_bytes(
+            0x6, draw(st.sampled_from([0, 1])), 0, draw(st.binary(min_size=8, max_size=8))
+        )
+    if choice == 4:
+        settings = b"".join(
+            draw(st.integers(1, 9)).to_bytes(2, "big")
+            + draw(st.sampled_from([0, 1, 100, 2**31, 2**32 - 1])).to_bytes(4, "big")
+            for _ in range(draw(st.integers(0, 3)))
+        )
+        return _frame_bytes(0x4, draw(st.sampled_from([0, 1])), 0, settings)
+    if choice == 5:
+        increment = draw(st.sampled_from([0, 1, 65535, 2**31 - 1]))
+        return _frame_bytes(0x8, 0, stream_id, increment.to_bytes(4, "big"))
+    if choice == 6:
+        return _frame_bytes(
+            0x0, draw(st.sampled_from([0, 1, 8, 9])), stream_id, draw(st.binary(max_size=64))
+        )
+    if choice == 7:
+        return _frame_bytes(0x2, 0, stream_id, draw(st.binary(min_size=5, max_size=5)))
+    if choice == 8:
+        return _frame_bytes(0x7, 0, 0, draw(st.binary(min_size=8, max_size=12)))
+    return _frame_bytes(
+        draw(st.integers(0, 255)),
+        draw(st.integers(0, 255)),
+        stream_id,
+        draw(st.binary(max_size=20)),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sequence=st.lists(_frame(), max_size=40),
+    repeat=st.integers(1, 40),
+    opened=st.integers(0, 300),
+    reset=st.booleans(),
+    cut=st.integers(1, 97),
+)
+def test_any_frame_sequence_ends_in_a_response_a_reset_or_goaway(
+    sequence: list[bytes], repeat: int, opened: int, reset: bool, cut: int
+) -> None:
+    """Frames of every kind, valid or not, repeated (floods) and split anywhere: no
+    exception but ProtocolError escapes (and then GOAWAY is queued); every request the
+    core reported is answered (the shell's part played here) or reset, and nothing the
+    core holds per stream outlives its stream."""
+    server, _ = pair(max_concurrent_streams=4, body_timeout=1.0)
+    wire = b"".join(sequence) * repeat
+    head = Encoder().encode(REQUEST)  # then streams opened (and reset: rapid reset)
+    for stream_id in range(101, 101 + 2 * opened, 2):
+        wire += _frame_bytes(0x1, 0x5, stream_id, head)
+        if reset:
+            wire += _frame_bytes(0x3, 0, stream_id, b"\x00\x00\x00\x08")
+    out = b""
+    reported: set[int] = set()
+    try:
+        for start in range(0, len(wire), cut):
+            for event in server.receive_data(wire[start : start + cut]):
+                assert isinstance(
+                    event,
+                    (
+                        http2.RequestReceived,
+                        http2.RequestRejected,
+                        http2.BodyReceived,
+                        http2.BodyEnded,
+                        http2.StreamReset,
+                        http2.WindowOpened,
+                        http2.ConnectionLost,
+                    ),
+                )
+                if isinstance(event, (http2.RequestReceived, http2.RequestRejected)):
+                    reported.add(event.stream_id)
+                    try:
+                        server.send_headers(
+                            event.stream_id, http2.response_block(200, []), end_stream=True
+                        )
+                    except http2.ProtocolError:
+                        pass  # reset meanwhile
+                    server.reset(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    server.forget(event.stream_id)
+            out += server.data_to_send()
+    except http2.ProtocolError:
+        out += server.data_to_send()
+        assert any(isinstance(f, GoAwayFrame) for f in frames(out))
+        outcome("connection error")
+        return
+    outcome(f"no connection error, {min(len(reported), 3)}+ requests")
+    answered = {
+        f.stream_id for f in frames(out) if type(f).__name__ in ("HeadersFrame", "RstStreamFrame")
+    }
+    assert reported <= answered
+    assert not server.active and not server.body_seen and not server.body_due
+
+
+def test_a_body_deadline_runs_only_while_the_app_waits_for_the_client() -> None:
+    """A request body's ``body_timeout`` is suspended while the app holds unread body (the
+    client may be held back by our window): it restarts when the app has read it all."""
+    now = [0.0]
+    server = H2Protocol(body_timeout=5.0, clock=lambda: now[0])
+    server.initiate()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), *REQUEST[1:]])
+    server.receive_data(client.data_to_send())
+    assert server.next_deadline() == 5.0
+    client.send_data(1, b"x" * 100)
+    now[0] = 4.0
+    [body] = server.receive_data(client.data_to_send())
+    assert isinstance(body, http2.BodyReceived)
+    now[0] = 100.0  # the app is away: not the client's fault
+    assert server.expired() == []
+    server.acknowledge(1, body.flow_length)
+    assert server.next_deadline() == 105.0
+    now[0] = 105.0
+    assert server.expired() == [http2.RequestRejected(1, 408, "request body timeout")]
+    assert server.next_deadline() == float("inf")
