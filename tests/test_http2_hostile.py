@@ -22,6 +22,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -243,6 +244,14 @@ async def test_empty_data_frame_flood_is_answered_with_goaway() -> None:
         raw = await Raw.connect(server.port)
         await raw.send(raw.headers(1, POST, end=False))
         await raw.send(DataFrame(1, data=b"").serialize() * 1000)
+        frames = await raw.read_until_closed()
+    assert goaway(frames).error_code == ENHANCE_YOUR_CALM
+
+
+async def test_priority_flood_is_answered_with_goaway() -> None:
+    async with run_server(http_apps.hello) as server:
+        raw = await Raw.connect(server.port)
+        await raw.send(PriorityFrame(1, depends_on=0, stream_weight=15).serialize() * 5000)
         frames = await raw.read_until_closed()
     assert goaway(frames).error_code == ENHANCE_YOUR_CALM
 
