@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
+from redis_server import RedisServer, redis_server, skip_or_fail
 
 from hornbeam_erlang import publish, subscribe
 from hornbeam_trio import stats, subscription
 from hornbeam_trio.fanout import INLINE_LIMIT, MAX_QUEUED, MAX_QUEUED_BYTES, SLICE
 from hornbeam_trio.pubsub import Subscription
-from hornbeam_trio.runtime import get_runtime
+from hornbeam_trio.runtime import current_runtime, get_runtime
 from hornbeam_trio.testing import run_server
 
 pytestmark = pytest.mark.usefixtures("hornbeam_state")
@@ -138,3 +140,32 @@ async def test_a_publisher_outrunning_the_fan_out_delivers_the_backlog_itself() 
         for sub in (subs[0], subs[-1]):
             got = [sub.get_nowait() for _ in range(len(sub))]
             assert got == [*range(publishes), big, big, big, big]  # in order, none lost
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    skip_or_fail()
+    with redis_server() as server:
+        yield server
+
+
+async def test_a_fan_out_arriving_over_redis_is_split_the_same_way(redis: RedisServer) -> None:
+    """The Redis subscriber loop delivers locally through the same hub and FIFO."""
+    async with run_server(both_topics_app, backend=redis.url) as server, AsyncExitStack() as stack:
+        token = current_runtime.set(server.server.runtime)
+        try:
+            subs = await open_many(stack, "big", 2 * SLICE + 1)
+            watch = DeliveriesPerStep(subs)
+            trio.lowlevel.add_instrument(watch)
+            try:
+                await trio.lowlevel.checkpoint()
+                publish("big", "A")
+                publish("big", "B")
+                await until(lambda: all(len(sub) == 2 for sub in subs))
+                await trio.lowlevel.checkpoint()
+            finally:
+                trio.lowlevel.remove_instrument(watch)
+            assert 0 < watch.most <= SLICE
+            assert [subs[-1].get_nowait(), subs[-1].get_nowait()] == ["A", "B"]
+        finally:
+            current_runtime.reset(token)
