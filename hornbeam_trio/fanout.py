@@ -39,6 +39,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections import deque
@@ -46,6 +47,8 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import trio
+
+logger = logging.getLogger("hornbeam_trio")
 
 INLINE_LIMIT = 1000
 """Fan-outs to more local subscribers than this are queued (with the FIFO empty)."""
@@ -152,8 +155,11 @@ class FanOut:
                 live = topics.get(job.topic) or {}
                 delivery = job.delivery
                 for subscriber in reversed(chunk):
-                    if subscriber in live and subscriber.deliver(delivery):
-                        reached += 1
+                    try:
+                        if subscriber in live and subscriber.deliver(delivery):
+                            reached += 1
+                    except Exception:  # the others still get it; the task must not die
+                        logger.exception("delivering to a subscriber of %r failed", job.topic)
                 del chunk
             else:
                 budget -= 1
