@@ -114,7 +114,12 @@ decr = state_decr
 
 # -- pub/sub -----------------------------------------------------------------
 def publish(topic: str, message: Any) -> int:
-    """Deliver to every subscriber of ``topic`` without blocking; returns how many."""
+    """Deliver to every subscriber of ``topic`` without blocking; returns how many.
+
+    A fan-out to more than 1,000 subscribers in this process (and any publish made
+    while one is pending) is delivered after the call, in slices, in publish order:
+    the count is then of the subscribers it will try (see :mod:`hornbeam_trio.fanout`).
+    """
     reached = get_runtime().backend.publish(topic, message)
     COUNTS.published += 1  # after: a publish that raised (a bad value) was not made
     return reached

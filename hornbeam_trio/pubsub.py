@@ -8,6 +8,10 @@ queues only what the kernel did not take; a :class:`Subscription` iterator
 appends to its bounded queue.  So one slow subscriber never delays the others
 and ``publish()`` never waits.  What happens when a subscriber's queue is full
 is the configured slow-consumer policy: ``close`` or ``drop-oldest``.
+
+A fan-out to more than ``fanout.INLINE_LIMIT`` subscribers, and every publish made
+while one is pending, goes through the FIFO of :mod:`hornbeam_trio.fanout`, worked
+through in slices by its own task: per-subscriber order holds across topics.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import trio
 
 from .backends.codec import EncodedJSON
 from .backends.history import Kept, Position
+from .fanout import FanOut, deliver_all
 from .protocol.websocket import encode_binary, encode_text
 
 
@@ -69,6 +74,12 @@ class Delivery:
             self._text = json.dumps(message, separators=(",", ":"))
 
     @property
+    def size(self) -> int:
+        """About what the message holds in memory: its text's or bytes' length."""
+        text = self._text
+        return len(text) if text is not None else len(self.message)
+
+    @property
     def is_binary(self) -> bool:
         return isinstance(self.message, bytes)
 
@@ -108,10 +119,12 @@ class Subscriber(Protocol):
 
 
 class Hub:
-    """topic -> subscribers in this process."""
+    """topic -> subscribers in this process, and the FIFO of its big fan-outs."""
 
     def __init__(self) -> None:
         self.topics: dict[str, dict[Subscriber, None]] = {}
+        self.fanout = FanOut(self.topics, COUNTS)
+        """Its ``run()`` is started by ``serve()``; without it, every fan-out is inline."""
 
     def add(self, topic: str, subscriber: Subscriber) -> bool:
         """Register; True when this is the topic's first local subscriber."""
@@ -140,11 +153,11 @@ class Hub:
                 json.dumps(message)  # same TypeError with or without listeners
             return 0
         delivery = message if isinstance(message, Delivery) else Delivery(message)
-        reached = 0
+        fanout = self.fanout
+        if fanout.jobs or len(subscribers) > fanout.limit:  # behind what is queued, or big
+            return fanout.submit(topic, delivery, subscribers, delivery.size)
         # A tuple: deliver() may unsubscribe (slow-consumer close) while we iterate.
-        for subscriber in tuple(subscribers):
-            if subscriber.deliver(delivery):
-                reached += 1
+        reached = deliver_all(tuple(subscribers), delivery)
         COUNTS.delivered += reached
         return reached
 

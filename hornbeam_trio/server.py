@@ -416,6 +416,7 @@ async def _run_shielded(
     with trio.CancelScope(shield=True):
         async with _backend_running(server.runtime), trio.open_nursery() as lifespan_nursery:
             lifespan_nursery.start_soon(server.batcher.run)
+            lifespan_nursery.start_soon(server.runtime.hub.fanout.run)
             await lifespan_nursery.start(server.timers.run)
             if ReadinessHub.available():
                 # Outlives every connection: this nursery closes after the connections'.
