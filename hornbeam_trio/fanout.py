@@ -114,17 +114,21 @@ class FanOut:
     def submit(self, topic: str, delivery: Any, subscribers: dict[Any, None], size: int) -> int:
         """Queue ``delivery`` to ``subscribers`` behind the jobs ahead; how many it will try.
 
-        Past a bound, or from another thread than the task's, the backlog and this
-        fan-out are delivered here and now instead (still in order).
+        Past a bound, the backlog and this fan-out are delivered here and now instead
+        (still in order).  From another thread than the task's, only this fan-out is,
+        here and now: it may overtake queued ones (the backlog is the task's to touch).
         """
         count = len(subscribers)
+        foreign = self._task is not None and threading.get_ident() != self._thread
         if (
-            self.queued + count + 1 > MAX_QUEUED
-            or self.queued_bytes + size > MAX_QUEUED_BYTES
+            foreign
             or self._task is None
-            or threading.get_ident() != self._thread
+            or self.queued + count + 1 > MAX_QUEUED
+            or self.queued_bytes + size > MAX_QUEUED_BYTES
         ):
-            self.drain()
+            if not foreign:
+                # Never from another thread: the task may be in _work() on these jobs.
+                self.drain()
             reached = deliver_all(tuple(subscribers), delivery)
             self._counts.delivered += reached
             return reached

@@ -198,6 +198,7 @@ class HTTPParser:
     """
 
     __slots__ = (
+        "_body_left",
         "_body_parts",
         "_body_size",
         "_chunked",
@@ -264,6 +265,9 @@ class HTTPParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._hosts = 0
         self._body_size = 0
+        self._body_left = 0
+        """Bytes of a Content-Length body still to come: httptools hands them over in one
+        call per read, however many newlines they hold, so feed() counts none of them."""
         self._body_parts: list[bytes] = []
         """Body chunks of the current feed, joined into one event at its end."""
         self._content_length: bytes | None = None
@@ -291,7 +295,9 @@ class HTTPParser:
         caller's (the read that brought it may have run in the same task step as
         the slice before).  ``feed`` is not called again while :attr:`more` is set.
         """
-        if len(data) > SLICE and data.count(b"\n") > LINES_PER_STEP:
+        n = len(data)
+        body = self._body_left  # a Content-Length body's newlines cost no calls: not counted
+        if n > SLICE and body < n and data.count(b"\n", body) > LINES_PER_STEP:
             self._rest = data
             self._rest_at = 0
             self.more = True
@@ -428,6 +434,7 @@ class HTTPParser:
         self._headers = []
         self._hosts = 0
         self._body_size = 0
+        self._body_left = 0
         self._content_length = None
         self._chunked = False
         self._expect = None
@@ -510,8 +517,10 @@ class HTTPParser:
         # llhttp has already checked the digits; say 413 before any body arrives.
         max_body = self._max_body_size
         length = self._content_length
-        if max_body is not None and length is not None and int(length) > max_body:
-            self._fail(413, "request body too large")
+        if length is not None and not self._chunked:
+            self._body_left = int(length)
+            if max_body is not None and self._body_left > max_body:
+                self._fail(413, "request body too large")
         self._keep_alive = keep_alive = parser.should_keep_alive()
         if self._chunked and version == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
@@ -548,6 +557,8 @@ class HTTPParser:
 
     def _on_body(self, chunk: bytes) -> None:
         self._partial = 0
+        if self._body_left:
+            self._body_left -= len(chunk)
         if self._max_body_size is not None:
             self._body_size += len(chunk)
             if self._body_size > self._max_body_size:
