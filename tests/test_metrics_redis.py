@@ -12,17 +12,15 @@ Real redis-servers (skipped without one, failed under HORNBEAM_CI).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from hornbeam_trio.metrics_workers import merge
 from tests.example_server import eventually, example_server, http_get
-from tests.redis_server import RedisServer, redis_server, skip_or_fail
+from tests.redis_server import RedisServer
 from tests.test_metrics import metrics_port, parse, scrape, value
 
 WORKER_1 = """\
@@ -73,13 +71,6 @@ def test_merge_sums_counters_gauges_and_histograms_and_keeps_redis_up_and_outage
     assert value(samples, "hornbeam_redis_up") == 0  # down as soon as one worker sees it
     assert value(samples, "hornbeam_redis_outages_total") == 1  # one Redis, one outage
     assert value(samples, "hornbeam_workers_scraped") == 2
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    skip_or_fail()
-    with redis_server() as server:
-        yield server
 
 
 async def _json(ws: Any) -> Any:

@@ -50,24 +50,11 @@ from hornbeam_trio.testing import TestServer, run_server
 from hornbeam_trio.types import Receive, Scope, Send
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    skip_or_fail()
-    with redis_server() as server:
-        yield server
-
-
 @pytest.fixture
 def redis_available() -> None:
     """For a test that starts redis-server itself (a skip inside a Trio test loses its
     reason)."""
     skip_or_fail()
-
-
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    redis.command("FLUSHALL")
-    return redis.url
 
 
 # -- apps --------------------------------------------------------------------

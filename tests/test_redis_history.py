@@ -30,19 +30,6 @@ from tests.apps.history_race import TOPIC, app
 HISTORY = "chat:*=5000,300s"
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    skip_or_fail()
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    redis.command("FLUSHALL")
-    return redis.url
-
-
 @contextmanager
 def façade_of(server: TestServer) -> Iterator[None]:
     """Make the Hornbeam calls in this test task use ``server``'s runtime."""

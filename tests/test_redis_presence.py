@@ -9,13 +9,12 @@ redis-server these skip with the reason, or fail when HORNBEAM_CI is set.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 from example_server import eventually, example_server, killable_server
-from redis_server import RedisServer, redis_server, skip_or_fail
+from redis_server import RedisServer
 from test_redis import façade_of, noop_app
 from trio_websocket import open_websocket_url
 
@@ -25,19 +24,6 @@ from hornbeam_trio.testing import run_server
 SPEC = "tests.apps.presence_app:app"
 ROOM = "room:lobby"
 LEASE = 1.0
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    skip_or_fail()
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    redis.command("FLUSHALL")
-    return redis.url
 
 
 async def member_of(ws: Any) -> str:
