@@ -914,6 +914,26 @@ def test_a_read_of_thousands_of_tiny_frames_is_parsed_a_bounded_number_per_call(
     assert bytes(proto.outgoing) == b"\x8a\x01p" * 600  # each ping its pong
 
 
+def test_a_message_of_large_and_small_fragments_is_whole_and_in_order() -> None:
+    """Fragments large and small, plain and compressed, make the same message, text split
+    inside a multi-byte character included."""
+    text = ("é" * 50_000).encode()  # 100,000 bytes, two per character
+    pieces = [text[:70_001], text[70_001:70_011], text[70_011:]]  # cuts inside characters
+    data = frame(1, pieces[0], fin=False) + frame(0, pieces[1], fin=False)
+    data += frame(0, pieces[2])
+    assert feed(ServerProtocol(), data) == ["é" * 50_000]
+    binary = bytes(range(256)) * 1024  # 256 KiB
+    data = frame(2, binary[:10], fin=False) + frame(0, binary[10:200_000], fin=False)
+    data += frame(0, binary[200_000:200_005], fin=False) + frame(0, binary[200_005:])
+    proto = ServerProtocol()
+    assert feed(proto, data) == [binary]
+    assert feed(proto, frame(2, b"next")) == [b"next"]  # nothing of the last one left over
+    params = DeflateParams()
+    assert feed(
+        ServerProtocol(deflate=params), client_message(client_pmd(params), binary, 3)
+    ) == [binary]
+
+
 def test_a_control_frame_held_in_part_is_not_a_frame_being_received() -> None:
     """The frame deadline is for data frames arriving slowly; a ping cut by a read boundary
     must not start (or, ping after ping, renew) it, or a ping flood never idles out."""
