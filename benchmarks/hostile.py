@@ -5,8 +5,9 @@ connections (default 20) against a fresh server process (hornbeam_trio, then
 uvicorn with ``--loop uvloop --http httptools --ws websockets-sansio``), while one
 other client (``hostile_probe.py``, a process of its own) sends ``GET /`` on a
 keep-alive connection every 5 ms.  Printed per attack and server: peak RSS, CPU
-seconds the server spent, and that other client's p99 (and how many of its requests
-failed).  A server over ``--rss-cap`` MiB is killed and shown as ``>cap``.  With two
+seconds the server spent, its CPU per KiB the attackers sent (µs; ``echo_baseline``,
+1 KiB messages echoed, is the yardstick), and that other client's p99 (and how many of its
+requests failed).  A server over ``--rss-cap`` MiB is killed and shown as ``>cap``.  With two
 cores or more the server runs on core 0, the attackers and the probe on core 1; the
 figures still move with the load of the machine: read them side by side::
 
@@ -122,14 +123,36 @@ async def trio_or_asyncio_sleep(seconds: float) -> None:
 Attack = Callable[[int, float], Awaitable[None]]
 
 
-async def connect(port: int, *, rcvbuf: int = 4096) -> trio.SocketStream:
+SENT = [0]
+"""Bytes the attackers' send_all() calls returned from: what the server was sent (less
+what still sat in kernel buffers when the attack ended, a few MiB at most)."""
+
+
+class CountingStream:
+    """A ``trio.SocketStream`` (final: not subclassable) that counts what it sent."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+        SENT[0] += len(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def connect(port: int, *, rcvbuf: int = 4096) -> CountingStream:
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     await sock.connect((HOST, port))
-    return trio.SocketStream(sock)
+    return CountingStream(trio.SocketStream(sock))
 
 
-async def websocket(port: int, path: str, extra: str = "") -> trio.SocketStream:
+async def websocket(port: int, path: str, extra: str = "") -> CountingStream:
     stream = await connect(port)
     request = handshake(path)
     if extra:
@@ -147,7 +170,7 @@ async def websocket(port: int, path: str, extra: str = "") -> trio.SocketStream:
 async def keep_sending(
     port: int,
     seconds: float,
-    opener: Callable[[], Awaitable[trio.SocketStream]],
+    opener: Callable[[], Awaitable[CountingStream]],
     chunks: Callable[[], bytes],
 ) -> None:
     """Open, send ``chunks()`` until the time is up; reconnect when the server closes."""
@@ -165,7 +188,7 @@ async def keep_sending(
 
 
 async def declined_upgrade(port: int, seconds: float) -> None:
-    async def opener() -> trio.SocketStream:
+    async def opener() -> CountingStream:
         stream = await connect(port)
         await stream.send_all(
             b"GET /lp HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
@@ -195,7 +218,7 @@ async def deflate_bomb(port: int, seconds: float) -> None:
 async def one_byte_continuations(port: int, seconds: float) -> None:
     first = [True]
 
-    async def opener() -> trio.SocketStream:
+    async def opener() -> CountingStream:
         first[0] = True
         return await websocket(port, "/echo")
 
@@ -245,7 +268,7 @@ async def longpoll_pipelining(port: int, seconds: float) -> None:
 
 
 async def one_byte_chunks(port: int, seconds: float) -> None:
-    async def opener() -> trio.SocketStream:
+    async def opener() -> CountingStream:
         stream = await connect(port)
         await stream.send_all(
             b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -277,7 +300,7 @@ async def huge_heads(port: int, seconds: float) -> None:
 
 async def slow_consumer(port: int, seconds: float) -> None:
     """A subscriber that never reads, and (per attacker) a publisher of 1 KiB bursts."""
-    held: list[trio.SocketStream] = []
+    held: list[CountingStream] = []
     with trio.move_on_after(seconds):
         try:
             held.append(await websocket(port, "/sub"))
@@ -294,12 +317,28 @@ async def slow_consumer(port: int, seconds: float) -> None:
         await stream.aclose()
 
 
-async def _drain(stream: trio.SocketStream) -> None:
+async def _drain(stream: CountingStream) -> None:
     while await stream.receive_some(1 << 16):
         pass
 
 
+async def echo_baseline(port: int, seconds: float) -> None:
+    """Not an attack: 1 KiB text messages echoed and read back, the yardstick for the
+    CPU per KiB received that each attack costs (issue 16: no more than a plain echo)."""
+    message = masked(b"e" * 1024) * 16
+    with trio.move_on_after(seconds):
+        try:
+            stream = await websocket(port, "/echo")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, stream)
+                while True:
+                    await stream.send_all(message)
+        except (OSError, trio.BrokenResourceError):
+            pass
+
+
 ATTACKS: dict[str, Attack] = {
+    "echo_baseline": echo_baseline,
     "declined_upgrade": declined_upgrade,
     "ping_flood": ping_flood,
     "deflate_bomb": deflate_bomb,
@@ -318,6 +357,7 @@ async def measure(server: Server, attack: Attack, args: argparse.Namespace) -> d
     peak = server.rss_mib()
     capped = False
     cpu = server.cpu()
+    SENT[0] = 0
     # The other client is a process of its own on the attackers' core (see hostile_probe.py).
     probe = subprocess.Popen(
         [
@@ -346,13 +386,16 @@ async def measure(server: Server, attack: Attack, args: argparse.Namespace) -> d
                 server.stop()
                 nursery.cancel_scope.cancel()
             await trio.sleep(0.1)
-    used = server.cpu() - cpu if server.proc.poll() is None else float("nan")
+    alive = server.proc.poll() is None
+    used = server.cpu() - cpu if alive else float("nan")
+    received = SENT[0]
     out, _ = await trio.to_thread.run_sync(probe.communicate)
     p99_text, failed, _count = out.split()
     return {
         "rss": peak,
         "capped": capped,
         "cpu": used,
+        "us_per_kib": used * 1e6 / (received / 1024) if received > 0 else float("nan"),
         "p99": float(p99_text),
         "failed": int(failed),
     }
@@ -397,7 +440,8 @@ def main() -> None:
     if names_unknown:
         parser.error(f"--only: unknown {', '.join(sorted(names_unknown))}")
     header = f"{'attack':<24}" + "".join(
-        f"| {s + ' RSS MiB':>18} {'CPU s':>6} {'p99 ms':>8} {'fail':>4} " for s in servers
+        f"| {s + ' RSS MiB':>18} {'CPU s':>6} {'us/KiB':>7} {'p99 ms':>8} {'fail':>4} "
+        for s in servers
     )
     print(f"{args.connections} attacking connections, {args.seconds:g} s per attack")
     print(header)
@@ -409,7 +453,10 @@ def main() -> None:
                     os.sched_setaffinity(server.proc.pid, {0})
                 result = trio.run(measure, server, ATTACKS[name], args)
             rss = f">{args.rss_cap:.0f}" if result["capped"] else f"{result['rss']:.0f}"
-            row += f"| {rss:>18} {result['cpu']:>6.2f} {result['p99']:>8.1f} {result['failed']:>4} "
+            row += (
+                f"| {rss:>18} {result['cpu']:>6.2f} {result['us_per_kib']:>7.2f}"
+                f" {result['p99']:>8.1f} {result['failed']:>4} "
+            )
         print(row, flush=True)
 
 
