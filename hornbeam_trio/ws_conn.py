@@ -462,8 +462,8 @@ class WebSocketConnection(WebSocketSession):
             if self._recv_unyielded >= CHECKPOINT_EVERY:
                 self._recv_unyielded = 0
                 await checkpoint()
-            if len(events) == MAX_QUEUED_EVENTS or self._queued_bytes >= self._max_queue_bytes:
-                self._reader.resume()
+            if len(events) == MAX_QUEUED_EVENTS or self.app_behind():
+                self._reader.resume()  # it stopped (or may stop) at a bound: taking one frees it
             message = events.pop(0)
             if events:
                 self._dequeued()
@@ -476,6 +476,7 @@ class WebSocketConnection(WebSocketSession):
             raise trio.BusyResourceError("another task is waiting in receive()")
         self._recv_unyielded = 0
         self._app_waiter = current_task()
+        self._reader.resume()  # it may have stopped at a message in progress: go on with it
         await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
         if events:
             message = events.pop(0)
@@ -500,12 +501,22 @@ class WebSocketConnection(WebSocketSession):
         """The app has enough to take (messages or bytes): read no more until it takes some.
 
         The rest stays in the kernel (TCP backpressure); also while our replies are not
-        being taken (the writer above its high-water mark).
+        being taken (the writer above its high-water mark).  A message still arriving
+        counts too while the app is not waiting in receive(): a 16 MiB message (a deflate
+        bomb is 16 KB on the wire) is not assembled for an app that is away, only up to
+        ``--websocket-max-queue-bytes``; the app's own receive() goes on with it.
         """
-        return (
+        if (
             len(self._events) >= MAX_QUEUED_EVENTS
             or self._queued_bytes >= self._max_queue_bytes
             or self.writer.pending_bytes > SEND_HIGH_WATER
+        ):
+            return True
+        protocol = self.protocol
+        return (
+            protocol is not None
+            and self._app_waiter is None
+            and self._queued_bytes + protocol.message_bytes >= self._max_queue_bytes
         )
 
     def _read_failed(self) -> None:

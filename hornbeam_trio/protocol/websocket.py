@@ -318,6 +318,12 @@ class ServerProtocol:
             self._swbits = self._cwbits = 15
 
     @property
+    def message_bytes(self) -> int:
+        """Bytes held for the message in progress: its payload so far (inflated) and
+        the input not parsed yet (a frame still arriving, or left at a call's bound)."""
+        return len(self._frag) + len(self._buf) - self._pos
+
+    @property
     def closed(self) -> bool:
         """True once the closing handshake is complete or we failed: the caller closes TCP."""
         return self._failed or (self.close_sent and self.close_received)
