@@ -337,8 +337,26 @@ async def echo_baseline(port: int, seconds: float) -> None:
             pass
 
 
+async def echo_tiny_frames(port: int, seconds: float) -> None:
+    """Not an attack: the bytes of ``one_byte_continuations``, but each 64 fragments end
+    their message, which the app echoes and the client reads: the plain echo of the same
+    bytes, what issue 16 measures a flood of tiny frames against."""
+    message = masked(b"a", opcode=0x1, fin=False)
+    message += masked(b"a", opcode=0x0, fin=False) * 62 + masked(b"a", opcode=0x0)
+    with trio.move_on_after(seconds):
+        try:
+            stream = await websocket(port, "/echo")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, stream)
+                while True:
+                    await stream.send_all(message * 64)
+        except (OSError, trio.BrokenResourceError):
+            pass
+
+
 ATTACKS: dict[str, Attack] = {
     "echo_baseline": echo_baseline,
+    "echo_tiny_frames": echo_tiny_frames,
     "declined_upgrade": declined_upgrade,
     "ping_flood": ping_flood,
     "deflate_bomb": deflate_bomb,
