@@ -322,36 +322,32 @@ async def _drain(stream: CountingStream) -> None:
         pass
 
 
-async def echo_baseline(port: int, seconds: float) -> None:
-    """Not an attack: 1 KiB text messages echoed and read back, the yardstick for the
-    CPU per KiB received that each attack costs (issue 16: no more than a plain echo)."""
-    message = masked(b"e" * 1024) * 16
+async def echo_load(port: int, seconds: float, burst: bytes) -> None:
+    """Not an attack: ``burst`` sent again and again to the echo app, every echo read."""
     with trio.move_on_after(seconds):
         try:
             stream = await websocket(port, "/echo")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain, stream)
                 while True:
-                    await stream.send_all(message)
+                    await stream.send_all(burst)
         except (OSError, trio.BrokenResourceError):
             pass
+
+
+async def echo_baseline(port: int, seconds: float) -> None:
+    """1 KiB text messages echoed and read back: the yardstick for the CPU per KiB
+    received that each attack costs (issue 16: no more than a plain echo)."""
+    await echo_load(port, seconds, masked(b"e" * 1024) * 16)
 
 
 async def echo_tiny_frames(port: int, seconds: float) -> None:
-    """Not an attack: the bytes of ``one_byte_continuations``, but each 64 fragments end
-    their message, which the app echoes and the client reads: the plain echo of the same
-    bytes, what issue 16 measures a flood of tiny frames against."""
+    """The bytes of ``one_byte_continuations``, but each 64 fragments end their message,
+    which the app echoes and the client reads: the plain echo of the same bytes, what
+    issue 16 measures a flood of tiny frames against."""
     message = masked(b"a", opcode=0x1, fin=False)
     message += masked(b"a", opcode=0x0, fin=False) * 62 + masked(b"a", opcode=0x0)
-    with trio.move_on_after(seconds):
-        try:
-            stream = await websocket(port, "/echo")
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, stream)
-                while True:
-                    await stream.send_all(message * 64)
-        except (OSError, trio.BrokenResourceError):
-            pass
+    await echo_load(port, seconds, message * 64)
 
 
 ATTACKS: dict[str, Attack] = {

@@ -49,11 +49,11 @@ from .protocol import http2
 from .protocol.http11 import loggable_path
 from .runtime import ConnectionContext, current_connection
 from .transport import Transport, TransportClosed
-from .types import ASGI_VERSION, ClientDisconnected
+from .types import ClientDisconnected
 
 if TYPE_CHECKING:
     from .server_context import ServerContext
-    from .types import Message, Scope
+    from .types import Message
 
 logger = logging.getLogger("hornbeam_trio")
 access_logger = logging.getLogger("hornbeam_trio.access")
@@ -382,23 +382,8 @@ class H2Stream:
         server = conn.server
         request = self.request
         transport = conn.transport
-        root_path = server.config.root_path
-        scope: Scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": "2",
-            "scheme": server.http_scheme,
-            "path": root_path + request.path,
-            "raw_path": request.raw_path,
-            "query_string": request.query_string,
-            "root_path": root_path,
-            "headers": request.headers,
-            "client": transport.client,
-            "server": transport.server,
-            "method": request.method,
-        }
-        if server.lifespan.supported:
-            scope["state"] = server.lifespan.state.copy()
+        scope = server.base_scope(request, transport, "http")
+        scope["method"] = request.method
         try:
             try:
                 await server.app(scope, self.receive, self.send)

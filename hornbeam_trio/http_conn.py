@@ -333,16 +333,21 @@ class HTTPConnection:
                     return None  # keep-alive expired quietly
                 await self._reject(HTTPError(408, "request timeout"))
                 return None
-            if not data:
-                self.eof = True
-            try:
-                parser.feed(data)
-            except HTTPError as exc:
-                # Requests completed before the bad bytes keep their queued events and
-                # are answered first; the error is answered when they are used up.
-                self.parse_error = exc
+            self.feed(data)
             event = parser.next_event()
         return event
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the client (``b""``: EOF) to the parser.  A malformed request
+        is kept in ``parse_error``: the requests completed before its bytes keep their
+        queued events and are answered first; the error is answered when they are used up.
+        """
+        if not data:
+            self.eof = True
+        try:
+            self.parser.feed(data)
+        except HTTPError as exc:
+            self.parse_error = exc
 
     async def resume_parsing(self) -> None:
         """Parse the next slice of a read of short lines (``parser.more``), after a
@@ -427,6 +432,7 @@ class HTTPConnection:
                                 if data.startswith(PREFACE):
                                     self.h2_received = data
                                     return None
+                        # feed(), inlined: once per request.
                         if not data:
                             self.eof = True
                         try:
@@ -636,14 +642,9 @@ class RequestCycle(ResponseEncoder):
                     data = await conn.transport.recv()
                 if timer.cancelled_caught:
                     return False
-                if not data:
-                    conn.eof = True
-                try:
-                    parser.feed(data)
-                except HTTPError as exc:
-                    # Bytes of this body: the connection closes (above).  A malformed
-                    # request after it: answered in its turn, after this body's end.
-                    conn.parse_error = exc
+                # Bad bytes of this body: the connection closes (above).  A malformed
+                # request after it: answered in its turn, after this body's end.
+                conn.feed(data)
                 continue
             if event is END_OF_MESSAGE:
                 self.body_done = True
@@ -727,10 +728,7 @@ class RequestCycle(ResponseEncoder):
                 self.reuse = False  # over the budget: nothing after this response is served
             if not self.reuse or conn.parse_error is not None or parser.more:
                 continue  # nothing after this response is served: not kept
-            try:
-                parser.feed(data)  # pipelined next request: keep it for later
-            except HTTPError as exc:
-                conn.parse_error = exc  # answered in its turn, after this response
+            conn.feed(data)  # pipelined next request: kept for its turn, after this response
 
     async def _wait_hangup(self, hub: ReadinessHub) -> Message:
         """Read nothing more; wake on readiness only to see whether the client left.

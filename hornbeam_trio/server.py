@@ -44,7 +44,7 @@ from .ws_send import DeliveryBatcher
 
 if TYPE_CHECKING:
     from .metrics import ServerMetrics
-    from .protocol.http11 import Request
+    from .server_context import RequestHead
     from .types import ASGIApp, Scope
 
 logger = logging.getLogger("hornbeam_trio")
@@ -151,8 +151,8 @@ class Server:
             self.metrics = ServerMetrics(runtime, config)
             self.batcher.observe_latency = self.metrics.latency.observe
 
-    def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope:
-        """The scope of a request; HTTP requests build theirs inline (RequestCycle.run)."""
+    def base_scope(self, request: RequestHead, transport: Transport, kind: str) -> Scope:
+        """The scope of a request; HTTP/1.1 requests build theirs inline (RequestCycle.run)."""
         root_path = self.config.root_path
         scope: Scope = {
             "type": kind,

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .config import Config
-    from .protocol.http11 import Request
     from .runtime import Runtime
     from .timers import TimerSweeper
     from .transport import Transport
@@ -28,6 +27,21 @@ class LifespanView(Protocol):
 
     @property
     def state(self) -> dict[str, Any]: ...
+
+
+class RequestHead(Protocol):
+    """What a scope is built from: an HTTP/1.1 ``Request`` or an HTTP/2 ``RequestReceived``."""
+
+    @property
+    def http_version(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def raw_path(self) -> bytes: ...
+    @property
+    def query_string(self) -> bytes: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
 
 
 class ServerContext(Protocol):
@@ -60,6 +74,6 @@ class ServerContext(Protocol):
     def shutting_down(self) -> bool:
         """Set once when shutdown begins; a connection then serves no further request."""
 
-    def base_scope(self, request: Request, transport: Transport, kind: str) -> Scope: ...
+    def base_scope(self, request: RequestHead, transport: Transport, kind: str) -> Scope: ...
 
     def report_app_error(self, exc: BaseException) -> None: ...

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import inf
-from typing import Final
+from typing import ClassVar, Final
 
 import h2.config
 import h2.connection
@@ -105,6 +105,7 @@ class RequestReceived:
     end_stream: bool
     protocol: str | None = None
     """``:protocol`` of an extended CONNECT (RFC 8441): ``"websocket"``; None otherwise."""
+    http_version: ClassVar[str] = "2"
 
 
 @dataclass(frozen=True, slots=True)
