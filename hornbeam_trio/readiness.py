@@ -18,6 +18,24 @@ it once, drops the watcher and shuts its socket down (the peer sees the end, the
 connection reads EOF at its next look), and every other socket goes on.
 Linux only; elsewhere callers keep using ``trio.lowlevel.wait_readable``.
 
+**The leader.**  Through the hub task, a message to a lone connection costs a hop:
+the run loop wakes the hub, the hub's step polls its epoll and re-arms its wait
+(``epoll_ctl``), and only a second pass of the run loop runs the connection's task.
+On a busy server that hop is shared by every socket of a batch; for one connection
+it is on the path of every round trip.  So the wait on the epoll is a role, not a
+task: the first task to park while nobody holds it *leads*, i.e. waits on the epoll
+itself (through a dup of its fd, as Trio allows one waiter per fd), polls it when
+woken, wakes the other waiters and runs the watchers as the hub would, and goes on
+at once when its own socket is among the events.  Invariants:
+
+- Only the holder of the role polls the epoll (the hub task, or the one leader).
+  A second poller would take the leader's own edge from under it.
+- While nobody leads, the hub task is runnable or waiting on the epoll: a leader
+  that leaves reschedules the hub, which waits on the epoll unless another task has
+  taken the lead meanwhile.  No edge waits for a task that may not come back.
+- The hub hands the role on only after a pass that woke parked tasks (they are the
+  ones likely to park again soon); a pass that served only watchers keeps it.
+
 ``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
 say no on Linux too, so the path every other platform (and TLS) takes runs the same
 test suites here (``.ci/run`` does).  A switch for testing, read when a server
@@ -143,6 +161,24 @@ class ReadinessHub:
         A reader that stops at a short recv() ("likely empty") would otherwise wait
         forever for an edge that came already: data and FIN arriving together make
         one edge, and the recv() that takes the data leaves the EOF unread."""
+        self.leader: trio.lowlevel.Task | None = None
+        """The task that waits on the epoll itself (see "The leader"), if any."""
+        self.leader_fd = -1
+        """The socket the leader waits for (-1: nobody leads)."""
+        self._leader_note: object = None
+        """Why the leader was woken without its socket's edge: _NOTE_WOKEN, _NOTE_CLOSED."""
+        self._lead_fd = os.dup(self.epoll.fileno())
+        """The epoll again, for the leader's wait: Trio takes one waiter per fd, and the hub
+        task may still be registered on the original one."""
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        """Written to wake the leader (interrupt, unregister): it is in the epoll."""
+        self.epoll.register(self._wake_fd, select.EPOLLIN)
+        self._hub_task: trio.lowlevel.Task | None = None
+        self._hub_waiting = False
+        """The hub task waits on the epoll: tasks that park now wait for it to wake them."""
+        self._hub_parked = False
+        """The hub task sleeps while a task leads; the leader reschedules it when it leaves."""
+        self._hub_parking = parking(self._abort_hub_park)
         self._again: dict[int, None] = {}
         """Sockets whose watcher asked to go on after a checkpoint, each once, in order.
 
@@ -166,6 +202,8 @@ class ReadinessHub:
         task = self.waiters.pop(fd, None)
         if task is not None:
             trio.lowlevel.reschedule(task, _closed())
+        elif fd == self.leader_fd:
+            self._wake_leader(_NOTE_CLOSED)
 
     def watch(self, fd: int, watcher: Watcher) -> None:
         """From now on, readiness nobody waits for goes to ``watcher``."""
@@ -185,9 +223,17 @@ class ReadinessHub:
         """
         task = self.waiters.pop(fd, None)
         if task is None:
+            if fd == self.leader_fd and self._leader_note is None:
+                self._wake_leader(_NOTE_WOKEN)
+                return True
             return False
         trio.lowlevel.reschedule(task, WOKEN)
         return True
+
+    def _wake_leader(self, note: object) -> None:
+        """Wake the leader through the epoll it waits on (it is parked in Trio's wait)."""
+        self._leader_note = note
+        os.eventfd_write(self._wake_fd, 1)
 
     def _dispatch(self, fd: int) -> None:
         if not self.interrupt(fd):
@@ -225,39 +271,112 @@ class ReadinessHub:
         finally:
             sock.detach()
 
-    def arm(self, fd: int, task: trio.lowlevel.Task) -> bool:
-        """Make ``task`` the waiter on ``fd``; False if ``fd`` is ready already (no wait).
+    def arm(self, fd: int, task: trio.lowlevel.Task, parked: object) -> Awaitable[Any] | None:
+        """Make ``task`` the waiter on ``fd``: what it awaits, or None if ``fd`` is ready already.
 
-        For callers that park themselves (``wait_task_rescheduled`` with an abort that
-        calls disarm): no coroutine frame or closure of ours while they sleep.
-        One waiter per fd, as in Trio: a second raises ``trio.BusyResourceError``
-        (replacing the first would leave it parked for good).
+        ``parked`` is the socket's :func:`parking` message, with an abort that calls
+        disarm; the task awaits ``park(parked)``, or the lead (:meth:`_lead`) when
+        nobody holds the epoll.  No coroutine frame or closure of ours while a
+        parked task sleeps.  One waiter per fd, as in Trio: a second raises
+        ``trio.BusyResourceError`` (replacing the first would leave it parked for good).
         """
         if fd in self.ready or fd in self.hung_up:
             self.ready.discard(fd)
-            return False
-        if self.waiters.setdefault(fd, task) is not task:  # one lookup: on the hot path
+            return None
+        if self.leader is None and not self._hub_waiting:
+            if fd in self.waiters:
+                raise trio.BusyResourceError("another task is already waiting for this socket")
+            self.leader = task
+            self.leader_fd = fd
+            self._leader_note = None
+            return self._lead(fd)
+        if self.waiters.setdefault(fd, task) is not task or fd == self.leader_fd:
+            if fd == self.leader_fd:
+                del self.waiters[fd]
             raise trio.BusyResourceError("another task is already waiting for this socket")
-        return True
+        return _park_fast(parked) if PARK_FAST else _park_public(parked)
+
+    async def _lead(self, fd: int) -> None:
+        """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._lead_fd)
+                if self._serve(fd) or self._leader_note is not None:
+                    break
+                if self._again and self._hub_parked:
+                    self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
+        finally:
+            note = self._leader_note
+            self.leader = None
+            self.leader_fd = -1
+            self._leader_note = None
+            if self._hub_parked:
+                self._wake_hub()
+        if note is _NOTE_CLOSED:
+            raise trio.ClosedResourceError("socket closed while waiting")
+
+    def _wake_hub(self) -> None:
+        self._hub_parked = False
+        assert self._hub_task is not None
+        trio.lowlevel.reschedule(self._hub_task, WOKEN)
+
+    def _abort_hub_park(self, _: object) -> trio.lowlevel.Abort:
+        self._hub_parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _serve(self, own: int) -> int:
+        """Poll the epoll once and hand out its edges: the number of tasks woken, or, for
+        the leader (``own`` >= 0), whether its own socket is among them.
+
+        Only the holder of the epoll (the hub task, or the leader) calls this.
+        """
+        waiters = self.waiters
+        again = self._again
+        reschedule = trio.lowlevel.reschedule
+        woken = 0
+        for fd, mask in self.epoll.poll(0):
+            if mask & _HANGUP:
+                self.hung_up.add(fd)
+            if fd == own:
+                woken = 1
+                continue
+            if fd in again:
+                continue  # its watcher goes on after the next checkpoint anyway
+            task = waiters.pop(fd, None)  # _dispatch, inlined: per event
+            if task is not None:
+                reschedule(task, WOKEN)
+                if own < 0:
+                    woken += 1
+            elif fd == self._wake_fd:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
+            else:
+                self._nobody_waits(fd)
+        return woken
+
+    def waiting(self, fd: int) -> bool:
+        """A task waits for ``fd``: parked for the hub, or leading."""
+        return fd in self.waiters or fd == self.leader_fd
 
     def disarm(self, fd: int) -> None:
         self.waiters.pop(fd, None)
 
     async def wait_readable(self, fd: int) -> None:
         """arm() and park; for callers off the hot path (the hot ones park themselves)."""
-        if not self.arm(fd, trio.lowlevel.current_task()):
-            return
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self.disarm(fd)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        waiting = self.arm(fd, trio.lowlevel.current_task(), parking(abort))
+        if waiting is not None:
+            await waiting
 
     async def run(self) -> None:
         epoll = self.epoll
-        waiters = self.waiters
-        reschedule = trio.lowlevel.reschedule
+        self._hub_task = trio.lowlevel.current_task()
         try:
             while True:
                 if self._again:
@@ -268,21 +387,34 @@ class ReadinessHub:
                     for fd in again:
                         if fd in self.watchers:  # not closed meanwhile
                             self._dispatch(fd)
+                    if self.leader is not None:
+                        continue  # the leader polls the epoll, never two at once
+                elif self.leader is not None:
+                    self._hub_parked = True
+                    await park(self._hub_parking)  # until the leader leaves
+                    continue
                 else:
-                    await trio.lowlevel.wait_readable(epoll.fileno())
-                again = self._again
-                for fd, mask in epoll.poll(0):
-                    if mask & _HANGUP:
-                        self.hung_up.add(fd)
-                    if fd in again:
-                        continue  # its watcher goes on after the next checkpoint anyway
-                    task = waiters.pop(fd, None)  # _dispatch, inlined: per event
-                    if task is None:
-                        self._nobody_waits(fd)
-                    else:
-                        reschedule(task, WOKEN)
+                    self._hub_waiting = True
+                    try:
+                        await trio.lowlevel.wait_readable(epoll.fileno())
+                    finally:
+                        self._hub_waiting = False
+                if self._serve(-1):
+                    # Tasks were woken: the first of them to park again takes the
+                    # epoll (after this checkpoint, if none has yet, the hub does).
+                    await trio.lowlevel.checkpoint()
         finally:
+            self._hub_task = None
+            self._hub_parked = False
+            for fd in (self._lead_fd, epoll.fileno()):
+                trio.lowlevel.notify_closing(fd)  # a leader still waiting: ClosedResourceError
+            os.close(self._lead_fd)
+            os.close(self._wake_fd)
             epoll.close()
+
+
+_NOTE_WOKEN = object()
+_NOTE_CLOSED = object()
 
 
 def _closed() -> Any:

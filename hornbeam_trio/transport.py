@@ -27,7 +27,7 @@ from typing import Protocol
 import trio
 from trio.lowlevel import current_task
 
-from .readiness import ReadinessHub, park, parking
+from .readiness import ReadinessHub, parking
 
 RECV_SIZE = 65536 + 1024
 """A 64 KiB message plus its frame header fits one recv(); still under malloc's mmap threshold."""
@@ -130,10 +130,12 @@ class SocketTransport:
         if hub is None:
             await trio.lowlevel.wait_readable(self.sock)
             self._unyielded = 0
-        elif hub.arm(self.fd, current_task()):
+        else:
             # Parked directly, not through hub.wait_readable: no coroutine or closure.
-            await park(self.parked)
-            self._unyielded = 0
+            waiting = hub.arm(self.fd, current_task(), self.parked)
+            if waiting is not None:
+                await waiting
+                self._unyielded = 0
 
     def abort_wait(self, _: object) -> trio.lowlevel.Abort:
         """The abort of a task parked on the hub for this socket (see arm())."""
@@ -153,8 +155,8 @@ class SocketTransport:
                     await self._wait_readable()
                 # The hub's branch of _wait_readable, inlined: this wait is once per
                 # request or message, and each coroutine level is crossed twice per wakeup.
-                elif hub.arm(self.fd, current_task()):
-                    await park(self.parked)
+                elif (waiting := hub.arm(self.fd, current_task(), self.parked)) is not None:
+                    await waiting
                     self._unyielded = 0
             except trio.ClosedResourceError:
                 raise TransportClosed("closed locally") from None

@@ -38,7 +38,6 @@ from trio.lowlevel import checkpoint, current_task
 from .protocol import websocket as wsproto
 from .protocol.http11 import loggable_path
 from .pubsub import COUNTS, Delivery
-from .readiness import park
 from .runtime import ConnectionContext, current_connection
 from .transport import CHECKPOINT_EVERY, Transport, TransportClosed
 from .types import ClientDisconnected
@@ -428,7 +427,7 @@ class WebSocketConnection(WebSocketSession):
                         if data is None:  # the hub is armed for this task: park
                             try:
                                 # Also woken by _wake_app (the loop then sees the disconnect).
-                                await park(inline.parked)
+                                await inline.waiting  # type: ignore[misc]
                             except trio.ClosedResourceError:
                                 self._transport_lost()
                                 break

@@ -28,7 +28,8 @@ checkpoint between calls that brought no message, before reading more.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from trio.lowlevel import current_task
@@ -79,7 +80,7 @@ MAX_QUEUED_EVENTS = 64
 class InlineReader:
     """The app's task reads its socket itself; the hub reads while the app is away."""
 
-    __slots__ = ("conn", "hub", "parked", "recv_nowait", "transport")
+    __slots__ = ("conn", "hub", "parked", "recv_nowait", "transport", "waiting")
 
     def __init__(self, conn: Connection, transport: SocketTransport) -> None:
         self.conn = conn
@@ -90,8 +91,9 @@ class InlineReader:
         self.recv_nowait = transport.recv_nowait
         """Bytes now, b"" at EOF, None if the kernel has none: the read after a wakeup."""
         self.parked = transport.parked
-        """The wait of a task after :meth:`poll` returned None: ``await readiness.park(parked)``
-        (its abort disarms the hub)."""
+        """This socket's parking message (its abort disarms the hub), for hub.arm()."""
+        self.waiting: Awaitable[Any] | None = None
+        """What the task awaits after :meth:`poll` returned None (hub.arm() gave it)."""
 
     def start(self, nursery: trio.Nursery) -> None:
         # Bytes that came while nobody read are the app's to read in receive().
@@ -108,10 +110,12 @@ class InlineReader:
         while True:
             if transport.drained:
                 hub = self.hub
-                if transport.fd in hub.waiters:
+                fd = transport.fd
+                if hub.waiting(fd):
                     raise trio.BusyResourceError("another task is waiting in receive()")
                 transport.drained = False
-                if hub.arm(transport.fd, current_task()):
+                self.waiting = hub.arm(fd, current_task(), self.parked)
+                if self.waiting is not None:
                     return None
             data = transport.recv_nowait()
             if data is not None:

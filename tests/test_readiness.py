@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -88,7 +89,7 @@ async def test_cancelled_wait_leaves_no_waiter_behind() -> None:
     async with running_hub() as (hub, a, _, _):
         with trio.move_on_after(0.01):
             await hub.wait_readable(a.fileno())
-        assert a.fileno() not in hub.waiters
+        assert not hub.waiting(a.fileno())
 
 
 def test_park_yields_its_prebuilt_message_on_this_trio() -> None:
@@ -111,7 +112,7 @@ async def test_a_socket_transport_parked_on_the_hub_wakes_cancels_and_closes() -
             with trio.move_on_after(0.01) as timer:
                 await transport.recv()
             assert timer.cancelled_caught
-            assert fd not in hub.waiters  # the cancel disarmed the park
+            assert not hub.waiting(fd)  # the cancel disarmed the park
 
             got: list[bytes] = []
             woke = trio.Event()
@@ -123,7 +124,7 @@ async def test_a_socket_transport_parked_on_the_hub_wakes_cancels_and_closes() -
             transport.drained = True
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
-            assert fd in hub.waiters
+            assert hub.waiting(fd)
             b.send(b"hi")
             with trio.fail_after(1):
                 await woke.wait()
@@ -276,8 +277,8 @@ async def test_interrupt_wakes_the_waiter_without_data_and_arm_sees_a_kept_edge(
             await woke.wait()
         b.send(b"r")
         await trio.testing.wait_all_tasks_blocked()
-        assert hub.arm(a.fileno(), trio.lowlevel.current_task()) is False  # ready: no wait
-        assert a.fileno() not in hub.waiters
+        assert hub.arm(a.fileno(), trio.lowlevel.current_task(), None) is None  # ready: no wait
+        assert not hub.waiting(a.fileno())
 
 
 async def test_a_second_waiter_on_one_socket_is_refused_and_the_first_still_wakes() -> None:
@@ -288,7 +289,7 @@ async def test_a_second_waiter_on_one_socket_is_refused_and_the_first_still_wake
         b.send(b"z")
         with trio.fail_after(1):
             await woke.wait()  # the first waiter was kept, not replaced
-        assert a.fileno() not in hub.waiters
+        assert not hub.waiting(a.fileno())
 
 
 class FailingWatcher:
@@ -365,3 +366,247 @@ async def test_a_watcher_failing_on_a_reset_socket_is_contained_too(
             nursery.cancel_scope.cancel()
     finally:
         sock.close()
+
+
+# -- the leader: a parked task that waits on the epoll itself -------------------------
+
+
+class StepOrder(trio.abc.Instrument):
+    """The names of the tasks that ran a step, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def start_named_waiter(
+    hub: ReadinessHub, sock: socket.socket, nursery: trio.Nursery, name: str
+) -> trio.Event:
+    """start_waiter, with a task name to find in a StepOrder."""
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await hub.wait_readable(sock.fileno())
+        woke.set()
+
+    nursery.start_soon(waiter, name=name)
+    await trio.testing.wait_all_tasks_blocked()
+    return woke
+
+
+class Looper:
+    """A task that waits on its socket again and again, as a connection's app in receive()."""
+
+    def __init__(self, hub: ReadinessHub, sock: socket.socket) -> None:
+        self.hub = hub
+        self.sock = sock
+        self.wakes = 0
+        self.woke = trio.Event()
+        self.closed = trio.Event()
+        """Set when a wait failed with ClosedResourceError (the socket or the hub closed)."""
+        self.last = False
+        """Set: after its next wakeup the task goes away (an app that does not come back)."""
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.hub.wait_readable(self.sock.fileno())
+            except trio.ClosedResourceError:
+                self.closed.set()
+                return
+            try:
+                self.sock.recv(100)
+            except BlockingIOError:
+                pass
+            self.wakes += 1
+            self.woke.set()
+            self.woke = trio.Event()
+            if self.last:
+                return
+
+
+async def start_leader(
+    hub: ReadinessHub, sock: socket.socket, peer: socket.socket, nursery: trio.Nursery, name: str
+) -> Looper:
+    """A Looper on ``sock`` that waits as the leader.
+
+    A running hub task keeps the epoll until one of its passes wakes a task; the woken
+    task leads if it parks again before the hub's next step (Trio runs a batch in
+    random order): so it is woken until it does, as by a lone connection's messages.
+    """
+    looper = Looper(hub, sock)
+    nursery.start_soon(looper.run, name=name)
+    for _ in range(64):
+        await trio.testing.wait_all_tasks_blocked()
+        if hub.leader_fd == sock.fileno():
+            return looper
+        woke = looper.woke
+        peer.send(b".")
+        with trio.fail_after(1):
+            await woke.wait()
+    raise AssertionError("the waiter never took the lead")
+
+
+async def test_a_lone_waiter_is_woken_by_the_run_loop_before_the_hub_task_runs() -> None:
+    """The hop through the hub's task is what a lone connection paid per message: a task
+    that parks while nobody holds the epoll waits on it itself, and is the first to run
+    on an edge (the hub's task runs after it, if at all)."""
+    async with running_hub() as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "lone-waiter")
+        order = StepOrder()
+        trio.lowlevel.add_instrument(order)
+        try:
+            for _ in range(10):
+                woke = looper.woke
+                order.names.append("send")
+                b.send(b"x")
+                with trio.fail_after(1):
+                    await woke.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert hub.leader_fd == a.fileno()  # parked again: leads again
+        finally:
+            trio.lowlevel.remove_instrument(order)
+        relevant = [n for n in order.names if n in ("send", "lone-waiter") or "Hub" in n]
+        # After every send, the waiter runs first: the hub's task, if it runs, after it.
+        firsts = [relevant[i + 1] for i, n in enumerate(relevant[:-1]) if n == "send"]
+        assert firsts == ["lone-waiter"] * 10, relevant
+
+
+async def test_the_leader_wakes_the_other_waiters_and_runs_the_watchers() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        c, d = socket.socketpair()
+        e, f = socket.socketpair()
+        try:
+            for sock in (c, e):
+                sock.setblocking(False)
+                hub.register(sock.fileno())
+            leader = await start_leader(hub, a, b, nursery, "leader")
+            wakes = leader.wakes
+            other_woke = await start_named_waiter(hub, c, nursery, "other")
+            assert c.fileno() in hub.waiters  # parked: the leader serves it
+            watcher = RecordingWatcher(e)
+            hub.watch(e.fileno(), watcher)
+            d.send(b"c")
+            with trio.fail_after(1):
+                await other_woke.wait()
+            f.send(b"e")
+            with trio.fail_after(1):
+                while watcher.read != b"e":
+                    await trio.sleep(0.001)
+            assert leader.wakes == wakes and hub.leader_fd == a.fileno()
+            woke = leader.woke
+            b.send(b"a")
+            with trio.fail_after(1):
+                await woke.wait()
+        finally:
+            for sock in (c, d, e, f):
+                sock.close()
+
+
+async def test_when_the_leader_does_not_come_back_the_hub_serves_the_others() -> None:
+    """A leader whose socket turned readable goes on with its app, which may not park
+    again for a long time: the hub task must take the epoll back, or every other
+    parked socket would wait for it."""
+    async with running_hub() as (hub, a, b, nursery):
+        c, d = socket.socketpair()
+        try:
+            c.setblocking(False)
+            hub.register(c.fileno())
+            leader = await start_leader(hub, a, b, nursery, "leader")
+            other = await start_named_waiter(hub, c, nursery, "other")
+            leader.last = True  # after this wakeup, it never parks again
+            woke = leader.woke
+            b.send(b"a")
+            with trio.fail_after(1):
+                await woke.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert hub.leader is None
+            d.send(b"c")
+            with trio.fail_after(1):
+                await other.wait()
+        finally:
+            c.close()
+            d.close()
+
+
+async def test_a_cancelled_leader_lets_the_hub_serve_a_waiter_parked_behind_it() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        c, d = socket.socketpair()
+        try:
+            c.setblocking(False)
+            hub.register(c.fileno())
+            async with trio.open_nursery() as leader_nursery:
+                await start_leader(hub, a, b, leader_nursery, "leader")
+                other = await start_named_waiter(hub, c, nursery, "other")
+                leader_nursery.cancel_scope.cancel()
+            assert hub.leader is None
+            d.send(b"c")
+            with trio.fail_after(1):
+                await other.wait()
+        finally:
+            c.close()
+            d.close()
+
+
+async def test_interrupt_wakes_the_leader_and_unregister_fails_it() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        wakes = looper.wakes
+        woke = looper.woke
+        assert hub.interrupt(a.fileno())  # no data: woken all the same
+        with trio.fail_after(1):
+            await woke.wait()
+        assert looper.wakes == wakes + 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.leader_fd == a.fileno()  # parked again
+        with pytest.raises(trio.BusyResourceError):
+            await hub.wait_readable(a.fileno())  # a second task on the leader's socket
+        hub.unregister(a.fileno())
+        with trio.fail_after(1):
+            await looper.closed.wait()
+        assert hub.leader is None
+
+
+async def test_a_watcher_asking_again_goes_on_while_a_task_leads() -> None:
+    async with running_hub() as (hub, a, b, nursery):
+        c, d = socket.socketpair()
+        try:
+            c.setblocking(False)
+            hub.register(c.fileno())
+            await start_leader(hub, a, b, nursery, "leader")
+            watcher = RecordingWatcher(c, more=2)
+            hub.watch(c.fileno(), watcher)
+            d.send(b"abc")  # one edge, three bytes: read one per call
+            with trio.fail_after(1):
+                while watcher.read != b"abc":
+                    await trio.sleep(0.001)
+            assert hub.leader_fd == a.fileno()
+        finally:
+            c.close()
+            d.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_leader_waiting_when_the_hub_ends_is_failed_and_no_fd_is_left() -> None:
+    before = open_fds()
+    hub = ReadinessHub()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hub.run)
+                hub.register(a.fileno())
+                looper = await start_leader(hub, a, b, outer, "leader")
+                nursery.cancel_scope.cancel()  # the hub ends; the leader still waits
+            with trio.fail_after(1):
+                await looper.closed.wait()
+    finally:
+        a.close()
+        b.close()
+    assert open_fds() == before
