@@ -179,6 +179,9 @@ class ReadinessHub:
         self._hub_parked = False
         """The hub task sleeps while a task leads; the leader reschedules it when it leaves."""
         self._hub_parking = parking(self._abort_hub_park)
+        self.hub_waits = 0
+        """How often the hub task took the epoll back (a leader left and nobody took it
+        before the hub ran): for tests and profiling, not the hot path."""
         self._again: dict[int, None] = {}
         """Sockets whose watcher asked to go on after a checkpoint, each once, in order.
 
@@ -394,6 +397,7 @@ class ReadinessHub:
                     await park(self._hub_parking)  # until the leader leaves
                     continue
                 else:
+                    self.hub_waits += 1
                     self._hub_waiting = True
                     try:
                         await trio.lowlevel.wait_readable(epoll.fileno())

@@ -450,7 +450,12 @@ class WebSocketConnection(WebSocketSession):
                         await checkpoint()
                         waited = True
                 if waited:
-                    self._recv_unyielded = 0  # it waited for the socket: a checkpoint
+                    # It waited for the socket: a checkpoint, so the counts toward the
+                    # next forced one start over (the sends' too: the echo of a lone
+                    # connection then never yields between its messages, which would
+                    # hand the epoll back to the hub's task, see readiness.py).
+                    self._recv_unyielded = 0
+                    writer.yield_at = writer.sent + CHECKPOINT_EVERY
                     if events:
                         message = events.pop(0)
                         if events:

@@ -68,7 +68,6 @@ class Writer:
         "_flushing",
         "_nursery",
         "_spare",
-        "_yield_at",
         "batch",
         "delivery_bytes",
         "delivery_count",
@@ -78,6 +77,7 @@ class Writer:
         "sent",
         "streamed",
         "transport",
+        "yield_at",
     )
 
     def __init__(self, transport: Transport) -> None:
@@ -101,8 +101,10 @@ class Writer:
         self._drained: trio.lowlevel.ParkingLot | None = None  # made when first needed
         self.sent = 0
         """The app's messages written (``write``, ``write_counted``): the WebSocket's
-        messages out, and the app's checkpoint cadence (``_yield_at``) in one count."""
-        self._yield_at = CHECKPOINT_EVERY
+        messages out, and the app's checkpoint cadence (``yield_at``) in one count."""
+        self.yield_at = CHECKPOINT_EVERY
+        """The count of ``sent`` at which the app's send() checkpoints; moved on by every
+        checkpoint of the app's task, forced or not (a wait in receive() is one)."""
         """``sent`` at which the app's send() checkpoints next (see ``settle``)."""
         self.streamed = not isinstance(transport, SocketTransport)
         """Only a socket takes bytes without waiting (``try_send``); every other transport
@@ -378,7 +380,7 @@ class Writer:
         self.sent += 1
         if self.pending_bytes > SEND_HIGH_WATER:
             return True
-        return self.sent >= self._yield_at
+        return self.sent >= self.yield_at
 
     async def settle(self) -> None:
         """Wait for the queue to drain below the high-water mark, or just checkpoint."""
@@ -390,7 +392,7 @@ class Writer:
             if self.pending and not self._flushing:
                 raise TransportClosed("connection closed while sending")
             return
-        self._yield_at = self.sent + CHECKPOINT_EVERY
+        self.yield_at = self.sent + CHECKPOINT_EVERY
         await checkpoint()
 
     async def final_flush(self, timeout: float) -> None:

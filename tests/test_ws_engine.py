@@ -834,3 +834,39 @@ async def test_a_flood_of_pings_at_an_app_in_receive_yields_between_reads(
                 await received.wait()
         assert yields[0] >= 1
         await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+
+
+# --------------------------------------------------------------------------- the leader
+
+
+async def _echo_app(scope: Any, receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="needs the readiness hub (Linux epoll)")
+async def test_a_lone_connections_echo_keeps_the_epoll_from_message_to_message() -> None:
+    """A lone connection's app that waits in receive() leads the readiness hub's epoll
+    (readiness.py): its messages wake it directly, without a hop through the hub's task.
+    That holds only while it does not yield between giving the epoll up and waiting
+    again: the wait in receive() is a checkpoint, so send() must not force another one
+    every CHECKPOINT_EVERY messages (each would hand the epoll back to the hub's task)."""
+    async with run_server(_echo_app) as server:
+        hub = server.server.readiness
+        assert hub is not None
+        raw = await RawClient.connect(server)
+        for _ in range(10):  # until this connection leads (see test_readiness.start_leader)
+            await raw.send_frame(OP_TEXT, b"warm-up")
+            await raw.receive_frame()
+        waits = hub.hub_waits
+        for i in range(200):
+            await raw.send_frame(OP_TEXT, b"%d" % i)
+            frame = await raw.receive_frame()
+            assert frame.payload == b"%d" % i
+        # The hub's task took the epoll back at most a couple of times (a race with the
+        # client's own task of this test), not every CHECKPOINT_EVERY messages.
+        assert hub.hub_waits - waits <= 3, hub.hub_waits - waits
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
