@@ -33,8 +33,9 @@ at once when its own socket is among the events.  Invariants:
 - While nobody leads, the hub task is runnable or waiting on the epoll: a leader
   that leaves reschedules the hub, which waits on the epoll unless another task has
   taken the lead meanwhile.  No edge waits for a task that may not come back.
-- The hub hands the role on only after a pass that woke parked tasks (they are the
-  ones likely to park again soon); a pass that served only watchers keeps it.
+- The hub hands the role on only after a pass that woke one parked task while no
+  other waits (a lone connection, likely to park again at once); with more sockets
+  waiting, one pass of the hub serves them all and it keeps the role.
 
 ``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
 say no on Linux too, so the path every other platform (and TLS) takes runs the same
@@ -403,9 +404,11 @@ class ReadinessHub:
                         await trio.lowlevel.wait_readable(epoll.fileno())
                     finally:
                         self._hub_waiting = False
-                if self._serve(-1):
-                    # Tasks were woken: the first of them to park again takes the
-                    # epoll (after this checkpoint, if none has yet, the hub does).
+                if self._serve(-1) == 1 and not self.waiters:
+                    # One task woken, and no other waits: a lone connection, whose hop
+                    # through this task costs each of its messages.  If it parks again
+                    # before this checkpoint ends, it takes the epoll (else the hub does).
+                    # With more tasks waiting, the hub's pass is shared: it keeps it.
                     await trio.lowlevel.checkpoint()
         finally:
             self._hub_task = None
