@@ -18,6 +18,7 @@ serving it.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import select
 import socket
 import struct
@@ -27,13 +28,14 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.exceptions
 import http_apps
 import pytest
 import trio
 import trio.testing
 from hpack import Encoder
 from hyperframe.frame import HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
-from test_http2_hostile import REQUEST, Raw
+from test_http2_hostile import REQUEST, Raw, frames_in
 
 from hornbeam_trio.h2_conn import H2Connection
 from hornbeam_trio.protocol import h2_limits
@@ -249,3 +251,43 @@ async def test_a_client_that_never_reads_its_settings_acks_stops_being_read(
 ) -> None:
     """The same with empty SETTINGS frames (each answered by a 9-byte SETTINGS ACK)."""
     await _never_read(monkeypatch, "SETTINGS_FRAMES", SettingsFrame(0).serialize(), 9)
+
+
+@pytest.mark.parametrize(
+    ("closed_since", "fatal"), [(CLOSED_STREAMS - 10, False), (CLOSED_STREAMS + 10, True)]
+)
+def test_late_trailers_on_a_stream_we_reset_are_a_stream_error_within_closed_streams(
+    closed_since: int, fatal: bool
+) -> None:
+    """The price of the bound, stated: trailers in flight on a stream we reset are answered
+    RST_STREAM(STREAM_CLOSED) while fewer than CLOSED_STREAMS streams have closed since (a
+    round trip's worth), and only after that are they a connection error.  (A late DATA
+    frame is answered RST_STREAM by ``h2`` whether it remembers the stream or not.)"""
+    seconds = itertools.count(0.0, 1.0)  # a second a read: no bucket runs dry
+    protocol = H2Protocol(clock=lambda: next(seconds))
+    protocol.initiate()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    protocol.receive_data(client.data_to_send())
+    encoder = Encoder()
+    head = HeadersFrame(1)
+    head.data = encoder.encode(REQUEST)
+    head.flags.add("END_HEADERS")
+    protocol.receive_data(head.serialize())  # a request whose body is still coming
+    protocol.reset(1)  # e.g. its body broke a limit
+    protocol.forget(1)
+    for stream_id in range(3, 3 + 2 * closed_since, 2):
+        rapid_reset_round(protocol, encoder, stream_id)
+    protocol.data_to_send()
+    trailers = HeadersFrame(1)
+    trailers.data = encoder.encode([("x-checksum", "1")])
+    trailers.flags.add("END_HEADERS")
+    trailers.flags.add("END_STREAM")
+    late = trailers.serialize()
+    if fatal:
+        with pytest.raises(h2.exceptions.ProtocolError):
+            protocol.receive_data(late)
+    else:
+        assert protocol.receive_data(late) == []
+        (answer,) = frames_in(protocol.data_to_send())[0]
+        assert isinstance(answer, RstStreamFrame) and answer.stream_id == 1

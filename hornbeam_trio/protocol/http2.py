@@ -184,8 +184,8 @@ def response_block(
 CLOSED_STREAMS: Final = 1000
 """Closed streams ``h2`` remembers per connection (its default: 2**16, ~150 bytes each, so
 ~10 MiB held by a connection that has seen 65,536 streams, honest or a rapid reset under
-the limits).  The memory only tells a late frame on a stream we reset (a stream error,
-answered RST_STREAM) from one on a stream long closed (a connection error): frames in
+the limits).  The memory only tells late trailers on a stream we reset (a stream error,
+answered RST_STREAM) from HEADERS on a stream long closed (a connection error); frames in
 flight arrive within a round trip, when far fewer streams than this have closed since."""
 
 
