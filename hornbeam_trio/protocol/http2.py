@@ -181,6 +181,18 @@ def response_block(
     return block
 
 
+CLOSED_STREAMS: Final = 1000
+"""Closed streams ``h2`` remembers per connection (its default: 2**16, ~150 bytes each, so
+~10 MiB held by a connection that has seen 65,536 streams, honest or a rapid reset under
+the limits).  The memory only tells late trailers on a stream we reset (a stream error,
+answered RST_STREAM) from HEADERS on a stream long closed (a connection error); frames in
+flight arrive within a round trip, when far fewer streams than this have closed since."""
+
+
+class _Connection(h2.connection.H2Connection):
+    MAX_CLOSED_STREAMS = CLOSED_STREAMS
+
+
 class H2Protocol:
     """One server-side HTTP/2 connection: bytes in, events out, bytes to send."""
 
@@ -201,7 +213,7 @@ class H2Protocol:
         self.max_headers = max_headers
         self.max_body_size = max_body_size
         self.max_concurrent_streams = max_concurrent_streams
-        self.conn = h2.connection.H2Connection(
+        self.conn = _Connection(
             h2.config.H2Configuration(
                 client_side=False,
                 header_encoding=None,
