@@ -6,13 +6,13 @@ it apart, and the app never sees a scrape.  It runs as Trio tasks in the server'
 nursery, not as prometheus-client's threaded server: no thread reads the counters
 while the server's task changes them, and it stops with the server.  Each request is
 bounded (``MAX_HEAD`` bytes within ``READ_TIMEOUT`` seconds) so an idle or endless
-client holds one socket for a while and nothing more.
+client holds one socket for a while and nothing more; and at most ``MAX_CONNECTIONS``
+are served at once, so many idle clients hold that many sockets, not one per connection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import trio
@@ -22,6 +22,10 @@ from .config import BindAddress
 MAX_HEAD = 8 * 1024
 READ_TIMEOUT = 10.0
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+MAX_CONNECTIONS = 16
+"""Scrapes served at once.  One Prometheus scrapes one target at a time; a connection
+beyond this is closed as soon as it is accepted (the scraper sees the failure and
+retries at its next interval), never queued."""
 
 
 def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
@@ -92,7 +96,20 @@ async def serve_metrics(
     listeners = await trio.open_tcp_listeners(address.port, host=address.host or None)
     name = listeners[0].socket.getsockname()
     task_status.started(BindAddress("tcp", host=str(name[0]), port=int(name[1])))
-    await trio.serve_listeners(partial(handle_scrape, render), listeners)
+    busy = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal busy
+        if busy >= MAX_CONNECTIONS:
+            await trio.aclose_forcefully(stream)
+            return
+        busy += 1
+        try:
+            await handle_scrape(render, stream)
+        finally:
+            busy -= 1
+
+    await trio.serve_listeners(handle, listeners)
 
 
 __all__ = ["Render", "handle_scrape", "serve_metrics"]

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
@@ -241,3 +242,43 @@ def test_bad_metrics_bind_is_a_one_line_error_naming_the_flag(argument: str, mes
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hornbeam-trio: error: --metrics-bind: ")
     assert message in lines[0]
+
+
+async def test_the_metrics_listener_serves_at_most_max_connections_at_once() -> None:
+    """Idle connections to the operator's port hold MAX_CONNECTIONS sockets for at most
+    READ_TIMEOUT, not one each: beyond that a connection is closed as it is accepted."""
+    from hornbeam_trio import metrics_http
+    from hornbeam_trio.config import BindAddress
+
+    async def render() -> bytes:
+        return b"up 1\n"
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(
+            metrics_http.serve_metrics, render, BindAddress("tcp", host="127.0.0.1", port=0)
+        )
+        idle = [
+            await trio.open_tcp_stream("127.0.0.1", address.port)
+            for _ in range(metrics_http.MAX_CONNECTIONS)
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        extra = await trio.open_tcp_stream("127.0.0.1", address.port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(100) == b""  # closed at once, nothing read
+        await extra.aclose()
+        await idle.pop().aclose()  # one slot frees up once the server sees it go
+        with trio.fail_after(5):
+            while True:
+                scrape = await trio.open_tcp_stream("127.0.0.1", address.port)
+                await scrape.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while chunk := await scrape.receive_some(4096):
+                    answer += chunk
+                await scrape.aclose()
+                if answer:
+                    break
+                await trio.sleep(0.01)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"up 1\n")
+        for stream in idle:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
