@@ -227,10 +227,11 @@ class ReadinessHub:
         """
         task = self.waiters.pop(fd, None)
         if task is None:
-            if fd == self.leader_fd and self._leader_note is None:
+            if fd != self.leader_fd:
+                return False
+            if self._leader_note is None:  # else woken already (and a watcher must not run)
                 self._wake_leader(_NOTE_WOKEN)
-                return True
-            return False
+            return True
         trio.lowlevel.reschedule(task, WOKEN)
         return True
 
@@ -290,6 +291,8 @@ class ReadinessHub:
         if self.leader is None and not self._hub_waiting:
             if fd in self.waiters:
                 raise trio.BusyResourceError("another task is already waiting for this socket")
+            if self._lead_fd < 0:
+                raise trio.ClosedResourceError("the readiness hub has stopped")
             self.leader = task
             self.leader_fd = fd
             self._leader_note = None
@@ -417,6 +420,7 @@ class ReadinessHub:
                 trio.lowlevel.notify_closing(fd)  # a leader still waiting: ClosedResourceError
             os.close(self._lead_fd)
             os.close(self._wake_fd)
+            self._lead_fd = -1
             epoll.close()
 
 

@@ -610,3 +610,38 @@ async def test_a_leader_waiting_when_the_hub_ends_is_failed_and_no_fd_is_left() 
         a.close()
         b.close()
     assert open_fds() == before
+
+
+async def test_an_interrupted_leader_is_not_read_by_its_watcher_meanwhile() -> None:
+    """A second interrupt before the leader ran: still a task waiting, so the socket's
+    watcher (for when nobody waits) must not read from under it."""
+    async with running_hub() as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        watcher = RecordingWatcher(a)
+        hub.watch(a.fileno(), watcher)
+        woke = looper.woke
+        b.send(b"z")
+        assert hub.interrupt(a.fileno())
+        assert hub.interrupt(a.fileno())  # woken already: still True, and no watcher call
+        hub._dispatch(a.fileno())  # what the hub's "again" pass does for a socket
+        assert watcher.calls == 0
+        with trio.fail_after(1):
+            await woke.wait()
+        hub.unwatch(a.fileno())
+
+
+async def test_a_wait_after_the_hub_stopped_fails_instead_of_hanging() -> None:
+    hub = ReadinessHub()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            hub.register(a.fileno())
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        with pytest.raises(trio.ClosedResourceError), trio.fail_after(1):
+            await hub.wait_readable(a.fileno())
+    finally:
+        a.close()
+        b.close()
