@@ -306,11 +306,29 @@ class H2Connection:
                     self.read_scope.deadline = self.idle_deadline
 
     async def flush(self) -> None:
-        """Write what ``h2`` queued.  Raises TransportClosed."""
-        async with self.write_lock:
-            data = self.proto.data_to_send()
-            if data:
+        """Write what the core queued; return once every byte queued before the call is
+        with the kernel.  Raises TransportClosed.
+
+        The caller first yields, so the streams one read started (or one WINDOW_UPDATE
+        woke) all queue their frames before the first of them writes: one write carries
+        them all; the others find nothing left and no write in progress, and return.
+        A write in progress may hold the caller's bytes: the caller waits its turn.
+        """
+        await trio.lowlevel.checkpoint()
+        lock = self.write_lock
+        if lock.locked():
+            async with lock:
+                data = self.proto.data_to_send()
+                if data:
+                    await self.transport.send_all(data)
+            return
+        data = self.proto.data_to_send()
+        if data:
+            lock.acquire_nowait()
+            try:
                 await self.transport.send_all(data)
+            finally:
+                lock.release()
 
     def flush_soon(self) -> None:
         """Flush from a task of the connection's own, for a caller that cannot await

@@ -379,3 +379,72 @@ def test_a_body_deadline_runs_only_while_the_app_waits_for_the_client() -> None:
     now[0] = 105.0
     assert server.expired() == [http2.RequestRejected(1, 408, "request body timeout")]
     assert server.next_deadline() == float("inf")
+
+
+# --- malformed requests (RFC 9113 8.1.1, 8.2, 8.3) --------------------------------------
+
+_GOOD = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"h")]
+
+
+def _without(name: bytes) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in _GOOD if n != name]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param([*_GOOD, (b"X-Upper", b"1")], id="uppercase name"),
+        pytest.param([*_GOOD, (b"a:b", b"1")], id="colon in a name"),
+        pytest.param([*_GOOD, (b"", b"1")], id="empty name"),
+        pytest.param([*_GOOD, (b"x a", b"1")], id="space in a name"),
+        pytest.param([*_GOOD, (b"x", b"a\x00b")], id="NUL in a value"),
+        pytest.param([*_GOOD, (b"x", b" a")], id="value with leading space"),
+        pytest.param([*_GOOD, (b"x", b"a\t")], id="value with trailing tab"),
+        pytest.param([*_GOOD, (b"connection", b"keep-alive")], id="connection"),
+        pytest.param([*_GOOD, (b"transfer-encoding", b"chunked")], id="transfer-encoding"),
+        pytest.param([*_GOOD, (b"te", b"gzip")], id="te other than trailers"),
+        pytest.param([(b"x", b"1"), *_GOOD], id="pseudo-header after a field"),
+        pytest.param([*_GOOD, (b":foo", b"1")], id="unknown pseudo-header"),
+        pytest.param([*_GOOD, (b":status", b"200")], id="response pseudo-header"),
+        pytest.param([*_GOOD, (b":path", b"/x")], id="repeated :path"),
+        pytest.param(_without(b":method"), id="no :method"),
+        pytest.param(_without(b":scheme"), id="no :scheme"),
+        pytest.param(_without(b":path"), id="no :path"),
+        pytest.param([*_without(b":path"), (b":path", b"")], id="empty :path"),
+        pytest.param([*_GOOD, (b":protocol", b"websocket")], id=":protocol without CONNECT"),
+        pytest.param(
+            [(b":method", b"CONNECT"), (b":authority", b"h:1"), (b":path", b"/")],
+            id="plain CONNECT with :path",
+        ),
+        pytest.param([(b":method", b"CONNECT")], id="plain CONNECT without :authority"),
+        pytest.param(_without(b":authority"), id="neither :authority nor host"),
+        pytest.param([*_GOOD, (b"host", b"other")], id="host differs from :authority"),
+        pytest.param(
+            [*_without(b":authority"), (b"host", b"h"), (b"host", b"h")], id="repeated host"
+        ),
+    ],
+)
+def test_malformed_request_is_a_stream_error_and_the_connection_goes_on(
+    block: list[tuple[bytes, bytes]],
+) -> None:
+    """RFC 9113 8.1.1: RST_STREAM(PROTOCOL_ERROR) for the malformed request, no app
+    sees it, and the connection's next request is served."""
+    server, _ = pair()
+    encoder = Encoder()
+    events = server.receive_data(_frame_bytes(0x1, 0x5, 1, encoder.encode(block)))
+    assert events == []
+    [reset] = [f for f in frames(server.data_to_send()) if type(f).__name__ != "SettingsFrame"]
+    assert type(reset).__name__ == "RstStreamFrame"
+    assert (reset.stream_id, reset.error_code) == (1, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    [event] = server.receive_data(_frame_bytes(0x1, 0x5, 3, encoder.encode(_GOOD)))
+    assert isinstance(event, http2.RequestReceived)
+    assert event.stream_id == 3
+
+
+def test_split_cookie_fields_reach_the_app_joined() -> None:
+    """RFC 9113 8.2.3: cookie fields split for compression are one field again."""
+    server, client = pair()
+    client.send_headers(1, [*REQUEST, ("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")])
+    [event] = server.receive_data(client.data_to_send())
+    assert isinstance(event, http2.RequestReceived)
+    assert event.headers == [(b"host", b"h"), (b"cookie", b"a=1; b=2"), (b"x", b"y")]
