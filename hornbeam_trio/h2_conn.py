@@ -41,7 +41,6 @@ from collections import deque
 from math import inf
 from typing import TYPE_CHECKING
 
-import h2.errors
 import trio
 
 from .h2_ws import H2WebSocket
@@ -263,7 +262,7 @@ class H2Connection:
             stream.gone = True
             stream.wake()
             if stream.head_sent:
-                self.proto.reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                self.proto.reset(event.stream_id, http2.ErrorCode.CANCEL)
                 return
             stream.answered = True
         self._answer(event.stream_id, event.status, event.reason.encode())
@@ -287,7 +286,7 @@ class H2Connection:
         except http2.ProtocolError:
             return  # the peer reset it meanwhile
         # RFC 9113 8.1: a response before the request's end, then RST_STREAM NO_ERROR.
-        self.proto.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        self.proto.reset(stream_id, http2.ErrorCode.NO_ERROR)
 
     def stream_done(self, stream: H2Stream | H2WebSocket) -> None:
         """Release what the stream held; the connection may now be idle or finished."""
@@ -422,7 +421,7 @@ class H2Stream:
                     await self._fail()
             if self.complete and not self.body_done and not self.gone:
                 # RFC 9113 8.1: the response is complete; the unread body is not wanted.
-                conn.proto.reset(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                conn.proto.reset(self.stream_id, http2.ErrorCode.NO_ERROR)
                 await self._flush()
         except ClientDisconnected:
             pass  # the connection is gone; the reader ends it
@@ -444,7 +443,7 @@ class H2Stream:
             return
         proto = self.conn.proto
         if self.head_sent:
-            proto.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            proto.reset(self.stream_id, http2.ErrorCode.INTERNAL_ERROR)
         else:
             self.status = 500
             head = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]

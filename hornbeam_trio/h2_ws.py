@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-import h2.errors
 import trio
 
 from .protocol import http2
@@ -279,7 +278,7 @@ class H2WebSocket:
             return
         if not self.body_done:
             self.gone = True
-            proto.reset(self.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            proto.reset(self.stream_id, http2.ErrorCode.NO_ERROR)
         try:
             await self._flush()
         except TransportClosed:
@@ -290,7 +289,7 @@ class H2WebSocket:
         if self.gone:
             return
         self.gone = True
-        self.conn.proto.reset(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self.conn.proto.reset(self.stream_id, http2.ErrorCode.CANCEL)
         self.wake()
         self.conn.flush_soon()
 

@@ -448,3 +448,43 @@ def test_split_cookie_fields_reach_the_app_joined() -> None:
     [event] = server.receive_data(client.data_to_send())
     assert isinstance(event, http2.RequestReceived)
     assert event.headers == [(b"host", b"h"), (b"cookie", b"a=1; b=2"), (b"x", b"y")]
+
+
+def test_a_clients_goaway_leaves_its_streams_in_flight_answerable() -> None:
+    """RFC 9113 6.8: the client's GOAWAY says it opens no more streams; the ones it
+    opened still get their responses."""
+    server, client = pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    [request] = server.receive_data(client.data_to_send())
+    client.close_connection()
+    [lost] = server.receive_data(client.data_to_send())
+    assert (request.stream_id, lost) == (1, http2.ConnectionLost(0))
+    server.send_headers(1, http2.response_block(200, []))
+    server.send_data(1, b"late", end_stream=True)
+    sent = frames(server.data_to_send())
+    assert [(type(f).__name__, f.stream_id, "END_STREAM" in f.flags) for f in sent] == [
+        ("HeadersFrame", 1, False),
+        ("DataFrame", 1, True),
+    ]
+
+
+def test_a_stream_whose_response_is_complete_leaves_room_before_its_app_returns() -> None:
+    """A client may open a new stream as soon as it has a response (h2load -m at the
+    limit does): the stream's app may not have returned yet, and is not counted."""
+    server, client = pair(max_concurrent_streams=2)
+    for stream_id in (1, 3):
+        client.send_headers(stream_id, REQUEST, end_stream=True)
+    assert len(server.receive_data(client.data_to_send())) == 2
+    for stream_id in (1, 3):
+        server.send_headers(stream_id, http2.response_block(200, []), end_stream=True)
+    client.receive_data(server.data_to_send())
+    client.send_headers(5, REQUEST, end_stream=True)
+    [event] = server.receive_data(client.data_to_send())
+    assert isinstance(event, http2.RequestReceived)
+    # Apps still running without a complete response do count.
+    client.send_headers(7, REQUEST, end_stream=True)
+    block = Encoder().encode(REQUEST)  # the h2 client keeps to the limit itself
+    events = server.receive_data(client.data_to_send() + _frame_bytes(0x1, 0x5, 9, block))
+    assert [type(e).__name__ for e in events] == ["RequestReceived"]
+    refused = [f for f in frames(server.data_to_send()) if type(f).__name__ == "RstStreamFrame"]
+    assert [(f.stream_id, f.error_code) for f in refused] == [(9, 7)]

@@ -1,11 +1,15 @@
-"""Sans-I/O HTTP/2 for the server side: the ``h2`` library plus our rules.
+"""Sans-I/O HTTP/2 for the server side (RFC 9113, RFC 8441): bytes in, events out.
 
-``h2`` (the engine Hypercorn is built on) owns the frame layer: HPACK, stream
-states, flow-control accounting, SETTINGS, PING, and the connection errors of
-RFC 9113 (a ``ProtocolError`` from :meth:`H2Protocol.receive_data` means GOAWAY
-is queued in :meth:`data_to_send` and the connection must close).  This module
-adds what a server decides on top of it, so each rule is unit-tested with plain
-bytes:
+Rule: everything about the frames of one connection lives here: reading them, the
+stream states (RFC 9113 5.1), flow control both ways, SETTINGS, PING, GOAWAY,
+RST_STREAM, header blocks over CONTINUATION, and which violation is a stream error
+(RST_STREAM, the connection goes on) or a connection error (:class:`ProtocolError`
+from :meth:`H2Protocol.receive_data`: GOAWAY is queued in :meth:`data_to_send`, and
+the connection must close).  Frames are written by ``h2_frames``; request header
+blocks are decoded by the ``hpack`` library and checked by ``h2_request``.
+
+On top of the frame layer, what a server decides, so each rule is unit-tested with
+plain bytes:
 
 * the request limits HTTP/1.1 has (``max_request_line_size`` for ``:path``,
   ``max_header_size`` per field, ``max_headers``, ``max_request_head_size`` as
@@ -15,21 +19,28 @@ bytes:
   headers with ``host`` from ``:authority`` when the client sent none;
 * response headers: validated as on HTTP/1.1, lowercased, connection-specific
   ones (forbidden in HTTP/2) dropped;
-* flow control as a window the shell may fill (:meth:`sendable`), and a
-  connection window big enough that one stream's unread body never blocks
-  another (invariant: connection window >= max streams x stream window);
-* a graceful GOAWAY that, unlike ``h2``'s ``close_connection()``, leaves the
-  streams in flight able to finish;
+* flow control as a window the shell may fill (:meth:`H2Protocol.sendable`), received
+  body given back only as the app reads it (:meth:`H2Protocol.acknowledge`), and a
+  connection window big enough that one stream's unread body never blocks another
+  (invariant: connection window >= max streams x stream window);
+* a graceful GOAWAY that leaves the streams in flight able to finish, and a client's
+  GOAWAY that does the same for its streams;
 * RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL is offered, and an extended CONNECT
   (``:protocol websocket``) is a request whose stream then carries a WebSocket's
   bytes both ways, outside ``max_request_body_size`` (a tunnel, not a body);
 * the bounds on hostile input (see ``h2_limits``): frame floods end the connection with
-  GOAWAY(ENHANCE_YOUR_CALM) before ``h2`` sees the chunk; at most
+  GOAWAY(ENHANCE_YOUR_CALM) before any frame of the chunk is processed; at most
   ``max_concurrent_streams`` requests have a running app (counted until the shell calls
   :meth:`H2Protocol.forget`, so a stream reset by the peer still counts while its app
-  runs), beyond that REFUSED_STREAM; a stream opened and reset within one read never
-  reaches an app; a request body that makes no progress for ``body_timeout`` seconds
-  while its app waits for it is answered 408 (RST_STREAM once the response began).
+  runs), beyond that REFUSED_STREAM, each refusal (and each malformed request) costing a
+  reset token; a stream opened and reset within one read never reaches an app; a
+  request body that makes no progress for ``body_timeout`` seconds while its app waits
+  for it is answered 408 (RST_STREAM once the response began).
+
+Memory per connection is bounded: ``streams`` holds the streams not yet closed both
+ways (at most ``max_concurrent_streams`` plus those whose app still runs), ``resets``
+the last :data:`RESETS_REMEMBERED` streams closed by a reset (frames the peer had in
+flight for them are ignored, RFC 9113 5.1), the input buffer less than one frame.
 
 Imports no event loop and nothing of ours outside ``protocol/``.
 """
@@ -40,16 +51,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import inf
-from typing import ClassVar, Final
+from typing import ClassVar, Final, NoReturn
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
+from hpack import Decoder
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
+from . import h2_frames as f
+from .h2_frames import ErrorCode
 from .h2_limits import FrameScanner
 from .h2_request import Malformed, parse_request
 from .headers import check_name, check_value
@@ -60,11 +68,13 @@ __all__ = [
     "BodyEnded",
     "BodyReceived",
     "ConnectionLost",
+    "ErrorCode",
     "Flood",
     "H2Protocol",
     "ProtocolError",
     "RequestReceived",
     "RequestRejected",
+    "StreamClosed",
     "StreamReset",
     "WindowOpened",
     "response_block",
@@ -74,18 +84,36 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """The first bytes of every HTTP/2 connection (RFC 9113 3.4); on a cleartext port they
 mean h2c by prior knowledge."""
 
-ProtocolError = h2.exceptions.ProtocolError
+
+class ProtocolError(Exception):
+    """A connection error (GOAWAY queued, close), or an operation on a closed stream
+    (:class:`StreamClosed`)."""
+
+    error_code: ErrorCode = ErrorCode.PROTOCOL_ERROR
+
+    def __init__(self, reason: str, error_code: ErrorCode | None = None) -> None:
+        super().__init__(reason)
+        if error_code is not None:
+            self.error_code = error_code
 
 
-class Flood(h2.exceptions.ProtocolError):
+class Flood(ProtocolError):
     """A per-connection bound broke: GOAWAY(ENHANCE_YOUR_CALM) is queued, close."""
 
-    error_code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    error_code = ErrorCode.ENHANCE_YOUR_CALM
+
+
+class StreamClosed(ProtocolError):
+    """The shell wrote to a stream that is closed (reset by the peer meanwhile, or
+    ended): nothing was queued, the connection goes on."""
+
+    error_code = ErrorCode.STREAM_CLOSED
 
 
 STREAM_WINDOW: Final = 65535
 """Bytes of request body a stream may have unread by its app (SETTINGS_INITIAL_WINDOW_SIZE)."""
-MAX_WINDOW: Final = 2**31 - 1
+MAX_WINDOW: Final = f.MAX_WINDOW
+RESETS_REMEMBERED: Final = 1024
 
 _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
@@ -182,16 +210,33 @@ def response_block(
     return block
 
 
-CLOSED_STREAMS: Final = 1000
-"""Closed streams ``h2`` remembers per connection (its default: 2**16, ~150 bytes each, so
-~10 MiB held by a connection that has seen 65,536 streams, honest or a rapid reset under
-the limits).  The memory only tells late trailers on a stream we reset (a stream error,
-answered RST_STREAM) from HEADERS on a stream long closed (a connection error); frames in
-flight arrive within a round trip, when far fewer streams than this have closed since."""
+class _Stream:
+    """A stream the peer opened that is not closed both ways (RFC 9113 5.1: open or
+    half-closed); closed, it leaves :attr:`H2Protocol.streams`."""
 
+    __slots__ = (
+        "expected",
+        "in_window",
+        "local_open",
+        "out_window",
+        "processed",
+        "received",
+        "remote_open",
+    )
 
-class _Connection(h2.connection.H2Connection):
-    MAX_CLOSED_STREAMS = CLOSED_STREAMS
+    def __init__(self, out_window: int, remote_open: bool, expected: int | None) -> None:
+        self.remote_open = remote_open
+        """The peer has not sent END_STREAM."""
+        self.local_open = True
+        """We have not sent END_STREAM."""
+        self.out_window = out_window
+        self.in_window = STREAM_WINDOW
+        """What the peer may still send on the stream before our next WINDOW_UPDATE."""
+        self.processed = 0
+        """Body bytes the app read that are not yet given back to the peer."""
+        self.expected = expected
+        """``content-length``, None if absent: the DATA must add up to it (8.1.1)."""
+        self.received = 0
 
 
 class H2Protocol:
@@ -214,34 +259,53 @@ class H2Protocol:
         self.max_headers = max_headers
         self.max_body_size = max_body_size
         self.max_concurrent_streams = max_concurrent_streams
-        self.conn = _Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                # response_block() already lowercases, checks and filters every field
-                # (the HTTP/1.1 check): h2 doing it again was ~1/6 of a request's CPU.
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                # h2_request.parse_request checks every request block (RFC 9113 8.2, 8.3)
-                # in one pass, with caches: h2's chain of generators was ~1/4 of a request.
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-            )
-        )
         self.max_head_size = max_head_size
-        self.conn.local_settings = self._settings(max_concurrent_streams)
         self.clock = clock
         self.scanner = FrameScanner(max_header_block=max_head_size + 16384, now=clock())
+        self.decoder = Decoder(max_header_list_size=max_head_size)
+        self.out: list[bytes] = []
+        """Frames queued for :meth:`data_to_send`, in order."""
+        self.buffer = b""
+        """The start of a frame not yet complete (less than 9 + 16384 bytes)."""
+        self.preface_left = len(PREFACE)
+        """Bytes of the client's connection preface not yet received."""
+        self.preface_done = False
+        """The client's preface and first SETTINGS have arrived."""
+        self.closed = False
+        """A connection error or the final GOAWAY: nothing more is read or queued."""
+        self.streams: dict[int, _Stream] = {}
+        self.recent: dict[int, bool] = {}
+        """The last streams closed, True: by a reset (frames in flight are ignored)."""
+        self.highest = 0
+        """The highest stream id the peer opened; streams above it are idle."""
+        self.block: list[bytes] | None = None
+        """The header block in progress (HEADERS without END_HEADERS, CONTINUATIONs)."""
+        self.block_sid = 0
+        self.block_flags = 0
+        self.block_bad_priority = False
+        self.conn_out = 65535
+        """Our connection send window."""
+        self.conn_in = 65535
+        """What the peer may still send on the connection before our next WINDOW_UPDATE."""
+        self.conn_window = 65535
+        self.conn_processed = 0
+        self.peer_initial = 65535
+        self.peer_max_frame = f.DEFAULT_MAX_FRAME
+        self.table_zeroed = False
+        """Our first header block said: dynamic table size 0 (``h2_frames``)."""
+        self.opened: dict[int, int] = {}
+        """Requests reported by the current receive_data call, by stream: their index in
+        its output (a reset within the call unreports them)."""
         self.active: set[int] = set()
         """Streams reported to the shell whose task has not ended (:meth:`forget`)."""
+        self.answered: set[int] = set()
+        """Those of ``active`` whose response we ended: their apps are finishing."""
         self.body_timeout = body_timeout
         self.body_due: dict[int, float] = {}
         """Deadline of each request body the app waits for: armed while the body is open
         and the app holds none of it unread (a client held back by our window is not late)."""
         self.unread: dict[int, int] = {}
         """Flow-controlled bytes reported and not yet acknowledged, per open body."""
-        self.preface_done = False
-        """The client's preface and first SETTINGS have arrived."""
         self.body_seen: dict[int, int] = {}
         """Body bytes received per open request stream (for ``max_body_size``)."""
         self.tunnels: set[int] = set()
@@ -250,161 +314,470 @@ class H2Protocol:
         self.going_away = False
         """A GOAWAY was sent: streams above ``last_stream_id`` are refused."""
         self.last_stream_id = 0
-
-    def _settings(self, max_streams: int) -> h2.settings.Settings:
-        return h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_head_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-            },
-        )
+        """The last stream handed to the shell (or answered by the core): GOAWAY's."""
 
     def initiate(self) -> None:
-        """Queue our SETTINGS, and widen the connection window to the invariant above.
-
-        The SETTINGS frame advertises ``max_concurrent_streams``; ``h2`` is then given a
-        ceiling twice as high, because ``h2`` answers a stream over its limit with a
-        connection error (PROTOCOL_ERROR) where RFC 9113 5.1.2 wants a stream error: we
-        refuse those streams ourselves (REFUSED_STREAM).  Only a client opening twice
-        the limit within one read meets ``h2``'s connection error.
-        """
-        self.conn.initiate_connection()
-        ceiling = max(2 * self.max_concurrent_streams, self.max_concurrent_streams + 100)
-        self.conn.local_settings = self._settings(ceiling)
-        extra = min(self.max_concurrent_streams * STREAM_WINDOW, MAX_WINDOW) - STREAM_WINDOW
-        if extra > 0:
-            self.conn.increment_flow_control_window(extra)
+        """Queue our SETTINGS, and widen the connection window to the invariant above."""
+        self.out.append(
+            f.settings(
+                {
+                    f.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                    f.MAX_HEADER_LIST_SIZE: self.max_head_size,
+                    f.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    f.ENABLE_CONNECT_PROTOCOL: 1,
+                }
+            )
+        )
+        window = min(self.max_concurrent_streams * STREAM_WINDOW, MAX_WINDOW)
+        if window > self.conn_window:
+            self.out.append(f.window_update(0, window - self.conn_window))
+            self.conn_in += window - self.conn_window
+            self.conn_window = window
 
     def data_to_send(self) -> bytes:
-        return self.conn.data_to_send()
+        out = self.out
+        if not out:
+            return b""
+        data = b"".join(out)
+        out.clear()
+        return data
+
+    # --- reading ----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Our events for ``data``.  Raises ProtocolError (or its :class:`Flood`): GOAWAY
         is queued, close after sending it."""
+        if self.closed:
+            return []
         verdict = self.scanner.scan(data, self.clock())
         if verdict:
             self._calm_down(verdict)
+        if self.buffer:
+            data = self.buffer + data
+            self.buffer = b""
+        pos = 0
+        if self.preface_left:
+            done = len(PREFACE) - self.preface_left
+            pos = min(self.preface_left, len(data))
+            if data[:pos] != PREFACE[done : done + pos]:
+                self._error(ErrorCode.PROTOCOL_ERROR, "no HTTP/2 connection preface")
+            self.preface_left -= pos
         out: list[Event | None] = []
-        opened: dict[int, int] = {}
-        """Requests reported in this call, by stream: a reset within the call unreports."""
-        for event in self.conn.receive_data(data):
-            if isinstance(event, h2.events.RequestReceived):
-                self._request(event, out)
-                last = out[-1] if out else None
-                if isinstance(last, RequestReceived) and last.stream_id == event.stream_id:
-                    opened[event.stream_id] = len(out) - 1
-            elif isinstance(event, h2.events.DataReceived):
-                self._data(event, out)
-            elif isinstance(event, h2.events.StreamEnded):
-                if self.body_seen.get(event.stream_id) is not None:
-                    self._body_closed(event.stream_id)
-                    out.append(BodyEnded(event.stream_id))
-                elif event.stream_id in self.tunnels:
-                    self.tunnels.discard(event.stream_id)
-                    out.append(BodyEnded(event.stream_id))
-            elif isinstance(event, h2.events.StreamReset):
-                stream_id = event.stream_id
-                self._body_closed(stream_id)
-                self.tunnels.discard(stream_id)
-                index = opened.pop(stream_id, None)
-                if index is not None:
-                    # Opened and reset in one read (rapid reset): no app ever runs for it.
-                    out[index] = None
-                    self.active.discard(stream_id)
-                else:
-                    out.append(StreamReset(stream_id))
-            elif isinstance(event, h2.events.WindowUpdated):
-                out.append(WindowOpened(event.stream_id))
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
-                self.preface_done = True
-                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                    out.append(WindowOpened(0))
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                out.append(ConnectionLost(event.last_stream_id or 0))
-            # PING, SETTINGS ACK, PRIORITY and trailers need nothing of us: h2 answers
-            # what must be answered, and trailers are not passed to the app (ASGI has none).
+        self.opened = {}
+        end = len(data)
+        unpack = f.HEAD.unpack_from
+        while end - pos >= 9:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            length = high << 16 | low
+            if length > f.DEFAULT_MAX_FRAME:
+                self._error(ErrorCode.FRAME_SIZE_ERROR, "frame over SETTINGS_MAX_FRAME_SIZE")
+            start = pos + 9
+            if end - start < length:
+                break
+            pos = start + length
+            payload = data[start:pos]
+            stream_id &= 0x7FFFFFFF
+            if self.block is not None and kind != f.CONTINUATION:
+                self._error(ErrorCode.PROTOCOL_ERROR, "a frame inside a header block")
+            if kind == f.DATA:
+                self._on_data(flags, stream_id, payload, out)
+            elif kind == f.HEADERS:
+                self._on_headers(flags, stream_id, payload, out)
+            elif not self.preface_done and (kind != f.SETTINGS or flags & f.ACK):
+                self._error(ErrorCode.PROTOCOL_ERROR, "the preface's first frame is no SETTINGS")
+            elif kind == f.WINDOW_UPDATE:
+                self._on_window_update(stream_id, payload, out)
+            elif kind == f.RST_STREAM:
+                self._on_rst_stream(stream_id, payload, out)
+            elif kind == f.SETTINGS:
+                self._on_settings(flags, stream_id, payload, out)
+            elif kind == f.PING:
+                if stream_id:
+                    self._error(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+                if length != 8:
+                    self._error(ErrorCode.FRAME_SIZE_ERROR, "PING of other than 8 bytes")
+                if not flags & f.ACK:
+                    self.out.append(f.frame(f.PING, f.ACK, 0, payload))
+            elif kind == f.CONTINUATION:
+                self._on_continuation(flags, stream_id, payload, out)
+            elif kind == f.PRIORITY:
+                self._on_priority(stream_id, payload, out)
+            elif kind == f.GOAWAY:
+                if stream_id:
+                    self._error(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+                if length < 8:
+                    self._error(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY under 8 bytes")
+                out.append(ConnectionLost(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF))
+            elif kind == f.PUSH_PROMISE:
+                self._error(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            # Frames of unknown types are ignored (RFC 9113 5.5).
+        if pos < end:
+            self.buffer = data[pos:]
         return [event for event in out if event is not None]
 
-    def _calm_down(self, reason: str) -> None:
-        """End the connection for a broken bound: GOAWAY(ENHANCE_YOUR_CALM), then raise."""
+    def _on_data(self, flags: int, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
+        if not stream_id:
+            self._error(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+        if not self.preface_done:
+            self._error(ErrorCode.PROTOCOL_ERROR, "the preface's first frame is no SETTINGS")
+        flow = len(payload)
+        self.conn_in -= flow
+        if self.conn_in < 0:
+            self._error(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        data = payload
+        if flags & f.PADDED:
+            if not flow or payload[0] >= flow:
+                self._error(ErrorCode.PROTOCOL_ERROR, "DATA padding longer than its frame")
+            data = payload[1 : flow - payload[0]]
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.remote_open:
+            if stream is None and stream_id > self.highest:
+                self._error(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
+            self._give_back(flow)
+            if stream is not None or self.recent.get(stream_id) is False:
+                self._stream_error(stream_id, ErrorCode.STREAM_CLOSED, out)
+            return  # else: reset by us (or long closed), in flight: ignored
+        stream.in_window -= flow
+        if stream.in_window < 0:
+            self._give_back(flow)
+            self._stream_error(stream_id, ErrorCode.FLOW_CONTROL_ERROR, out)
+            return
+        stream.received += len(data)
+        if stream.expected is not None and stream.received > stream.expected:
+            self._give_back(flow)
+            self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        self._data(stream_id, data, flow, out)
+        if flags & f.END_STREAM:
+            self._remote_end(stream_id, stream, out)
+
+    def _on_headers(
+        self, flags: int, stream_id: int, payload: bytes, out: list[Event | None]
+    ) -> None:
+        if not stream_id or not stream_id & 1:
+            self._error(ErrorCode.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+        if not self.preface_done:
+            self._error(ErrorCode.PROTOCOL_ERROR, "the preface's first frame is no SETTINGS")
+        block = payload
+        if flags & (f.PADDED | f.PRIORITY_FLAG):
+            start = 0
+            stop = len(payload)
+            if flags & f.PADDED:
+                if not payload:
+                    self._error(ErrorCode.FRAME_SIZE_ERROR, "HEADERS without its pad length")
+                start = 1
+                stop -= payload[0]
+            bad_priority = False
+            if flags & f.PRIORITY_FLAG:
+                if len(payload) < start + 5:
+                    self._error(ErrorCode.FRAME_SIZE_ERROR, "HEADERS without its priority")
+                depends = int.from_bytes(payload[start : start + 4], "big") & 0x7FFFFFFF
+                bad_priority = depends == stream_id
+                start += 5
+            if stop < start:
+                self._error(ErrorCode.PROTOCOL_ERROR, "HEADERS padding longer than its frame")
+            block = payload[start:stop]
+            self.block_bad_priority = bad_priority
+        else:
+            self.block_bad_priority = False
+        if flags & f.END_HEADERS:
+            self._header_block(stream_id, flags, block, out)
+        else:
+            self.block = [block]
+            self.block_sid = stream_id
+            self.block_flags = flags
+
+    def _on_continuation(
+        self, flags: int, stream_id: int, payload: bytes, out: list[Event | None]
+    ) -> None:
+        if self.block is None or stream_id != self.block_sid:
+            self._error(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        self.block.append(payload)
+        if flags & f.END_HEADERS:
+            block = b"".join(self.block)
+            self.block = None
+            self._header_block(stream_id, self.block_flags, block, out)
+
+    def _header_block(
+        self, stream_id: int, flags: int, block: bytes, out: list[Event | None]
+    ) -> None:
+        """A whole header block: decoded whatever becomes of its stream (the HPACK
+        table is the connection's), then a request, trailers, or an error."""
         try:
-            self.conn.close_connection(
-                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream_id
-            )
-        except h2.exceptions.ProtocolError:
-            pass  # closed already
+            fields = self.decoder.decode(block, raw=True)
+        except OversizedHeaderListError:
+            self._calm_down("header list over SETTINGS_MAX_HEADER_LIST_SIZE")
+        except (HPACKError, IndexError, TypeError, ValueError):
+            self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
+        end_stream = bool(flags & f.END_STREAM)
+        stream = self.streams.get(stream_id)
+        if stream is not None:  # trailers
+            if not stream.remote_open:
+                self._stream_error(stream_id, ErrorCode.STREAM_CLOSED, out)
+            elif not end_stream or any(name[:1] == b":" for name, _ in fields):
+                self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+            else:
+                self._remote_end(stream_id, stream, out)  # trailers are not passed on
+            return
+        if stream_id <= self.highest:
+            closed = self.recent.get(stream_id)
+            if closed:
+                return  # reset by us, in flight: ignored
+            if closed is None:
+                self._error(ErrorCode.PROTOCOL_ERROR, "HEADERS on a stream id used up")
+            self._error(ErrorCode.STREAM_CLOSED, "HEADERS on a closed stream")
+        self.highest = stream_id
+        if self.block_bad_priority:
+            self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        self._request(stream_id, fields, end_stream, out)
+
+    def _on_window_update(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
+        if len(payload) != 4:
+            self._error(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of other than 4 bytes")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if not stream_id:
+            if not increment:
+                self._error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.conn_out += increment
+            if self.conn_out > MAX_WINDOW:
+                self._error(ErrorCode.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+            out.append(WindowOpened(0))
+            return
+        if stream_id > self.highest:
+            self._error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # closed: allowed for a while (RFC 9113 6.9)
+        if not increment:
+            self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        stream.out_window += increment
+        if stream.out_window > MAX_WINDOW:
+            self._stream_error(stream_id, ErrorCode.FLOW_CONTROL_ERROR, out)
+            return
+        out.append(WindowOpened(stream_id))
+
+    def _on_rst_stream(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
+        if not stream_id:
+            self._error(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            self._error(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of other than 4 bytes")
+        if stream_id > self.highest:
+            self._error(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        if self.streams.pop(stream_id, None) is None:
+            return
+        self._remember(stream_id, True)
+        self._unreport(stream_id, out)
+
+    def _on_settings(
+        self, flags: int, stream_id: int, payload: bytes, out: list[Event | None]
+    ) -> None:
+        if stream_id:
+            self._error(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & f.ACK:
+            if payload:
+                self._error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            self._error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of a length not 6n")
+        window_changed = False
+        for at in range(0, len(payload), 6):
+            code = payload[at] << 8 | payload[at + 1]
+            value = int.from_bytes(payload[at + 2 : at + 6], "big")
+            if code == f.INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    self._error(ErrorCode.FLOW_CONTROL_ERROR, "initial window over 2^31-1")
+                delta = value - self.peer_initial
+                self.peer_initial = value
+                for stream in self.streams.values():
+                    stream.out_window += delta
+                    if stream.out_window > MAX_WINDOW:
+                        self._error(ErrorCode.FLOW_CONTROL_ERROR, "a window over 2^31-1")
+                window_changed = True
+            elif code == f.MAX_FRAME_SIZE:
+                if not f.DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
+                    self._error(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self.peer_max_frame = value
+            elif code in (f.ENABLE_PUSH, f.ENABLE_CONNECT_PROTOCOL) and value > 1:
+                self._error(ErrorCode.PROTOCOL_ERROR, "a boolean setting over 1")
+            # HEADER_TABLE_SIZE: our blocks use no dynamic table; the rest is advisory.
+        self.out.append(f.SETTINGS_ACK)
+        self.preface_done = True
+        if window_changed:
+            out.append(WindowOpened(0))
+
+    def _on_priority(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
+        """Priorities are not acted on (RFC 9113 5.3.2 lets us); only checked."""
+        if not stream_id:
+            self._error(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            self._stream_error(stream_id, ErrorCode.FRAME_SIZE_ERROR, out)
+        elif int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == stream_id:
+            self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+
+    # --- stream states ----------------------------------------------------------------
+
+    def _remember(self, stream_id: int, by_reset: bool) -> None:
+        recent = self.recent
+        recent[stream_id] = by_reset
+        if len(recent) > RESETS_REMEMBERED:
+            del recent[next(iter(recent))]
+
+    def _remote_end(self, stream_id: int, stream: _Stream, out: list[Event | None]) -> None:
+        """The peer's END_STREAM (on DATA or trailers)."""
+        if stream.expected is not None and stream.received != stream.expected:
+            self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        stream.remote_open = False
+        if not stream.local_open:
+            del self.streams[stream_id]
+            self._remember(stream_id, False)
+        if self.body_seen.get(stream_id) is not None:
+            self._body_closed(stream_id)
+            out.append(BodyEnded(stream_id))
+        elif stream_id in self.tunnels:
+            self.tunnels.discard(stream_id)
+            out.append(BodyEnded(stream_id))
+
+    def _local_end(self, stream_id: int, stream: _Stream) -> None:
+        stream.local_open = False
+        if stream_id in self.active:
+            self.answered.add(stream_id)
+        if not stream.remote_open:
+            del self.streams[stream_id]
+            self._remember(stream_id, False)
+
+    def _unreport(self, stream_id: int, out: list[Event | None]) -> None:
+        """The stream was reset: its app learns it, or, if it was reported in this very
+        read (rapid reset), no app ever runs for it."""
+        self._body_closed(stream_id)
+        self.tunnels.discard(stream_id)
+        index = self.opened.pop(stream_id, None)
+        if index is not None:
+            out[index] = None
+            self.active.discard(stream_id)
+            self.answered.discard(stream_id)
+        else:
+            out.append(StreamReset(stream_id))
+
+    def _stream_error(self, stream_id: int, code: ErrorCode, out: list[Event | None]) -> None:
+        """RST_STREAM(``code``) for a peer's mistake on one stream (RFC 9113 5.4.2); each
+        costs a reset token, so a stream of mistakes is a flood."""
+        self.out.append(f.rst_stream(stream_id, code))
+        self._remember(stream_id, True)
+        if self.streams.pop(stream_id, None) is not None:
+            self._unreport(stream_id, out)
+        if not self.scanner.refused(self.clock()):
+            self._calm_down("stream errors (rapid reset)")
+
+    def _refuse(self, stream_id: int, code: ErrorCode, reason: str) -> None:
+        """RST_STREAM for a stream never opened to the shell, at a reset token's cost."""
+        self.out.append(f.rst_stream(stream_id, code))
+        self._remember(stream_id, True)
+        if not self.scanner.refused(self.clock()):
+            self._calm_down(reason)
+
+    def _error(self, code: ErrorCode, reason: str) -> NoReturn:
+        """A connection error (RFC 9113 5.4.1): GOAWAY(``code``), then raise."""
+        if not self.closed:
+            self.closed = True
+            self.out.append(f.goaway(self.last_stream_id, code))
+        raise ProtocolError(reason, code)
+
+    def _calm_down(self, reason: str) -> NoReturn:
+        """End the connection for a broken bound: GOAWAY(ENHANCE_YOUR_CALM), then raise."""
+        if not self.closed:
+            self.closed = True
+            self.out.append(f.goaway(self.last_stream_id, ErrorCode.ENHANCE_YOUR_CALM))
         raise Flood(reason)
+
+    # --- our rules on requests --------------------------------------------------------
 
     def _body_closed(self, stream_id: int) -> None:
         self.body_seen.pop(stream_id, None)
         self.body_due.pop(stream_id, None)
         self.unread.pop(stream_id, None)
 
-    def _request(self, event: h2.events.RequestReceived, out: list[Event | None]) -> None:
-        stream_id = event.stream_id
+    def _request(
+        self,
+        stream_id: int,
+        fields: Iterable[tuple[bytes, bytes]],
+        ended: bool,
+        out: list[Event | None],
+    ) -> None:
         if self.going_away:
             # After our GOAWAY: never processed (RFC 9113 6.8), the client may retry it.
-            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.out.append(f.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
+            self._remember(stream_id, True)
             return
-        if len(self.active) >= self.max_concurrent_streams:
+        limit = self.max_concurrent_streams
+        if len(self.active) - len(self.answered) >= limit or len(self.active) >= 2 * limit:
             # Over SETTINGS_MAX_CONCURRENT_STREAMS, counting apps still running for
             # streams the peer reset: a stream error (RFC 9113 5.1.2), and a reset token.
-            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            if not self.scanner.refused(self.clock()):
-                self._calm_down("streams beyond the concurrency limit (rapid reset)")
+            # An app whose response is complete is not counted (the client may open the
+            # next stream as soon as it has the response, before the app returns), up to
+            # twice the limit of running apps in all.
+            self._refuse(
+                stream_id,
+                ErrorCode.REFUSED_STREAM,
+                "streams beyond the concurrency limit (rapid reset)",
+            )
             return
         self.last_stream_id = stream_id
         try:
-            head = parse_request(event.headers or ())
+            head = parse_request(fields)
         except Malformed:
             # RFC 9113 8.1.1: a stream error; the connection and its other streams go on.
-            # Each costs a reset token, as a refused stream does (a flood of them is one).
-            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            if not self.scanner.refused(self.clock()):
-                self._calm_down("malformed requests (rapid reset)")
+            self._refuse(stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)")
             return
-        method = head.method
-        raw_target = head.path or b""
-        authority = head.authority
-        protocol = head.protocol
         headers = head.fields
+        expected: int | None = None
         max_header_size = self.max_header_size
         for name, value in headers:
             if len(name) + len(value) > max_header_size:
+                self._open(stream_id, ended, None)
                 out.append(RequestRejected(stream_id, 431, "header too large"))
                 return
+            if name == b"content-length":
+                if not value.isdigit() or (expected is not None and int(value) != expected):
+                    self._refuse(
+                        stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)"
+                    )
+                    return
+                expected = int(value)
+        max_body = self.max_body_size
+        if expected is not None and max_body is not None and expected > max_body:
+            self._open(stream_id, ended, None)
+            out.append(RequestRejected(stream_id, 413, "request body too large"))
+            return
+        if ended and expected:
+            self._refuse(stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)")
+            return
+        self._open(stream_id, ended, expected)
         if len(headers) > self.max_headers:
             out.append(RequestRejected(stream_id, 431, "too many headers"))
             return
+        method = head.method
+        protocol = head.protocol
         if method == b"CONNECT":
             # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
-            # protocols (RFC 8441) only WebSocket is.  parse_request has checked the
-            # pseudo-headers an extended CONNECT needs (:scheme, :path).
+            # protocols (RFC 8441) only WebSocket is.
             if protocol is None:
                 out.append(RequestRejected(stream_id, 501, "CONNECT is not supported"))
                 return
             if protocol.lower() != b"websocket":
                 out.append(RequestRejected(stream_id, 501, "only :protocol websocket"))
                 return
+        raw_target = head.path or b""
         if len(raw_target) > self.max_path:
             out.append(RequestRejected(stream_id, 414, "request line too long"))
             return
-        if authority is not None and head.host is None:
-            headers.insert(0, (b"host", authority))
-        if self.max_body_size is not None:
-            for name, value in headers:
-                if (
-                    name == b"content-length"
-                    and value.isdigit()
-                    and int(value) > self.max_body_size
-                ):
-                    out.append(RequestRejected(stream_id, 413, "request body too large"))
-                    return
-        raw_path, _, query = raw_target.partition(b"#")[0].partition(b"?")
-        ended = event.stream_ended is not None
+        if head.authority is not None and head.host is None:
+            headers.insert(0, (b"host", head.authority))
+        if raw_target.find(b"#") >= 0:
+            raw_target = raw_target.partition(b"#")[0]
+        raw_path, _, query = raw_target.partition(b"?")
         if protocol is not None:
             if ended:
                 out.append(RequestRejected(stream_id, 400, "WebSocket stream ended at once"))
@@ -416,6 +789,7 @@ class H2Protocol:
             if self.body_timeout is not None:
                 self.body_due[stream_id] = self.clock() + self.body_timeout
         self.active.add(stream_id)
+        self.opened[stream_id] = len(out)
         out.append(
             RequestReceived(
                 stream_id=stream_id,
@@ -429,10 +803,10 @@ class H2Protocol:
             )
         )
 
-    def _data(self, event: h2.events.DataReceived, out: list[Event | None]) -> None:
-        stream_id = event.stream_id
-        data = event.data or b""
-        flow = event.flow_controlled_length or 0
+    def _open(self, stream_id: int, ended: bool, expected: int | None) -> None:
+        self.streams[stream_id] = _Stream(self.peer_initial, not ended, expected)
+
+    def _data(self, stream_id: int, data: bytes, flow: int, out: list[Event | None]) -> None:
         seen = self.body_seen.get(stream_id)
         if seen is None:
             if stream_id in self.tunnels:
@@ -455,17 +829,36 @@ class H2Protocol:
 
     # --- what the shell does to a stream ---------------------------------------
 
+    def _give_back(self, flow: int) -> None:
+        """Connection window: given back in one WINDOW_UPDATE once half of it is used."""
+        processed = self.conn_processed + flow
+        if processed >= self.conn_window // 2:
+            self.out.append(f.window_update(0, processed))
+            self.conn_in += processed
+            processed = 0
+        self.conn_processed = processed
+
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
-        """The app read ``flow_length`` bytes: give them back to the peer's windows.
-        Once the app has read all it was given, the body's deadline runs again."""
-        if flow_length:
-            self.conn.acknowledge_received_data(flow_length, stream_id)
-            unread = self.unread.get(stream_id)
-            if unread is not None:
-                unread -= flow_length
-                self.unread[stream_id] = unread
-                if not unread and self.body_timeout is not None:
-                    self.body_due[stream_id] = self.clock() + self.body_timeout
+        """The app read ``flow_length`` bytes: give them back to the peer's windows (once
+        half a window is due).  Once the app has read all it was given, the body's
+        deadline runs again."""
+        if not flow_length:
+            return
+        self._give_back(flow_length)
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.remote_open:
+            processed = stream.processed + flow_length
+            if processed >= STREAM_WINDOW // 2:
+                self.out.append(f.window_update(stream_id, processed))
+                stream.in_window += processed
+                processed = 0
+            stream.processed = processed
+        unread = self.unread.get(stream_id)
+        if unread is not None:
+            unread -= flow_length
+            self.unread[stream_id] = unread
+            if not unread and self.body_timeout is not None:
+                self.body_due[stream_id] = self.clock() + self.body_timeout
 
     def next_deadline(self) -> float:
         """The earliest request-body deadline (``clock`` time), inf when none runs."""
@@ -486,54 +879,92 @@ class H2Protocol:
         """The stream's task is done: a body still arriving is only acknowledged."""
         self._body_closed(stream_id)
         self.active.discard(stream_id)
+        self.answered.discard(stream_id)
         self.tunnels.discard(stream_id)
+
+    def _open_stream(self, stream_id: int) -> _Stream:
+        """The stream to write on; raises :class:`StreamClosed` if we may not."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.local_open or self.closed:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        return stream
 
     def send_headers(
         self, stream_id: int, block: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
         """A response head built by :func:`response_block`."""
-        self.conn.send_headers(stream_id, block, end_stream=end_stream)
+        stream = self._open_stream(stream_id)
+        encoded = f.encode_block(block)
+        if not self.table_zeroed:
+            self.table_zeroed = True
+            encoded = f.TABLE_SIZE_ZERO + encoded
+        flags = f.END_STREAM if end_stream else 0
+        limit = self.peer_max_frame
+        if len(encoded) <= limit:
+            self.out.append(f.frame(f.HEADERS, flags | f.END_HEADERS, stream_id, encoded))
+        else:
+            self.out.append(f.frame(f.HEADERS, flags, stream_id, encoded[:limit]))
+            for at in range(limit, len(encoded), limit):
+                last = at + limit >= len(encoded)
+                self.out.append(
+                    f.frame(
+                        f.CONTINUATION,
+                        f.END_HEADERS if last else 0,
+                        stream_id,
+                        encoded[at : at + limit],
+                    )
+                )
+        if end_stream:
+            self._local_end(stream_id, stream)
 
     def sendable(self, stream_id: int, wanted: int) -> int:
-        """How many of ``wanted`` body bytes may go now (0: wait for a WindowOpened)."""
-        window = self.conn.local_flow_control_window(stream_id)
-        return max(0, min(wanted, window, self.conn.max_outbound_frame_size))
+        """How many of ``wanted`` body bytes may go now (0: wait for a WindowOpened).
+        Raises StreamClosed."""
+        stream = self._open_stream(stream_id)
+        return max(0, min(wanted, stream.out_window, self.conn_out, self.peer_max_frame))
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
-        """``data`` must fit :meth:`sendable`."""
-        self.conn.send_data(stream_id, data, end_stream=end_stream)
+        """``data`` must fit :meth:`sendable`.  Raises StreamClosed."""
+        stream = self._open_stream(stream_id)
+        size = len(data)
+        if size > stream.out_window or size > self.conn_out or size > self.peer_max_frame:
+            raise ProtocolError(f"{size} bytes do not fit the windows or the frame size")
+        stream.out_window -= size
+        self.conn_out -= size
+        self.out.append(
+            f.HEAD.pack(
+                size >> 16, size & 0xFFFF, f.DATA, f.END_STREAM if end_stream else 0, stream_id
+            )
+        )
+        if size:
+            self.out.append(data)
+        if end_stream:
+            self._local_end(stream_id, stream)
         self.scanner.data_sent()
 
     def end_stream(self, stream_id: int) -> None:
-        self.conn.end_stream(stream_id)
+        stream = self._open_stream(stream_id)
+        self.out.append(f.frame(f.DATA, f.END_STREAM, stream_id))
+        self._local_end(stream_id, stream)
 
-    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
+    def reset(self, stream_id: int, error_code: int = ErrorCode.INTERNAL_ERROR) -> None:
         """RST_STREAM, unless the stream (or the whole connection) is closed already."""
         self._body_closed(stream_id)
         self.tunnels.discard(stream_id)
-        try:
-            self.conn.reset_stream(stream_id, error_code)
-        except h2.exceptions.ProtocolError:
-            pass
+        if self.streams.pop(stream_id, None) is None or self.closed:
+            return
+        self.out.append(f.rst_stream(stream_id, error_code))
+        self._remember(stream_id, True)
 
     def go_away(self) -> None:
-        """Graceful shutdown: GOAWAY(NO_ERROR, last stream seen); the streams up to it go on.
-
-        Written as our own frame because ``h2``'s ``close_connection()`` also closes its
-        state machine, after which no stream in flight could send its response.
-        """
-        if self.going_away:
+        """Graceful shutdown: GOAWAY(NO_ERROR, last stream seen); the streams up to it go on."""
+        if self.going_away or self.closed:
             return
         self.going_away = True
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last_stream_id
-        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
-        # h2 queues its own frames in this buffer; ours joins them in order.
-        self.conn._data_to_send += frame.serialize()
+        self.out.append(f.goaway(self.last_stream_id, ErrorCode.NO_ERROR))
 
-    def close(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+    def close(self, error_code: int = ErrorCode.NO_ERROR) -> None:
         """Final GOAWAY: nothing more goes on this connection."""
-        try:
-            self.conn.close_connection(error_code, last_stream_id=self.last_stream_id)
-        except h2.exceptions.ProtocolError:
-            pass  # closed already (the peer's GOAWAY or a connection error)
+        if not self.closed:
+            self.closed = True
+            self.out.append(f.goaway(self.last_stream_id, error_code))
