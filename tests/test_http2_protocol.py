@@ -488,3 +488,45 @@ def test_a_stream_whose_response_is_complete_leaves_room_before_its_app_returns(
     assert [type(e).__name__ for e in events] == ["RequestReceived"]
     refused = [f for f in frames(server.data_to_send()) if type(f).__name__ == "RstStreamFrame"]
     assert [(f.stream_id, f.error_code) for f in refused] == [(9, 7)]
+
+
+def test_a_repeated_header_block_decodes_against_the_table_as_it_is_now() -> None:
+    """The same bytes of an all-indexed block (h2load, browsers: every request after the
+    first) mean other fields once the HPACK table has changed: remembered decodes must
+    not outlive the table they were made with."""
+    server, _ = pair()
+    static = b"\x82\x86\x84"  # :method GET, :scheme http, :path /
+    indexed = static + b"\xbe"  # + dynamic entry 62: the newest
+    blocks = [
+        static + b"\x41\x01a",  # :authority a, added to the table (62)
+        indexed,
+        static + b"\x41\x01b",  # :authority b, now 62 (a is 63)
+        indexed,
+    ]
+    hosts = []
+    for stream_id, block in zip((1, 3, 5, 7), blocks, strict=True):
+        [event] = server.receive_data(_frame_bytes(0x1, 0x5, stream_id, block))
+        assert isinstance(event, http2.RequestReceived)
+        hosts.append(dict(event.headers)[b"host"])
+    assert hosts == [b"a", b"a", b"b", b"b"]
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "code"),
+    [
+        (5, 3, h2.errors.ErrorCodes.PROTOCOL_ERROR),  # an id skipped: unexpected (5.1.1)
+        (1, 1, h2.errors.ErrorCodes.STREAM_CLOSED),  # a closed stream's HEADERS (5.1)
+    ],
+)
+def test_headers_on_a_lower_stream_id_is_a_connection_error(
+    first: int, again: int, code: int
+) -> None:
+    server, _ = pair()
+    block = Encoder().encode(REQUEST)
+    [event] = server.receive_data(_frame_bytes(0x1, 0x5, first, block))
+    assert isinstance(event, http2.RequestReceived)
+    server.send_headers(first, http2.response_block(200, []), end_stream=True)
+    with pytest.raises(http2.ProtocolError):
+        server.receive_data(_frame_bytes(0x1, 0x5, again, block))
+    [goaway] = [f for f in frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert (goaway.error_code, goaway.last_stream_id) == (code, first)

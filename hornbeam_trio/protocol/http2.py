@@ -48,6 +48,7 @@ Imports no event loop and nothing of ours outside ``protocol/``.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import inf
@@ -114,6 +115,8 @@ STREAM_WINDOW: Final = 65535
 """Bytes of request body a stream may have unread by its app (SETTINGS_INITIAL_WINDOW_SIZE)."""
 MAX_WINDOW: Final = f.MAX_WINDOW
 RESETS_REMEMBERED: Final = 1024
+GAPS_REMEMBERED: Final = 64
+BLOCKS_REMEMBERED: Final = 64
 
 _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
@@ -274,8 +277,17 @@ class H2Protocol:
         self.closed = False
         """A connection error or the final GOAWAY: nothing more is read or queued."""
         self.streams: dict[int, _Stream] = {}
-        self.recent: dict[int, bool] = {}
-        """The last streams closed, True: by a reset (frames in flight are ignored)."""
+        self.resets: OrderedDict[int, None] = OrderedDict()
+        """The last streams closed by a reset, either side's: frames the peer had in flight
+        for them are ignored.  Other streams at or below ``highest`` closed normally, or
+        were skipped (``gaps``)."""
+        self.gaps: deque[tuple[int, int]] = deque(maxlen=GAPS_REMEMBERED)
+        """Ranges of stream ids the peer skipped: a HEADERS on one is no stream reuse but
+        an unexpected id (PROTOCOL_ERROR, RFC 9113 5.1.1)."""
+        self.blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        """Header blocks that decoded without changing the HPACK table, and their fields:
+        decoded again, they give the same fields as long as the table has not changed
+        (any decode that changes it empties this cache)."""
         self.highest = 0
         """The highest stream id the peer opened; streams above it are idle."""
         self.block: list[bytes] | None = None
@@ -434,7 +446,7 @@ class H2Protocol:
             if stream is None and stream_id > self.highest:
                 self._error(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
             self._give_back(flow)
-            if stream is not None or self.recent.get(stream_id) is False:
+            if stream is not None or stream_id not in self.resets:
                 self._stream_error(stream_id, ErrorCode.STREAM_CLOSED, out)
             return  # else: reset by us (or long closed), in flight: ignored
         stream.in_window -= flow
@@ -503,12 +515,9 @@ class H2Protocol:
     ) -> None:
         """A whole header block: decoded whatever becomes of its stream (the HPACK
         table is the connection's), then a request, trailers, or an error."""
-        try:
-            fields = self.decoder.decode(block, raw=True)
-        except OversizedHeaderListError:
-            self._calm_down("header list over SETTINGS_MAX_HEADER_LIST_SIZE")
-        except (HPACKError, IndexError, TypeError, ValueError):
-            self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
+        fields = self.blocks.get(block)
+        if fields is None:
+            fields = self._decode(block)
         end_stream = bool(flags & f.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers
@@ -520,17 +529,48 @@ class H2Protocol:
                 self._remote_end(stream_id, stream, out)  # trailers are not passed on
             return
         if stream_id <= self.highest:
-            closed = self.recent.get(stream_id)
-            if closed:
-                return  # reset by us, in flight: ignored
-            if closed is None:
-                self._error(ErrorCode.PROTOCOL_ERROR, "HEADERS on a stream id used up")
+            if stream_id in self.resets:
+                return  # reset, in flight: ignored
+            if any(low <= stream_id <= high for low, high in self.gaps):
+                self._error(ErrorCode.PROTOCOL_ERROR, "HEADERS on a stream id skipped")
             self._error(ErrorCode.STREAM_CLOSED, "HEADERS on a closed stream")
+        if stream_id > self.highest + 2:
+            self.gaps.append((self.highest + 2, stream_id - 2))
         self.highest = stream_id
         if self.block_bad_priority:
             self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
             return
         self._request(stream_id, fields, end_stream, out)
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """HPACK-decode ``block``; remember it if the table is as it was (see ``blocks``).
+
+        The table changed iff its size limit did, or an entry was added: the newest
+        entry is then a new tuple, or the table was emptied by an entry too big for it.
+        """
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        count = len(entries)
+        newest = entries[0] if count else None
+        limit = table.maxsize
+        try:
+            fields: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
+        except OversizedHeaderListError:
+            self._calm_down("header list over SETTINGS_MAX_HEADER_LIST_SIZE")
+        except (HPACKError, IndexError, TypeError, ValueError):
+            self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
+        blocks = self.blocks
+        if (
+            len(entries) == count
+            and (entries[0] if count else None) is newest
+            and table.maxsize == limit
+        ):
+            if len(blocks) >= BLOCKS_REMEMBERED:
+                blocks.clear()
+            blocks[block] = fields
+        elif blocks:
+            blocks.clear()
+        return fields
 
     def _on_window_update(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
         if len(payload) != 4:
@@ -567,7 +607,7 @@ class H2Protocol:
             self._error(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         if self.streams.pop(stream_id, None) is None:
             return
-        self._remember(stream_id, True)
+        self._remember(stream_id)
         self._unreport(stream_id, out)
 
     def _on_settings(
@@ -618,11 +658,12 @@ class H2Protocol:
 
     # --- stream states ----------------------------------------------------------------
 
-    def _remember(self, stream_id: int, by_reset: bool) -> None:
-        recent = self.recent
-        recent[stream_id] = by_reset
-        if len(recent) > RESETS_REMEMBERED:
-            del recent[next(iter(recent))]
+    def _remember(self, stream_id: int) -> None:
+        """``stream_id`` was closed by a reset."""
+        resets = self.resets
+        resets[stream_id] = None
+        if len(resets) > RESETS_REMEMBERED:
+            resets.popitem(last=False)
 
     def _remote_end(self, stream_id: int, stream: _Stream, out: list[Event | None]) -> None:
         """The peer's END_STREAM (on DATA or trailers)."""
@@ -632,7 +673,6 @@ class H2Protocol:
         stream.remote_open = False
         if not stream.local_open:
             del self.streams[stream_id]
-            self._remember(stream_id, False)
         if self.body_seen.get(stream_id) is not None:
             self._body_closed(stream_id)
             out.append(BodyEnded(stream_id))
@@ -646,7 +686,6 @@ class H2Protocol:
             self.answered.add(stream_id)
         if not stream.remote_open:
             del self.streams[stream_id]
-            self._remember(stream_id, False)
 
     def _unreport(self, stream_id: int, out: list[Event | None]) -> None:
         """The stream was reset: its app learns it, or, if it was reported in this very
@@ -665,7 +704,7 @@ class H2Protocol:
         """RST_STREAM(``code``) for a peer's mistake on one stream (RFC 9113 5.4.2); each
         costs a reset token, so a stream of mistakes is a flood."""
         self.out.append(f.rst_stream(stream_id, code))
-        self._remember(stream_id, True)
+        self._remember(stream_id)
         if self.streams.pop(stream_id, None) is not None:
             self._unreport(stream_id, out)
         if not self.scanner.refused(self.clock()):
@@ -674,7 +713,7 @@ class H2Protocol:
     def _refuse(self, stream_id: int, code: ErrorCode, reason: str) -> None:
         """RST_STREAM for a stream never opened to the shell, at a reset token's cost."""
         self.out.append(f.rst_stream(stream_id, code))
-        self._remember(stream_id, True)
+        self._remember(stream_id)
         if not self.scanner.refused(self.clock()):
             self._calm_down(reason)
 
@@ -709,7 +748,7 @@ class H2Protocol:
         if self.going_away:
             # After our GOAWAY: never processed (RFC 9113 6.8), the client may retry it.
             self.out.append(f.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
-            self._remember(stream_id, True)
+            self._remember(stream_id)
             return
         limit = self.max_concurrent_streams
         if len(self.active) - len(self.answered) >= limit or len(self.active) >= 2 * limit:
@@ -954,7 +993,7 @@ class H2Protocol:
         if self.streams.pop(stream_id, None) is None or self.closed:
             return
         self.out.append(f.rst_stream(stream_id, error_code))
-        self._remember(stream_id, True)
+        self._remember(stream_id)
 
     def go_away(self) -> None:
         """Graceful shutdown: GOAWAY(NO_ERROR, last stream seen); the streams up to it go on."""
