@@ -526,19 +526,23 @@ class H2Stream:
                     self.complete = True
                     await self._flush()
                     return
-            view = memoryview(data)
-            while view:
-                size = proto.sendable(stream_id, len(view))
+            total = len(data)
+            offset = 0
+            while offset < total:
+                size = proto.sendable(stream_id, total - offset)
                 if not size:
                     await self._flush()  # what is queued goes before we wait
                     while not size:
                         if self.gone:
                             raise ClientDisconnected(_GONE)
                         await self._wait()
-                        size = proto.sendable(stream_id, len(view))
-                last = size == len(view) and not more_body
-                proto.send_data(stream_id, bytes(view[:size]), end_stream=last)
-                view = view[size:]
+                        size = proto.sendable(stream_id, total - offset)
+                end = offset + size
+                last = end == total and not more_body
+                proto.send_data(
+                    stream_id, data if size == total else data[offset:end], end_stream=last
+                )
+                offset = end
                 if last:
                     self.complete = True
                 await self._flush()

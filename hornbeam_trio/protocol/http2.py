@@ -60,7 +60,7 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from . import h2_frames as f
 from .h2_frames import ErrorCode
 from .h2_limits import FrameScanner
-from .h2_request import Malformed, parse_request
+from .h2_request import Malformed, RequestHead, parse_request
 from .headers import check_name, check_value
 from .http11 import _decode_path
 
@@ -124,9 +124,12 @@ _CONNECTION_SPECIFIC: Final = frozenset(
 """Response header names RFC 9113 8.2.2 forbids; an app written for HTTP/1.1 may send them."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestReceived:
-    """A request head that passed our limits; the shell starts its app."""
+    """A request head that passed our limits; the shell starts its app.
+
+    Treated as immutable, like the other events, but not frozen: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, once per request."""
 
     stream_id: int
     method: str
@@ -288,6 +291,8 @@ class H2Protocol:
         """Header blocks that decoded without changing the HPACK table, and their fields:
         decoded again, they give the same fields as long as the table has not changed
         (any decode that changes it empties this cache)."""
+        self.heads: dict[bytes, RequestHead] = {}
+        """Of those blocks, the ones that were valid requests, checked (``parse_request``)."""
         self.highest = 0
         """The highest stream id the peer opened; streams above it are idle."""
         self.block: list[bytes] | None = None
@@ -540,7 +545,7 @@ class H2Protocol:
         if self.block_bad_priority:
             self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, out)
             return
-        self._request(stream_id, fields, end_stream, out)
+        self._request(stream_id, block, fields, end_stream, out)
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """HPACK-decode ``block``; remember it if the table is as it was (see ``blocks``).
@@ -560,6 +565,7 @@ class H2Protocol:
         except (HPACKError, IndexError, TypeError, ValueError):
             self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
         blocks = self.blocks
+        heads = self.heads
         if (
             len(entries) == count
             and (entries[0] if count else None) is newest
@@ -567,9 +573,11 @@ class H2Protocol:
         ):
             if len(blocks) >= BLOCKS_REMEMBERED:
                 blocks.clear()
+                heads.clear()
             blocks[block] = fields
         elif blocks:
             blocks.clear()
+            heads.clear()
         return fields
 
     def _on_window_update(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
@@ -741,6 +749,7 @@ class H2Protocol:
     def _request(
         self,
         stream_id: int,
+        block: bytes,
         fields: Iterable[tuple[bytes, bytes]],
         ended: bool,
         out: list[Event | None],
@@ -764,13 +773,19 @@ class H2Protocol:
             )
             return
         self.last_stream_id = stream_id
-        try:
-            head = parse_request(fields)
-        except Malformed:
-            # RFC 9113 8.1.1: a stream error; the connection and its other streams go on.
-            self._refuse(stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)")
-            return
-        headers = head.fields
+        head = self.heads.get(block)
+        if head is None:
+            try:
+                head = parse_request(fields)
+            except Malformed:
+                # RFC 9113 8.1.1: a stream error; the connection and its other streams go on.
+                self._refuse(
+                    stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)"
+                )
+                return
+            if block in self.blocks:
+                self.heads[block] = head
+        headers = head.fields.copy()  # the app's own
         expected: int | None = None
         max_header_size = self.max_header_size
         for name, value in headers:
