@@ -101,6 +101,8 @@ class H2Connection:
         self.idle_deadline = trio.current_time() + self.keepalive if self.keepalive else inf
         self.lost = False
         """The transport is gone (EOF, reset, connection error): no stream can write."""
+        self.writer: trio.lowlevel.Task | None = None
+        """The writer task while it is parked (``flush_soon`` wakes it)."""
         self.context: ConnectionContext | None = None
 
     def begin_shutdown(self) -> None:
@@ -120,6 +122,7 @@ class H2Connection:
                 self.proto.go_away()
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                nursery.start_soon(self._write_loop, name="hornbeam_trio h2 writer")
                 try:
                     await self._read_loop()
                 except TransportClosed:
@@ -134,6 +137,7 @@ class H2Connection:
     def _lose(self) -> None:
         """Nothing more can be written: every stream's app sees a disconnect."""
         self.lost = True
+        self.flush_soon()  # the writer's last round
         if self.context is not None:
             self.context.end()
         for stream in self.streams.values():
@@ -330,17 +334,34 @@ class H2Connection:
                 lock.release()
 
     def flush_soon(self) -> None:
-        """Flush from a task of the connection's own, for a caller that cannot await
-        (a WebSocket's accept or abort): what it queued leaves without waiting for
-        the stream's next write."""
-        if self.nursery is not None and not self.lost:
-            self.nursery.start_soon(self._flush_quietly)
+        """Have the writer task write what is queued, after the current scheduler pass:
+        for a caller that need not wait for the kernel (a complete response: its app
+        may return at once) or cannot await (a WebSocket's accept or abort).  One write
+        then carries what every stream of the pass queued."""
+        task = self.writer
+        if task is not None:
+            self.writer = None
+            trio.lowlevel.reschedule(task)
 
-    async def _flush_quietly(self) -> None:
-        try:
-            await self.flush()
-        except TransportClosed:
-            self._lose()
+    async def _write_loop(self) -> None:
+        """The writer task: parked until :meth:`flush_soon`; writes until nothing is
+        queued, and once more after the connection is lost (what the streams had queued
+        before the client's EOF), then ends."""
+        while True:
+            if not self.proto.pending:
+                if self.lost:
+                    return
+                self.writer = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort_writer)
+            try:
+                await self.flush()
+            except TransportClosed:
+                self._lose()
+                return
+
+    def _abort_writer(self, _: object) -> trio.lowlevel.Abort:
+        self.writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class H2Stream:
@@ -422,7 +443,7 @@ class H2Stream:
             if self.complete and not self.body_done and not self.gone:
                 # RFC 9113 8.1: the response is complete; the unread body is not wanted.
                 conn.proto.reset(self.stream_id, http2.ErrorCode.NO_ERROR)
-                await self._flush()
+                conn.flush_soon()
         except ClientDisconnected:
             pass  # the connection is gone; the reader ends it
         finally:
@@ -524,7 +545,7 @@ class H2Stream:
                 self.head = None
                 if not data and not more_body:
                     self.complete = True
-                    await self._flush()
+                    conn.flush_soon()
                     return
             total = len(data)
             offset = 0
@@ -545,11 +566,13 @@ class H2Stream:
                 offset = end
                 if last:
                     self.complete = True
-                await self._flush()
+                    conn.flush_soon()  # the response is whole: the app need not wait
+                else:
+                    await self._flush()  # the peer's TCP window is the backpressure
             if not more_body and not self.complete:
                 proto.end_stream(stream_id)
                 self.complete = True
-                await self._flush()
+                conn.flush_soon()
         except http2.ProtocolError:
             # h2 refuses frames on a stream the peer reset meanwhile (or a closed connection).
             self.gone = True

@@ -351,6 +351,11 @@ class H2Protocol:
             self.conn_in += window - self.conn_window
             self.conn_window = window
 
+    @property
+    def pending(self) -> bool:
+        """Frames are queued for :meth:`data_to_send`."""
+        return bool(self.out)
+
     def data_to_send(self) -> bytes:
         out = self.out
         if not out:
