@@ -530,3 +530,21 @@ def test_headers_on_a_lower_stream_id_is_a_connection_error(
         server.receive_data(_frame_bytes(0x1, 0x5, again, block))
     [goaway] = [f for f in frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
     assert (goaway.error_code, goaway.last_stream_id) == (code, first)
+
+
+@pytest.mark.parametrize("body", [b"abc", b"abcdefg"])
+def test_a_body_unlike_its_content_length_is_a_stream_error(body: bytes) -> None:
+    """RFC 9113 8.1.1: DATA that adds up to more, or ends at less, than
+    ``content-length`` makes the request malformed: RST_STREAM(PROTOCOL_ERROR), the app
+    learns the stream is gone, the connection goes on."""
+    server, client = pair()
+    client.send_headers(1, [(":method", "POST"), *REQUEST[1:], ("content-length", "5")])
+    [request] = server.receive_data(client.data_to_send())
+    assert isinstance(request, http2.RequestReceived)
+    events = server.receive_data(_frame_bytes(0x0, 0x1, 1, body))
+    assert events[-1] == http2.StreamReset(1)
+    [reset] = [f for f in frames(server.data_to_send()) if type(f).__name__ == "RstStreamFrame"]
+    assert (reset.stream_id, reset.error_code) == (1, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    client.send_headers(3, REQUEST, end_stream=True)
+    [event] = server.receive_data(client.data_to_send())
+    assert isinstance(event, http2.RequestReceived)
