@@ -401,10 +401,12 @@ class H2Stream:
         self.head_sent = False
         self.complete = False
         self.status = 0
-        self.wakeup = trio.Event()
+        self.wakeup: trio.Event | None = None
+        """What ``_wait`` waits on; None until the stream first waits (most never do)."""
 
     def wake(self) -> None:
-        self.wakeup.set()
+        if self.wakeup is not None:
+            self.wakeup.set()
 
     def begin_shutdown(self) -> None:
         """Nothing: a request in flight finishes within the shutdown timeout."""

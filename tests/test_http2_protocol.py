@@ -548,3 +548,21 @@ def test_a_body_unlike_its_content_length_is_a_stream_error(body: bytes) -> None
     client.send_headers(3, REQUEST, end_stream=True)
     [event] = server.receive_data(client.data_to_send())
     assert isinstance(event, http2.RequestReceived)
+
+
+def test_a_response_head_over_the_frame_size_goes_on_in_continuation_frames() -> None:
+    server, client = pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    big = b"v" * 40000
+    server.send_headers(1, http2.response_block(200, [(b"x-big", big)]), end_stream=True)
+    data = server.data_to_send()
+    assert [type(f).__name__ for f in frames(data)] == [
+        "HeadersFrame",
+        "ContinuationFrame",
+        "ContinuationFrame",
+    ]
+    [response, ended] = client.receive_data(data)
+    assert isinstance(response, h2.events.ResponseReceived)
+    assert dict(response.headers)[b"x-big"] == big
+    assert isinstance(ended, h2.events.StreamEnded)
