@@ -566,3 +566,24 @@ def test_a_response_head_over_the_frame_size_goes_on_in_continuation_frames() ->
     assert isinstance(response, h2.events.ResponseReceived)
     assert dict(response.headers)[b"x-big"] == big
     assert isinstance(ended, h2.events.StreamEnded)
+
+
+def test_streams_that_repeat_a_header_block_each_get_their_own_headers() -> None:
+    """A repeated block's checks are remembered, not its list: an app that changes its
+    scope's headers changes nothing for the next request; a rejected block is rejected
+    again."""
+    server, _ = pair(max_request_line_size=10)
+    long_path = [(n, "/" + "p" * 20 if n == ":path" else v) for n, v in REQUEST]
+    encoder = Encoder()  # a field's first block adds it to the table, later ones index it
+    first, again = encoder.encode(REQUEST), encoder.encode(REQUEST)
+    long_first, long_again = encoder.encode(long_path), encoder.encode(long_path)
+    blocks = [first, again, again, long_first, long_again, long_again]
+    events = []
+    for stream_id, block in zip(range(1, 12, 2), blocks, strict=True):
+        events += server.receive_data(_frame_bytes(0x1, 0x5, stream_id, block))
+    one, two, three = events[:3]
+    assert isinstance(one, http2.RequestReceived) and isinstance(two, http2.RequestReceived)
+    assert isinstance(three, http2.RequestReceived)
+    two.headers.append((b"x-added", b"by the app"))
+    assert three.headers == [(b"host", b"h")]
+    assert [(e.stream_id, e.status) for e in events[3:]] == [(7, 414), (9, 414), (11, 414)]

@@ -245,6 +245,43 @@ class _Stream:
         self.received = 0
 
 
+class _View:
+    """A request head as our limits see it (``H2Protocol._view``): a rejection, or the
+    request's ASGI view.  Shared by every stream that sends the same header block."""
+
+    __slots__ = (
+        "expected",
+        "headers",
+        "malformed",
+        "method",
+        "path",
+        "protocol",
+        "query_string",
+        "raw_path",
+        "rejected",
+    )
+
+    def __init__(self) -> None:
+        self.rejected: tuple[int, str] | None = None
+        """Status and reason the request is answered with (no app runs)."""
+        self.malformed = False
+        """An invalid ``content-length``: RST_STREAM(PROTOCOL_ERROR)."""
+        self.expected: int | None = None
+        """``content-length``; None too when rejected (the body is discarded, whatever
+        its length)."""
+        self.method = ""
+        self.raw_path = b""
+        self.path = ""
+        self.query_string = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        """The app's headers: no pseudo-headers, ``host`` from ``:authority``."""
+        self.protocol: str | None = None
+
+
+MALFORMED: Final = _View()
+MALFORMED.malformed = True
+
+
 class H2Protocol:
     """One server-side HTTP/2 connection: bytes in, events out, bytes to send."""
 
@@ -291,8 +328,9 @@ class H2Protocol:
         """Header blocks that decoded without changing the HPACK table, and their fields:
         decoded again, they give the same fields as long as the table has not changed
         (any decode that changes it empties this cache)."""
-        self.heads: dict[bytes, RequestHead] = {}
-        """Of those blocks, the ones that were valid requests, checked (``parse_request``)."""
+        self.views: dict[bytes, _View] = {}
+        """Of those blocks, the ones that opened a stream: their request's view, so a
+        repeated block costs no checks either."""
         self.highest = 0
         """The highest stream id the peer opened; streams above it are idle."""
         self.block: list[bytes] | None = None
@@ -570,7 +608,7 @@ class H2Protocol:
         except (HPACKError, IndexError, TypeError, ValueError):
             self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
         blocks = self.blocks
-        heads = self.heads
+        views = self.views
         if (
             len(entries) == count
             and (entries[0] if count else None) is newest
@@ -578,11 +616,11 @@ class H2Protocol:
         ):
             if len(blocks) >= BLOCKS_REMEMBERED:
                 blocks.clear()
-                heads.clear()
+                views.clear()
             blocks[block] = fields
         elif blocks:
             blocks.clear()
-            heads.clear()
+            views.clear()
         return fields
 
     def _on_window_update(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
@@ -778,65 +816,23 @@ class H2Protocol:
             )
             return
         self.last_stream_id = stream_id
-        head = self.heads.get(block)
-        if head is None:
+        view = self.views.get(block)
+        if view is None:
             try:
-                head = parse_request(fields)
+                view = self._view(parse_request(fields))
             except Malformed:
-                # RFC 9113 8.1.1: a stream error; the connection and its other streams go on.
-                self._refuse(
-                    stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)"
-                )
-                return
+                view = MALFORMED
             if block in self.blocks:
-                self.heads[block] = head
-        headers = head.fields.copy()  # the app's own
-        expected: int | None = None
-        max_header_size = self.max_header_size
-        for name, value in headers:
-            if len(name) + len(value) > max_header_size:
-                self._open(stream_id, ended, None)
-                out.append(RequestRejected(stream_id, 431, "header too large"))
-                return
-            if name == b"content-length":
-                if not value.isdigit() or (expected is not None and int(value) != expected):
-                    self._refuse(
-                        stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)"
-                    )
-                    return
-                expected = int(value)
-        max_body = self.max_body_size
-        if expected is not None and max_body is not None and expected > max_body:
-            self._open(stream_id, ended, None)
-            out.append(RequestRejected(stream_id, 413, "request body too large"))
-            return
-        if ended and expected:
+                self.views[block] = view
+        if view.malformed or (ended and view.expected):
+            # RFC 9113 8.1.1: a stream error; the connection and its other streams go on.
             self._refuse(stream_id, ErrorCode.PROTOCOL_ERROR, "malformed requests (rapid reset)")
             return
-        self._open(stream_id, ended, expected)
-        if len(headers) > self.max_headers:
-            out.append(RequestRejected(stream_id, 431, "too many headers"))
+        self._open(stream_id, ended, view.expected)  # None if rejected
+        if view.rejected is not None:
+            out.append(RequestRejected(stream_id, *view.rejected))
             return
-        method = head.method
-        protocol = head.protocol
-        if method == b"CONNECT":
-            # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
-            # protocols (RFC 8441) only WebSocket is.
-            if protocol is None:
-                out.append(RequestRejected(stream_id, 501, "CONNECT is not supported"))
-                return
-            if protocol.lower() != b"websocket":
-                out.append(RequestRejected(stream_id, 501, "only :protocol websocket"))
-                return
-        raw_target = head.path or b""
-        if len(raw_target) > self.max_path:
-            out.append(RequestRejected(stream_id, 414, "request line too long"))
-            return
-        if head.authority is not None and head.host is None:
-            headers.insert(0, (b"host", head.authority))
-        if raw_target.find(b"#") >= 0:
-            raw_target = raw_target.partition(b"#")[0]
-        raw_path, _, query = raw_target.partition(b"?")
+        protocol = view.protocol
         if protocol is not None:
             if ended:
                 out.append(RequestRejected(stream_id, 400, "WebSocket stream ended at once"))
@@ -851,16 +847,65 @@ class H2Protocol:
         self.opened[stream_id] = len(out)
         out.append(
             RequestReceived(
-                stream_id=stream_id,
-                method=method.decode("ascii", "replace"),
-                raw_path=raw_path,
-                path=_decode_path(raw_path),
-                query_string=query,
-                headers=headers,
-                end_stream=ended,
-                protocol=None if protocol is None else "websocket",
+                stream_id,
+                view.method,
+                view.raw_path,
+                view.path,
+                view.query_string,
+                view.headers.copy(),  # the app's own
+                ended,
+                protocol,
             )
         )
+
+    def _view(self, head: RequestHead) -> _View:
+        """What a valid request head means under our limits: decided once per distinct
+        header block (``views``), the same for every stream that sends it."""
+        view = _View()
+        headers = head.fields.copy()
+        max_header_size = self.max_header_size
+        expected: int | None = None
+        for name, value in headers:
+            if len(name) + len(value) > max_header_size:
+                view.rejected = (431, "header too large")
+                return view
+            if name == b"content-length":
+                if not value.isdigit() or (expected is not None and int(value) != expected):
+                    return MALFORMED
+                expected = int(value)
+        max_body = self.max_body_size
+        if expected is not None and max_body is not None and expected > max_body:
+            view.rejected = (413, "request body too large")
+            return view
+        if len(headers) > self.max_headers:
+            view.rejected = (431, "too many headers")
+            return view
+        method = head.method
+        protocol = head.protocol
+        if method == b"CONNECT":
+            # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
+            # protocols (RFC 8441) only WebSocket is.
+            if protocol is None:
+                view.rejected = (501, "CONNECT is not supported")
+                return view
+            if protocol.lower() != b"websocket":
+                view.rejected = (501, "only :protocol websocket")
+                return view
+            view.protocol = "websocket"
+        raw_target = head.path or b""
+        if len(raw_target) > self.max_path:
+            view.rejected = (414, "request line too long")
+            return view
+        if head.authority is not None and head.host is None:
+            headers.insert(0, (b"host", head.authority))
+        if raw_target.find(b"#") >= 0:
+            raw_target = raw_target.partition(b"#")[0]
+        view.raw_path, _, view.query_string = raw_target.partition(b"?")
+        view.path = _decode_path(view.raw_path)
+        view.method = method.decode("ascii", "replace")
+        view.headers = headers
+        view.expected = expected
+        return view
 
     def _open(self, stream_id: int, ended: bool, expected: int | None) -> None:
         self.streams[stream_id] = _Stream(self.peer_initial, not ended, expected)
