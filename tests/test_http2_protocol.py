@@ -587,3 +587,21 @@ def test_streams_that_repeat_a_header_block_each_get_their_own_headers() -> None
     two.headers.append((b"x-added", b"by the app"))
     assert three.headers == [(b"host", b"h")]
     assert [(e.stream_id, e.status) for e in events[3:]] == [(7, 414), (9, 414), (11, 414)]
+
+
+def test_remembered_header_blocks_stay_few_and_small() -> None:
+    """Distinct blocks that leave the HPACK table alone (a client could send endless
+    ones) are remembered at most ``BLOCKS_REMEMBERED`` at a time, and none that is large."""
+    server, _ = pair()
+    static = b"\x82\x86\x84\x41\x01h"  # GET http / , :authority h (added to the table once)
+    server.receive_data(_frame_bytes(0x1, 0x5, 1, static))
+    indexed = b"\x82\x86\x84\xbe"  # the same request, :authority from the table
+    for stream_id, repeat in zip(range(3, 203, 2), range(100), strict=True):
+        # accept-encoding: gzip, deflate (static 16), repeated: each block a new one
+        block = indexed + b"\x90" * (repeat % 40 if stream_id % 4 == 1 else repeat * 3)
+        server.receive_data(_frame_bytes(0x1, 0x5, stream_id, block))
+        server.send_headers(stream_id, http2.response_block(200, []), end_stream=True)
+        server.forget(stream_id)
+        assert len(server.blocks) <= http2.BLOCKS_REMEMBERED
+        assert all(len(b) <= http2.BLOCK_REMEMBERED_MAX for b in server.blocks)
+        assert set(server.views) <= set(server.blocks)

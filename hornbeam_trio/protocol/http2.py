@@ -116,7 +116,12 @@ STREAM_WINDOW: Final = 65535
 MAX_WINDOW: Final = f.MAX_WINDOW
 RESETS_REMEMBERED: Final = 1024
 GAPS_REMEMBERED: Final = 64
-BLOCKS_REMEMBERED: Final = 64
+BLOCKS_REMEMBERED: Final = 16
+"""Header blocks remembered per connection (``H2Protocol.blocks``); only small ones:"""
+BLOCK_REMEMBERED_MAX: Final = 256
+BLOCK_FIELDS_REMEMBERED_MAX: Final = 32
+"""A client's repeated request blocks are all-indexed, a byte or two per field; these
+bounds keep a connection's caches under ~100 KiB whatever it sends."""
 
 _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
@@ -608,19 +613,19 @@ class H2Protocol:
         except (HPACKError, IndexError, TypeError, ValueError):
             self._error(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
         blocks = self.blocks
-        views = self.views
         if (
-            len(entries) == count
-            and (entries[0] if count else None) is newest
-            and table.maxsize == limit
+            len(entries) != count
+            or (entries[0] if count else None) is not newest
+            or table.maxsize != limit
         ):
+            if blocks:
+                blocks.clear()
+                self.views.clear()
+        elif len(block) <= BLOCK_REMEMBERED_MAX and len(fields) <= BLOCK_FIELDS_REMEMBERED_MAX:
             if len(blocks) >= BLOCKS_REMEMBERED:
                 blocks.clear()
-                views.clear()
+                self.views.clear()
             blocks[block] = fields
-        elif blocks:
-            blocks.clear()
-            views.clear()
         return fields
 
     def _on_window_update(self, stream_id: int, payload: bytes, out: list[Event | None]) -> None:
