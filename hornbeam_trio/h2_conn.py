@@ -4,9 +4,13 @@ The connection's task reads the socket and feeds the sans-I/O
 :class:`~hornbeam_trio.protocol.http2.H2Protocol`; each request it reports
 becomes an :class:`H2Stream` running the app in the connection's nursery, so a
 slow or crashed app holds up only its own stream.  Every write goes through
-:meth:`H2Connection.flush` under one FIFO lock: the frames ``h2`` queued leave
-in the order it queued them, and a stream's ``send()`` returns once its bytes
-are with the kernel (the peer's TCP window is the backpressure, as on HTTP/1.1).
+:meth:`H2Connection.flush` under one FIFO lock: the frames the core queued leave
+in the order it queued them.  A stream's ``send()`` of a body in progress
+returns once its bytes are with the kernel (the peer's TCP window is the
+backpressure, as on HTTP/1.1); the last frame of a response is left to the
+connection's writer task (:meth:`H2Connection.flush_soon`), which writes once
+per scheduler pass for every stream that finished in it, so the app returns at
+once and the streams one read started share one write.
 
 Flow control both ways: a stream's body goes out only as far as the peer's
 windows allow (its ``send()`` waits for WINDOW_UPDATE), and received body bytes
@@ -23,7 +27,7 @@ cancel scope carries the earliest of its deadlines: the client preface (``--time
 from the start), the idle timeout, and the request bodies' (``--timeout`` without
 progress: 408 or RST_STREAM).
 
-Ending: the peer's EOF, a connection error (``h2`` queued GOAWAY), the idle
+Ending: the peer's EOF, a connection error (the core queued GOAWAY), the idle
 timeout (``keepalive`` seconds with no stream), or a graceful shutdown: GOAWAY
 at once, the streams in flight finish (the server's ``shutdown_timeout``
 cancels what is left), then the final GOAWAY and close.  A stream's end
@@ -204,7 +208,7 @@ class H2Connection:
             return False
         except http2.ProtocolError as exc:
             logger.info("HTTP/2 connection error from %s: %s", self.transport.client, exc)
-            await self.flush()  # h2 queued the GOAWAY
+            await self.flush()  # the core queued the GOAWAY
             return False
         for event in events:
             if isinstance(event, http2.BodyReceived):
@@ -499,7 +503,7 @@ class H2Stream:
                 self.body_read = not more
                 if flow:
                     try:
-                        await self.conn.flush()  # the WINDOW_UPDATE, when h2 made one
+                        await self.conn.flush()  # the WINDOW_UPDATE, when the core made one
                     except TransportClosed:
                         self.conn._lose()
                 else:
@@ -576,6 +580,6 @@ class H2Stream:
                 self.complete = True
                 conn.flush_soon()
         except http2.ProtocolError:
-            # h2 refuses frames on a stream the peer reset meanwhile (or a closed connection).
+            # The core refuses frames on a stream the peer reset meanwhile (StreamClosed).
             self.gone = True
             raise ClientDisconnected(_GONE) from None

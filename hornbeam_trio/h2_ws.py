@@ -196,7 +196,7 @@ class H2WebSocket:
                 data, flow = self.chunks.popleft()
                 proto.acknowledge(self.stream_id, flow)
                 if flow:
-                    await self._flush()  # the WINDOW_UPDATE, when h2 made one
+                    await self._flush()  # the WINDOW_UPDATE, when the core made one
                 if data:
                     return data
                 continue

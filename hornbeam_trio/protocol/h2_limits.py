@@ -1,8 +1,7 @@
-"""Per-connection flood bounds for HTTP/2, checked on frame headers before ``h2`` runs.
+"""Per-connection flood bounds for HTTP/2, checked on frame headers before the frames run.
 
-``h2`` answers every frame it is given (a PING with its ACK, a SETTINGS with its ACK, a
-stream opened and reset with bookkeeping) and bounds little of it itself: 64 CONTINUATION
-frames, 2**16 closed streams remembered.  The attacks of CVE-2019-9512..9518 (ping,
+The protocol answers every frame it is given (a PING with its ACK, a SETTINGS with its
+ACK, a stream opened and reset with bookkeeping).  The attacks of CVE-2019-9512..9518 (ping,
 settings, reset, empty-frame floods) and CVE-2023-44487 (rapid reset) cost a server
 nothing but CPU and answers per frame, so each frame kind that asks work of us without
 carrying a request takes a token from its own bucket; a bucket that runs dry is a
@@ -11,7 +10,7 @@ bound is not processed at all.
 
 :class:`FrameScanner` walks only the 9-byte frame headers of the bytes read (payloads
 are skipped, never copied), keeping at most 8 bytes of a header split across reads, so
-a verdict is reached before ``h2`` parses, answers or buffers any frame of the chunk.
+a verdict is reached before ``http2`` parses, answers or buffers any frame of the chunk.
 
 Imports nothing of ours; time comes from the caller (``now``), so every bound is
 unit-tested with plain numbers.
@@ -157,7 +156,7 @@ class FrameScanner:
                     return "header block too large (CONTINUATION flood)"
                 if flags & END_HEADERS:
                     self.block = -1
-            return None  # anything else mid-block: h2's PROTOCOL_ERROR
+            return None  # anything else mid-block: http2's PROTOCOL_ERROR
         if kind == DATA:
             if not length and not flags & END_STREAM and not self.empty.take(now):
                 return "empty DATA frame flood"

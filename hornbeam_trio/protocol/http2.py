@@ -40,7 +40,8 @@ plain bytes:
 Memory per connection is bounded: ``streams`` holds the streams not yet closed both
 ways (at most ``max_concurrent_streams`` plus those whose app still runs), ``resets``
 the last :data:`RESETS_REMEMBERED` streams closed by a reset (frames the peer had in
-flight for them are ignored, RFC 9113 5.1), the input buffer less than one frame.
+flight for them are ignored, RFC 9113 5.1), ``blocks`` and ``views`` at most
+:data:`BLOCKS_REMEMBERED` small header blocks, the input buffer less than one frame.
 
 Imports no event loop and nothing of ours outside ``protocol/``.
 """
