@@ -1,5 +1,5 @@
-"""What an HTTP/2 request header block must be (RFC 9113 8.2, 8.3; RFC 8441 4), and its
-ASGI view.
+"""What an HTTP/2 request header block must be (RFC 9113 8.2, 8.3; RFC 8441 4), and what
+it means under our limits.
 
 :func:`parse_request` takes the decoded fields of one request's HEADERS (+CONTINUATION)
 block and returns a :class:`RequestHead`, or raises :class:`Malformed`: the caller
@@ -20,9 +20,14 @@ sees the request.  A request is malformed when:
 * neither ``:authority`` nor ``host`` is present, ``host`` is repeated, or both are
   present and differ (8.3.1).
 
+:func:`request_view` then applies the limits HTTP/1.1 has to a valid head (a
+:class:`RequestView`: a rejection with HTTP/1.1's status, or the request's ASGI view),
+once per distinct header block: the HTTP/2 core remembers views with their blocks.
+
 Cookie fields split for compression are joined with ``"; "`` (8.2.3).  Valid names and
 short values are remembered (bounded caches), so a client repeating its fields, as
-every client does, pays a dict lookup per field.  Imports nothing of ours.
+every client does, pays a dict lookup per field.  Imports nothing of ours outside
+``protocol/``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["Malformed", "RequestHead", "parse_request"]
+from .http11 import _decode_path
+
+__all__ = ["MALFORMED", "Malformed", "RequestHead", "RequestView", "parse_request", "request_view"]
 
 
 class Malformed(ValueError):
@@ -150,3 +157,98 @@ def parse_request(block: Iterable[tuple[bytes, bytes]]) -> RequestHead:
     elif head.host is not None and head.host != head.authority:
         raise Malformed(":authority and host differ")
     return head
+
+
+class RequestView:
+    """A request head as our limits see it (:func:`request_view`): a rejection, or the
+    request's ASGI view.  The HTTP/2 core shares one among the streams that send the
+    same header block: treated as immutable (each stream copies ``headers``)."""
+
+    __slots__ = (
+        "expected",
+        "headers",
+        "malformed",
+        "method",
+        "path",
+        "protocol",
+        "query_string",
+        "raw_path",
+        "rejected",
+    )
+
+    def __init__(self) -> None:
+        self.rejected: tuple[int, str] | None = None
+        """Status and reason the request is answered with (no app runs)."""
+        self.malformed = False
+        """An invalid ``content-length``: RST_STREAM(PROTOCOL_ERROR)."""
+        self.expected: int | None = None
+        """``content-length``; None too when rejected (the body is discarded, whatever
+        its length)."""
+        self.method = ""
+        self.raw_path = b""
+        self.path = ""
+        self.query_string = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        """The app's headers: no pseudo-headers, ``host`` from ``:authority``."""
+        self.protocol: str | None = None
+
+
+MALFORMED: Final = RequestView()
+MALFORMED.malformed = True
+
+
+def request_view(
+    head: RequestHead,
+    *,
+    max_header_size: int,
+    max_headers: int,
+    max_body_size: int | None,
+    max_path: int,
+) -> RequestView:
+    """What a valid request head means under the limits HTTP/1.1 has (the same statuses:
+    431, 413, 414; 501 for a CONNECT that is no WebSocket), and its ASGI view: the path
+    split and decoded, ``host`` from ``:authority`` when the client sent none.
+    :data:`MALFORMED` for an invalid ``content-length``."""
+    view = RequestView()
+    headers = head.fields.copy()
+    expected: int | None = None
+    for name, value in headers:
+        if len(name) + len(value) > max_header_size:
+            view.rejected = (431, "header too large")
+            return view
+        if name == b"content-length":
+            if not value.isdigit() or (expected is not None and int(value) != expected):
+                return MALFORMED
+            expected = int(value)
+    if expected is not None and max_body_size is not None and expected > max_body_size:
+        view.rejected = (413, "request body too large")
+        return view
+    if len(headers) > max_headers:
+        view.rejected = (431, "too many headers")
+        return view
+    method = head.method
+    protocol = head.protocol
+    if method == b"CONNECT":
+        # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
+        # protocols (RFC 8441) only WebSocket is.
+        if protocol is None:
+            view.rejected = (501, "CONNECT is not supported")
+            return view
+        if protocol.lower() != b"websocket":
+            view.rejected = (501, "only :protocol websocket")
+            return view
+        view.protocol = "websocket"
+    raw_target = head.path or b""
+    if len(raw_target) > max_path:
+        view.rejected = (414, "request line too long")
+        return view
+    if head.authority is not None and head.host is None:
+        headers.insert(0, (b"host", head.authority))
+    if raw_target.find(b"#") >= 0:
+        raw_target = raw_target.partition(b"#")[0]
+    view.raw_path, _, view.query_string = raw_target.partition(b"?")
+    view.path = _decode_path(view.raw_path)
+    view.method = method.decode("ascii", "replace")
+    view.headers = headers
+    view.expected = expected
+    return view

@@ -61,9 +61,8 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from . import h2_frames as f
 from .h2_frames import ErrorCode
 from .h2_limits import FrameScanner
-from .h2_request import Malformed, RequestHead, parse_request
+from .h2_request import MALFORMED, Malformed, RequestView, parse_request, request_view
 from .headers import check_name, check_value
-from .http11 import _decode_path
 
 __all__ = [
     "PREFACE",
@@ -251,43 +250,6 @@ class _Stream:
         self.received = 0
 
 
-class _View:
-    """A request head as our limits see it (``H2Protocol._view``): a rejection, or the
-    request's ASGI view.  Shared by every stream that sends the same header block."""
-
-    __slots__ = (
-        "expected",
-        "headers",
-        "malformed",
-        "method",
-        "path",
-        "protocol",
-        "query_string",
-        "raw_path",
-        "rejected",
-    )
-
-    def __init__(self) -> None:
-        self.rejected: tuple[int, str] | None = None
-        """Status and reason the request is answered with (no app runs)."""
-        self.malformed = False
-        """An invalid ``content-length``: RST_STREAM(PROTOCOL_ERROR)."""
-        self.expected: int | None = None
-        """``content-length``; None too when rejected (the body is discarded, whatever
-        its length)."""
-        self.method = ""
-        self.raw_path = b""
-        self.path = ""
-        self.query_string = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        """The app's headers: no pseudo-headers, ``host`` from ``:authority``."""
-        self.protocol: str | None = None
-
-
-MALFORMED: Final = _View()
-MALFORMED.malformed = True
-
-
 class H2Protocol:
     """One server-side HTTP/2 connection: bytes in, events out, bytes to send."""
 
@@ -334,7 +296,7 @@ class H2Protocol:
         """Header blocks that decoded without changing the HPACK table, and their fields:
         decoded again, they give the same fields as long as the table has not changed
         (any decode that changes it empties this cache)."""
-        self.views: dict[bytes, _View] = {}
+        self.views: dict[bytes, RequestView] = {}
         """Of those blocks, the ones that opened a stream: their request's view, so a
         repeated block costs no checks either."""
         self.highest = 0
@@ -825,7 +787,13 @@ class H2Protocol:
         view = self.views.get(block)
         if view is None:
             try:
-                view = self._view(parse_request(fields))
+                view = request_view(
+                    parse_request(fields),
+                    max_header_size=self.max_header_size,
+                    max_headers=self.max_headers,
+                    max_body_size=self.max_body_size,
+                    max_path=self.max_path,
+                )
             except Malformed:
                 view = MALFORMED
             if block in self.blocks:
@@ -863,55 +831,6 @@ class H2Protocol:
                 protocol,
             )
         )
-
-    def _view(self, head: RequestHead) -> _View:
-        """What a valid request head means under our limits: decided once per distinct
-        header block (``views``), the same for every stream that sends it."""
-        view = _View()
-        headers = head.fields.copy()
-        max_header_size = self.max_header_size
-        expected: int | None = None
-        for name, value in headers:
-            if len(name) + len(value) > max_header_size:
-                view.rejected = (431, "header too large")
-                return view
-            if name == b"content-length":
-                if not value.isdigit() or (expected is not None and int(value) != expected):
-                    return MALFORMED
-                expected = int(value)
-        max_body = self.max_body_size
-        if expected is not None and max_body is not None and expected > max_body:
-            view.rejected = (413, "request body too large")
-            return view
-        if len(headers) > self.max_headers:
-            view.rejected = (431, "too many headers")
-            return view
-        method = head.method
-        protocol = head.protocol
-        if method == b"CONNECT":
-            # Plain CONNECT (a TCP tunnel) is no ASGI request; of the extended CONNECT
-            # protocols (RFC 8441) only WebSocket is.
-            if protocol is None:
-                view.rejected = (501, "CONNECT is not supported")
-                return view
-            if protocol.lower() != b"websocket":
-                view.rejected = (501, "only :protocol websocket")
-                return view
-            view.protocol = "websocket"
-        raw_target = head.path or b""
-        if len(raw_target) > self.max_path:
-            view.rejected = (414, "request line too long")
-            return view
-        if head.authority is not None and head.host is None:
-            headers.insert(0, (b"host", head.authority))
-        if raw_target.find(b"#") >= 0:
-            raw_target = raw_target.partition(b"#")[0]
-        view.raw_path, _, view.query_string = raw_target.partition(b"?")
-        view.path = _decode_path(view.raw_path)
-        view.method = method.decode("ascii", "replace")
-        view.headers = headers
-        view.expected = expected
-        return view
 
     def _open(self, stream_id: int, ended: bool, expected: int | None) -> None:
         self.streams[stream_id] = _Stream(self.peer_initial, not ended, expected)
