@@ -401,7 +401,8 @@ class H2Stream:
         """Reset by the peer, the connection lost, or answered by the server itself."""
         self.answered = False
         """The server answered this stream itself (413): no 500 after it."""
-        self.head: list[tuple[bytes, bytes]] | None = None
+        self.head: bytes | None = None
+        """The response head, HPACK-encoded, until it goes with the first body."""
         self.head_sent = False
         self.complete = False
         self.status = 0
@@ -531,7 +532,7 @@ class H2Stream:
                 raise RuntimeError("http.response.start sent twice")
             self.status = int(message["status"])
             # Validated now, as on HTTP/1.1: a bad header is the app's error, 500.
-            self.head = http2.response_block(self.status, message.get("headers", ()))
+            self.head = http2.encode_response_head(self.status, message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} in an http scope")
 
@@ -547,7 +548,7 @@ class H2Stream:
             if not self.head_sent:
                 assert self.head is not None
                 self.head_sent = True
-                proto.send_headers(stream_id, self.head, end_stream=not data and not more_body)
+                proto.send_head(stream_id, self.head, end_stream=not data and not more_body)
                 self.head = None
                 if not data and not more_body:
                     self.complete = True
@@ -556,21 +557,18 @@ class H2Stream:
             total = len(data)
             offset = 0
             while offset < total:
-                size = proto.sendable(stream_id, total - offset)
+                size = proto.send_body(stream_id, data, offset, end_stream=not more_body)
                 if not size:
                     await self._flush()  # what is queued goes before we wait
-                    while not size:
-                        if self.gone:
-                            raise ClientDisconnected(_GONE)
+                    if self.gone:
+                        raise ClientDisconnected(_GONE)
+                    # The flush may have let the reader open the window: look again
+                    # before waiting, or its wake-up would be lost.
+                    if not proto.sendable(stream_id, 1):
                         await self._wait()
-                        size = proto.sendable(stream_id, total - offset)
-                end = offset + size
-                last = end == total and not more_body
-                proto.send_data(
-                    stream_id, data if size == total else data[offset:end], end_stream=last
-                )
-                offset = end
-                if last:
+                    continue
+                offset += size
+                if offset == total and not more_body:
                     self.complete = True
                     conn.flush_soon()  # the response is whole: the app need not wait
                 else:

@@ -605,3 +605,34 @@ def test_remembered_header_blocks_stay_few_and_small() -> None:
         assert len(server.blocks) <= http2.BLOCKS_REMEMBERED
         assert all(len(b) <= http2.BLOCK_REMEMBERED_MAX for b in server.blocks)
         assert set(server.views) <= set(server.blocks)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+        [(b"Content-Type", b"text/plain"), (b"Connection", b"close"), (b"TE", b"gzip")],
+        [(b"te", b"Trailers"), (b"keep-alive", b"5"), (b"x-long", b"v" * 300)],
+        [(bytearray(b"X-Ba"), bytearray(b"ba")), [b"x-list", b"1"]],  # type: ignore[list-item]
+        [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"server", b"hornbeam")],
+        [(b"x", b"a\r\nb")],
+        [(b"bad name", b"1")],
+    ],
+)
+def test_encode_response_head_is_response_block_encoded(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """The one-pass encoder of a response head (what a stream sends) is the checked block
+    (``response_block``, what the server's own answers use), encoded: the same bytes, or
+    the same ValueError; twice, so the remembered fields are checked too."""
+    from hornbeam_trio.protocol.h2_frames import encode_block
+
+    for _ in range(2):
+        try:
+            expected = encode_block(http2.response_block(404, headers))
+        except ValueError:
+            with pytest.raises(ValueError):
+                http2.encode_response_head(404, headers)
+            continue
+        assert http2.encode_response_head(404, headers) == expected

@@ -26,6 +26,7 @@ from hpack.table import HeaderTable
 __all__ = [
     "ErrorCode",
     "encode_block",
+    "encode_field",
     "frame",
     "goaway",
     "rst_stream",
@@ -153,7 +154,8 @@ def _string(data: bytes) -> bytes:
     return _integer(len(data), 7, 0) + data
 
 
-def _field(name: bytes, value: bytes) -> bytes:
+def encode_field(name: bytes, value: bytes) -> bytes:
+    """One lowercase field, as :func:`encode_block` encodes it (not remembered)."""
     index = _STATIC_FIELD.get((name, value))
     if index is not None:
         return _integer(index, 7, 0x80)
@@ -171,7 +173,7 @@ def encode_block(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
     for field in fields:
         encoded = cache.get(field)
         if encoded is None:
-            encoded = _field(*field)
+            encoded = encode_field(*field)
             if len(field[1]) <= CACHED_VALUE_MAX_LEN:
                 if len(cache) >= CACHE_MAX:
                     cache.clear()

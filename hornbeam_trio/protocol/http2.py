@@ -211,7 +211,7 @@ def response_block(
     HTTP/1.1 would refuse too (the same check, ``protocol.headers``)."""
     block: list[tuple[bytes, bytes]] = [(b":status", b"%d" % status)]
     for name, value in headers:
-        lname = check_name(name)
+        lname = bytes(check_name(name))  # a bytearray's lowercase is one too
         check_value(value)
         if lname in _CONNECTION_SPECIFIC:
             continue
@@ -219,6 +219,48 @@ def response_block(
             continue
         block.append((lname, bytes(value)))
     return block
+
+
+_response_fields: dict[tuple[bytes, bytes], bytes] = {}
+"""An app's response header, as given -> its HPACK field (b"": dropped); bounded."""
+_status_fields: dict[int, bytes] = {}
+
+
+def encode_response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``h2_frames.encode_block(response_block(status, headers))`` in one pass, each field
+    remembered as the app gave it: a dict lookup per header for the app that sends the
+    same headers again (every app).  Raises ValueError as :func:`response_block` does;
+    ``tests/test_http2_protocol.py::test_encode_response_head_is_response_block_encoded``
+    keeps the two in step."""
+    encoded = _status_fields.get(status)
+    if encoded is None:
+        encoded = f.encode_field(b":status", b"%d" % status)
+        if len(_status_fields) < 1000:
+            _status_fields[status] = encoded
+    parts = [encoded]
+    cache = _response_fields
+    for field in headers:
+        try:
+            encoded = cache.get(field)
+            remember = True
+        except TypeError:  # a list, a bytearray: checked, never remembered
+            encoded = None
+            remember = False
+        if encoded is None:
+            name, value = field
+            lname = bytes(check_name(name))
+            check_value(value)
+            if lname in _CONNECTION_SPECIFIC or (lname == b"te" and value.lower() != b"trailers"):
+                encoded = b""
+            else:
+                encoded = f.encode_field(lname, bytes(value))
+            if remember and len(value) <= f.CACHED_VALUE_MAX_LEN:
+                if len(cache) >= f.CACHE_MAX:
+                    cache.clear()
+                cache[field] = encoded
+        if encoded:
+            parts.append(encoded)
+    return b"".join(parts)
 
 
 class _Stream:
@@ -922,8 +964,11 @@ class H2Protocol:
         self, stream_id: int, block: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
         """A response head built by :func:`response_block`."""
+        self.send_head(stream_id, f.encode_block(block), end_stream=end_stream)
+
+    def send_head(self, stream_id: int, encoded: bytes, *, end_stream: bool = False) -> None:
+        """A response head encoded by :func:`encode_response_head` (or ``encode_block``)."""
         stream = self._open_stream(stream_id)
-        encoded = f.encode_block(block)
         if not self.table_zeroed:
             self.table_zeroed = True
             encoded = f.TABLE_SIZE_ZERO + encoded
@@ -970,6 +1015,36 @@ class H2Protocol:
         if end_stream:
             self._local_end(stream_id, stream)
         self.scanner.data_sent()
+
+    def send_body(self, stream_id: int, data: bytes, offset: int, *, end_stream: bool) -> int:
+        """As much of ``data[offset:]`` (not empty) as the windows and the frame size
+        allow, in one DATA frame, with END_STREAM if ``end_stream`` and it is the rest;
+        the bytes sent (0: wait for a WindowOpened).  :meth:`sendable` and
+        :meth:`send_data` in one call, without a copy when all of ``data`` goes.
+        Raises StreamClosed."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.local_open or self.closed:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        size = len(data) - offset
+        room = min(stream.out_window, self.conn_out, self.peer_max_frame)
+        if size > room:
+            if room <= 0:
+                return 0
+            size = room
+            end_stream = False
+        stream.out_window -= size
+        self.conn_out -= size
+        out = self.out
+        out.append(
+            f.HEAD.pack(
+                size >> 16, size & 0xFFFF, f.DATA, f.END_STREAM if end_stream else 0, stream_id
+            )
+        )
+        out.append(data if size == len(data) else data[offset : offset + size])
+        if end_stream:
+            self._local_end(stream_id, stream)
+        self.scanner.data_sent()
+        return size
 
     def end_stream(self, stream_id: int) -> None:
         stream = self._open_stream(stream_id)
