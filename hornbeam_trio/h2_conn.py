@@ -441,7 +441,9 @@ class H2Stream:
                 server.report_app_error(exc)
                 await self._fail()
             else:
-                if not self.complete and not self.answered:
+                # A stream its client reset (gone) has no one to answer: the app that
+                # returns after http.disconnect did right, as over HTTP/1.1.
+                if not self.complete and not self.answered and not self.gone:
                     logger.error(
                         "HTTP app returned without a complete response (%s)",
                         loggable_path(request.raw_path),

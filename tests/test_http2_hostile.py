@@ -14,6 +14,7 @@ import h2.errors
 import h2.events
 import http_apps
 import trio
+import trio.testing
 from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
@@ -319,3 +320,30 @@ async def test_a_stalled_request_body_gets_408_and_the_connection_goes_on() -> N
     }
     assert statuses == {1: "408", 3: "200"}
     assert seen == ["http.request", "http.disconnect"]
+
+
+async def test_a_stream_the_client_reset_logs_no_error_when_its_app_returns(
+    caplog: Any,
+) -> None:
+    """An app that sees http.disconnect (its client reset the stream) and returns without
+    a response did what it should: no "returned without a complete response" ERROR, or a
+    rapid reset under the limits writes ~100 ERROR lines a second per connection."""
+    ended = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        ended.set()
+
+    async with run_server(app) as server:
+        raw = await Raw.connect(server.port)
+        await raw.send(raw.headers(1, REQUEST, end=False))
+        await trio.testing.wait_all_tasks_blocked()
+        await raw.send(RstStreamFrame(1, error_code=8).serialize())
+        with trio.fail_after(5):
+            await ended.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        await raw.stream.aclose()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.records
