@@ -6,8 +6,8 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 import trio
@@ -396,6 +396,19 @@ async def start_named_waiter(
     return woke
 
 
+@contextmanager
+def another_socket(hub: ReadinessHub) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A second registered socket (c) and its peer (d), closed afterwards."""
+    c, d = socket.socketpair()
+    try:
+        c.setblocking(False)
+        hub.register(c.fileno())
+        yield c, d
+    finally:
+        c.close()
+        d.close()
+
+
 class Looper:
     """A task that waits on its socket again and again, as a connection's app in receive()."""
 
@@ -510,10 +523,7 @@ async def test_when_the_leader_does_not_come_back_the_hub_serves_the_others() ->
     again for a long time: the hub task must take the epoll back, or every other
     parked socket would wait for it."""
     async with running_hub() as (hub, a, b, nursery):
-        c, d = socket.socketpair()
-        try:
-            c.setblocking(False)
-            hub.register(c.fileno())
+        with another_socket(hub) as (c, d):
             leader = await start_leader(hub, a, b, nursery, "leader")
             other = await start_named_waiter(hub, c, nursery, "other")
             leader.last = True  # after this wakeup, it never parks again
@@ -526,17 +536,11 @@ async def test_when_the_leader_does_not_come_back_the_hub_serves_the_others() ->
             d.send(b"c")
             with trio.fail_after(1):
                 await other.wait()
-        finally:
-            c.close()
-            d.close()
 
 
 async def test_a_cancelled_leader_lets_the_hub_serve_a_waiter_parked_behind_it() -> None:
     async with running_hub() as (hub, a, b, nursery):
-        c, d = socket.socketpair()
-        try:
-            c.setblocking(False)
-            hub.register(c.fileno())
+        with another_socket(hub) as (c, d):
             async with trio.open_nursery() as leader_nursery:
                 await start_leader(hub, a, b, leader_nursery, "leader")
                 other = await start_named_waiter(hub, c, nursery, "other")
@@ -545,9 +549,6 @@ async def test_a_cancelled_leader_lets_the_hub_serve_a_waiter_parked_behind_it()
             d.send(b"c")
             with trio.fail_after(1):
                 await other.wait()
-        finally:
-            c.close()
-            d.close()
 
 
 async def test_interrupt_wakes_the_leader_and_unregister_fails_it() -> None:
@@ -571,10 +572,7 @@ async def test_interrupt_wakes_the_leader_and_unregister_fails_it() -> None:
 
 async def test_a_watcher_asking_again_goes_on_while_a_task_leads() -> None:
     async with running_hub() as (hub, a, b, nursery):
-        c, d = socket.socketpair()
-        try:
-            c.setblocking(False)
-            hub.register(c.fileno())
+        with another_socket(hub) as (c, d):
             await start_leader(hub, a, b, nursery, "leader")
             watcher = RecordingWatcher(c, more=2)
             hub.watch(c.fileno(), watcher)
@@ -583,9 +581,6 @@ async def test_a_watcher_asking_again_goes_on_while_a_task_leads() -> None:
                 while watcher.read != b"abc":
                     await trio.sleep(0.001)
             assert hub.leader_fd == a.fileno()
-        finally:
-            c.close()
-            d.close()
 
 
 def open_fds() -> int:
