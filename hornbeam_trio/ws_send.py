@@ -105,7 +105,6 @@ class Writer:
         self.yield_at = CHECKPOINT_EVERY
         """The count of ``sent`` at which the app's send() checkpoints; moved on by every
         checkpoint of the app's task, forced or not (a wait in receive() is one)."""
-        """``sent`` at which the app's send() checkpoints next (see ``settle``)."""
         self.streamed = not isinstance(transport, SocketTransport)
         """Only a socket takes bytes without waiting (``try_send``); every other transport
         (TLS, memory streams, an HTTP/2 stream) sends in ``send_all``."""
