@@ -306,9 +306,15 @@ class ReadinessHub:
     async def _lead(self, fd: int) -> None:
         """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
         try:
+            poll = self.epoll.poll
             while True:
                 await trio.lowlevel.wait_readable(self._lead_fd)
-                if self._serve(fd) or self._leader_note is not None:
+                events = poll(0)
+                if len(events) == 1 and events[0][0] == fd:  # _serve(), for the lone socket
+                    if events[0][1] & _HANGUP:
+                        self.hung_up.add(fd)
+                    break
+                if self._hand_out(events, fd) or self._leader_note is not None:
                     break
                 if self._again and self._hub_parked:
                     self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
@@ -337,11 +343,15 @@ class ReadinessHub:
 
         Only the holder of the epoll (the hub task, or the leader) calls this.
         """
+        return self._hand_out(self.epoll.poll(0), own)
+
+    def _hand_out(self, events: list[tuple[int, int]], own: int) -> int:
+        """:meth:`_serve` for the edges one poll returned."""
         waiters = self.waiters
         again = self._again
         reschedule = trio.lowlevel.reschedule
         woken = 0
-        for fd, mask in self.epoll.poll(0):
+        for fd, mask in events:
             if mask & _HANGUP:
                 self.hung_up.add(fd)
             if fd == own:
