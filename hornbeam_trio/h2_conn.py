@@ -282,15 +282,24 @@ class H2Connection:
         body: bytes,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        """A complete response of the server's own; the request's rest is refused."""
-        head = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
-            *(headers or ()),
-        ]
+        """A complete response of the server's own; the request's rest is refused.
+
+        Its body goes only if the client's windows take it now (a few bytes: they almost
+        always do); else the head alone ends the stream, with no body: the answer is
+        never left half sent, and never waits for a window.
+        """
+        proto = self.proto
         try:
-            self.proto.send_headers(stream_id, http2.response_block(status, head))
-            self.proto.send_data(stream_id, body, end_stream=True)
+            if proto.sendable(stream_id, len(body)) < len(body):
+                body = b""
+            head = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                *(headers or ()),
+            ]
+            proto.send_headers(stream_id, http2.response_block(status, head), end_stream=not body)
+            if body:
+                proto.send_data(stream_id, body, end_stream=True)
         except http2.ProtocolError:
             return  # the peer reset it meanwhile
         # RFC 9113 8.1: a response before the request's end, then RST_STREAM NO_ERROR.

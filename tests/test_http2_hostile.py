@@ -347,3 +347,25 @@ async def test_a_stream_the_client_reset_logs_no_error_when_its_app_returns(
         await trio.testing.wait_all_tasks_blocked()
         await raw.stream.aclose()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.records
+
+
+async def test_the_servers_own_answer_ends_its_stream_when_the_window_is_shut() -> None:
+    """A client whose stream window is 0 (SETTINGS_INITIAL_WINDOW_SIZE) asks for more than
+    ``--max-request-body-size``: the 413 head ends the stream (no body, content-length 0),
+    instead of a head with a body that may never go (the stream left half answered)."""
+    async with run_server(http_apps.hello, max_request_body_size=10) as server:
+        raw = await Raw.connect(server.port)
+        await raw.send(
+            SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}).serialize()
+        )
+        post = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+        await raw.send(raw.headers(1, [*post, ("content-length", "100")], end=False))
+        await raw.read_until(
+            lambda frames: any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+        )
+        head = next(f for f in raw.frames if isinstance(f, HeadersFrame) and f.stream_id == 1)
+        assert "END_STREAM" in head.flags
+        fields = dict(Decoder().decode(head.data))
+        assert fields[":status"] == "413" and fields["content-length"] == "0"
+        assert not [f for f in raw.frames if isinstance(f, DataFrame) and f.stream_id == 1]
+        await raw.stream.aclose()
