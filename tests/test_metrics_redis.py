@@ -12,11 +12,10 @@ Real redis-servers (skipped without one, failed under HORNBEAM_CI).
 from __future__ import annotations
 
 import json
-from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import connect_websocket_url, open_websocket_url
 
 from hornbeam_trio.metrics_workers import merge
 from tests.example_server import eventually, example_server, http_get
@@ -86,17 +85,26 @@ async def test_one_scrape_of_two_workers_counts_what_was_sent_to_both(
     flags = ("--workers", "2", "--backend", redis.url, "--metrics-bind", "127.0.0.1:0")
     async with example_server("tests.apps.workers_app:app", *flags) as server:
         port = metrics_port(server)
-        async with AsyncExitStack() as stack:
+        async with trio.open_nursery() as connections:  # the clients' own tasks
             by_pid: dict[int, tuple[str, Any]] = {}
+            clients: list[Any] = []
             opened = 0
-            while len(by_pid) < 2:
-                assert opened < 60, "60 connections, all on one worker"
-                room = f"c{opened}"  # a room per connection: its messages come back to it
-                ws = await stack.enter_async_context(
-                    open_websocket_url(server.ws_url(f"/r/{room}"))
-                )
-                opened += 1
+
+            async def connect(room: str) -> None:
+                ws = await connect_websocket_url(connections, server.ws_url(f"/r/{room}"))
+                clients.append(ws)
                 by_pid.setdefault((await _json(ws))["pid"], (room, ws))
+
+            # Which worker accepts is the kernel's choice: one at a time, the worker that
+            # wakes first each time (on the other core) can take them all; ten at once
+            # keep one busy while the other accepts.
+            while len(by_pid) < 2:
+                assert opened < 100, f"{opened} connections, all on one worker"
+                async with trio.open_nursery() as batch:
+                    for _ in range(10):
+                        # A room per connection: its messages come back to it.
+                        batch.start_soon(connect, f"c{opened}")
+                        opened += 1
 
             async def subscribed() -> list[int]:
                 rooms = [f"hornbeam:topic:room:{room}" for room, _ in by_pid.values()]
@@ -130,6 +138,8 @@ async def test_one_scrape_of_two_workers_counts_what_was_sent_to_both(
                 == batches
             )
             assert 2 <= batches <= 2 * messages  # each worker delivered at least once
+            for ws in clients:
+                await ws.aclose()
 
 
 async def test_redis_metrics_during_an_outage_show_the_queue_the_loss_and_the_recovery(
