@@ -158,25 +158,9 @@ class H2WebSocket:
                 upgrade=b"websocket",
                 expect_continue=False,
             )
-            scope = server.base_scope(request, self, "websocket")
-            scope["subprotocols"] = wsproto.parse_subprotocols(event.headers)
-            scope["extensions"] = {"websocket.http.response": {}}
-            ws = self.websocket = WebSocketConnection(
-                app=server.app,
-                scope=scope,
-                request=request,
-                transport=self,
-                config=server.config,
-                runtime=server.runtime,
-                on_app_error=server.report_app_error,
-                batcher=server.batcher,
-                timers=server.timers,
-                key=b"",
-                tail=b"",
-                reply=H2Reply(self),
+            ws = self.websocket = WebSocketConnection.for_request(
+                server, request, self, key=b"", tail=b"", reply=H2Reply(self)
             )
-            if server.shutting_down:
-                ws.begin_shutdown()
             await ws.run()
         except TransportClosed:
             pass  # the connection is gone; its reader ends it

@@ -496,27 +496,12 @@ class HTTPConnection:
         # A WebSocket has its own bounds on a peer that stops reading (slow-consumer
         # policy, pings and the idle timeout), and its writes are not per response.
         self.transport.stall_timeout = None
-        scope = server.base_scope(request, self.transport, "websocket")
-        scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
-        scope["extensions"] = {"websocket.http.response": {}}
-        ws = WebSocketConnection(
-            app=server.app,
-            scope=scope,
-            request=request,
-            transport=self.transport,
-            config=server.config,
-            runtime=server.runtime,
-            on_app_error=server.report_app_error,
-            batcher=server.batcher,
-            timers=server.timers,
-            key=key,
-            tail=self.parser.upgrade_tail,
+        ws = WebSocketConnection.for_request(
+            server, request, self.transport, key=key, tail=self.parser.upgrade_tail
         )
         # The HTTP parser is done for good: a long-lived WebSocket need not hold it.
         self.parser = None  # type: ignore[assignment]
         self.websocket = ws
-        if server.shutting_down:
-            ws.begin_shutdown()
         return ws
 
 

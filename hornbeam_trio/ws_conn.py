@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .protocol.http11 import Request
     from .runtime import Runtime
+    from .server_context import ServerContext
     from .timers import TimerSweeper
     from .types import ASGIApp, Message, Scope
     from .ws_handshake import HandshakeReply
@@ -272,6 +273,41 @@ class WebSocketConnection(WebSocketSession):
                 if self.writer.pending:
                     await self.writer.final_flush(1.0)
                 await self.transport.close()
+
+
+    @classmethod
+    def for_request(
+        cls,
+        server: ServerContext,
+        request: Request,
+        transport: Transport,
+        *,
+        key: bytes,
+        tail: bytes,
+        reply: HandshakeReply | None = None,
+    ) -> WebSocketConnection:
+        """The connection of a WebSocket request, HTTP/1.1 ``Upgrade`` or HTTP/2 extended
+        CONNECT: its scope and its server's parts built in one place for both."""
+        scope = server.base_scope(request, transport, "websocket")
+        scope["subprotocols"] = wsproto.parse_subprotocols(request.headers)
+        scope["extensions"] = {"websocket.http.response": {}}
+        ws = cls(
+            app=server.app,
+            scope=scope,
+            request=request,
+            transport=transport,
+            config=server.config,
+            runtime=server.runtime,
+            on_app_error=server.report_app_error,
+            batcher=server.batcher,
+            timers=server.timers,
+            key=key,
+            tail=tail,
+            reply=reply,
+        )
+        if server.shutting_down:
+            ws.begin_shutdown()
+        return ws
 
     def release(self) -> None:
         """What the connection gives back when it leaves OPEN: in one synchronous step.
