@@ -28,6 +28,7 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from test_http2 import frames_in
 
 from hornbeam_trio.testing import run_server
 
@@ -35,19 +36,6 @@ ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 REQUEST = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
 POST = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
-
-
-def frames_in(data: bytes) -> tuple[list[Frame], bytes]:
-    """Whole frames in ``data`` and the incomplete rest."""
-    out = []
-    while len(data) >= 9:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        if len(data) < 9 + length:
-            break
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        out.append(frame)
-        data = data[9 + length :]
-    return out, data
 
 
 class Raw:
