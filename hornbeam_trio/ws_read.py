@@ -110,11 +110,9 @@ class InlineReader:
         while True:
             if transport.drained:
                 hub = self.hub
-                fd = transport.fd
-                if hub.waiting(fd):
-                    raise trio.BusyResourceError("another task is waiting in receive()")
                 transport.drained = False
-                self.waiting = hub.arm(fd, current_task(), self.parked)
+                # arm() raises BusyResourceError if another task waits in receive().
+                self.waiting = hub.arm(transport.fd, current_task(), self.parked)
                 if self.waiting is not None:
                     return None
             data = transport.recv_nowait()
