@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hornbeam_trio.protocol import http11
@@ -603,6 +603,132 @@ def test_an_upgrade_in_a_sliced_read_keeps_the_rest_of_the_read_as_its_tail() ->
 
 
 # -- the whole head ------------------------------------------------------------------
+
+
+# -- a connection's exact repeat of its last request ------------------------------
+
+REPEATED_GET = b"GET /poll?n=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
+REPEATED_POST = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+
+
+class _NoHttptools:
+    """Stands in for httptools' parser: any parse through it fails the test."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise AssertionError(f"parsed again: {data!r}")
+
+
+@pytest.mark.parametrize("read", [REPEATED_GET, REPEATED_POST])
+def test_an_exact_repeat_of_the_last_request_is_served_without_parsing(read: bytes) -> None:
+    parser = HTTPParser()
+    parser.feed(read)
+    first = drain(parser)
+    parser._parser = _NoHttptools()  # type: ignore[assignment]
+    for _ in range(3):
+        parser.feed(read)
+        assert drain(parser) == first
+    with pytest.raises(AssertionError, match="parsed again"):
+        parser.feed(read.replace(b"h", b"H", 1))  # one byte differs: parsed
+
+
+def test_a_repeat_with_another_body_of_the_same_size_hands_out_that_body() -> None:
+    parser = HTTPParser()
+    parser.feed(REPEATED_POST)
+    drain(parser)
+    parser.feed(REPEATED_POST[:-5] + b"world")
+    assert drain(parser)[1:] == [b"world", END_OF_MESSAGE]
+
+
+def test_an_app_that_changes_its_scopes_headers_does_not_change_the_next_request() -> None:
+    parser = HTTPParser()
+    parser.feed(REPEATED_GET)
+    first = parser.next_event()
+    assert isinstance(first, Request)
+    first.headers.append((b"x-added-by", b"middleware"))
+    first.headers[0] = (b"host", b"elsewhere")
+    drain(parser)
+    parser.feed(REPEATED_GET)
+    again = parser.next_event()
+    assert isinstance(again, Request)
+    assert again.headers == [(b"host", b"h"), (b"accept", b"*/*")]
+    assert again.headers is not first.headers
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        b"GET / HTTP/1.0\r\n\r\n",  # not keep-alive: nothing is parsed after it
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        REPEATED_GET * 2,  # two requests in one read
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * http11.REPEAT_HEAD_MAX + b"\r\n\r\n",
+    ],
+)
+def test_reads_that_are_not_one_plain_keep_alive_request_are_never_served_as_repeats(
+    read: bytes,
+) -> None:
+    parser = HTTPParser()
+    parser.feed(read)
+    drain(parser)
+    parser._parser = _NoHttptools()  # type: ignore[assignment]
+    try:
+        parser.feed(read)
+    except AssertionError:
+        return  # parsed again
+    assert drain(parser) == []  # after the last request, or an upgrade: nothing more
+
+
+REPEAT_POOL = [
+    REPEATED_GET,
+    REPEATED_POST,
+    REPEATED_POST[:-5] + b"12345",
+    REPEATED_GET[:20],  # a head cut in two reads
+    REPEATED_GET[20:],
+    REPEATED_POST[:-2],  # a body cut in two reads
+    REPEATED_POST[-2:],
+    REPEATED_GET * 2,
+    b"\r\n" + REPEATED_GET,
+    REPEATED_GET + b"\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframes",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    b"Content-Length: 2\r\n\r\nab",
+    b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 60\r\n\r\n" + b"y" * 60,  # over the body limit
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: v\r\n" * 300 + b"\r\n",  # sliced, then 431
+    b"GET / HTTP/1.1\r\n\r\n",  # no Host: 400
+    b"",  # EOF
+]
+
+
+def _step(parser: HTTPParser, read: bytes) -> tuple[object, ...]:
+    """Feed one read (and every slice it leaves); everything a caller can observe."""
+    events: list[Event] = []
+    error = None
+    try:
+        parser.feed(read)
+        events += drain(parser)
+        while parser.more:
+            parser.resume()
+            events += drain(parser)
+    except HTTPError as exc:
+        error = exc.status
+    events += drain(parser)
+    return (events, error, parser.more, parser.at_message_boundary, parser.upgrade_tail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(REPEAT_POOL), min_size=1, max_size=12))
+@example([REPEATED_GET[:20], REPEATED_GET[20:], REPEATED_GET[20:]])  # the tail of a head
+def test_serving_repeats_unparsed_changes_nothing_a_caller_sees(reads: list[bytes]) -> None:
+    limits = {"max_body_size": 50, "max_headers": 100}
+    remembering = HTTPParser(**limits)
+    parsing = HTTPParser(repeat_head_max=0, **limits)
+    for read in reads:
+        assert _step(remembering, read) == _step(parsing, read)
 
 
 def test_a_head_over_max_head_size_is_431_even_in_one_feed() -> None:
