@@ -35,6 +35,9 @@ baseline subtraction, and the table shows ours, uvicorn's and the ratio
     post1k     POST / with a 1 KiB body that the app reads (benchmarks.apps:hello_read)
     starlette  the hello GET / in Starlette (benchmarks.apps:hello_starlette)
     fastapi    the hello GET / in FastAPI (benchmarks.apps:hello_fastapi)
+    varied     the hello, but each request's query string differs from the one before
+               (GET /?n=1, /?n=2, ...): no request repeats its connection's last one, so
+               hornbeam_trio parses every head (``hello`` is served from the repeat)
 
 ``--ws`` has one shape, the echo of benchmarks.apps:echo.
 """
@@ -66,6 +69,11 @@ POST_1K = (
     b"POST / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: http-instructions\r\nAccept: */*\r\n"
     b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
 )
+VARIED = (
+    b"GET /?n=%d HTTP/1.1\r\nHost: localhost\r\nUser-Agent: http-instructions\r\n"
+    b"Accept: */*\r\n\r\n"
+)
+"""A request with ``%d``: the round's number is put in, so every round's bytes differ."""
 EXPECTED_BODY = b"hello"
 
 SHAPES: dict[str, tuple[str, bytes]] = {
@@ -74,6 +82,7 @@ SHAPES: dict[str, tuple[str, bytes]] = {
     "post1k": ("benchmarks.apps:hello_read", POST_1K),
     "starlette": ("benchmarks.apps:hello_starlette", REQUEST),
     "fastapi": ("benchmarks.apps:hello_fastapi", REQUEST),
+    "varied": ("benchmarks.apps:echo", VARIED),
 }
 """Shape -> (app, the request sent)."""
 WS_SHAPE = "ws echo"
@@ -190,9 +199,11 @@ def drive(port: int, connections: int, requests: int, message: bytes, *, ws: boo
     """``requests`` rounds: one message out on every connection, then every answer read."""
     socks = connect_all(port, connections, WS_HANDSHAKE if ws else None)
     buffers = [bytearray() for _ in socks]
-    for _ in range(requests):
+    varies = b"%d" in message
+    for round_number in range(requests):
+        out = message % round_number if varies else message
         for sock in socks:
-            sock.sendall(message)
+            sock.sendall(out)
         for sock, buf in zip(socks, buffers, strict=True):
             if ws:
                 read_exactly(sock, buf, WS_ECHO)

@@ -111,16 +111,18 @@ waits.  A read with more lines than this is parsed SLICE bytes per step (at most
 for reads longer than a slice; a Content-Length body (one call per read whatever
 its size) or a large-chunked upload has few newlines and is parsed whole."""
 
-REPEAT_HEAD_MAX: Final = 1024
-"""The longest request head a connection remembers to serve its exact repeat unparsed.
+REPEAT_READ_MAX: Final = 2048
+"""The longest read a connection keeps until its next one, to spot an exact repeat.
 
 A keep-alive client that polls, health-checks or benchmarks sends the same bytes
-again and again.  When a read is exactly the previous request of the connection
-(the same head, and a Content-Length body of the same size) the parser hands out
-the same events again without httptools: ~1.5 us of a ~12 us request (five
-callbacks from C, the checks of every header, the request view).  Held per
-connection while it is idle: at most this many bytes of head, and one tuple of
-the header pairs the request already had."""
+again and again.  A read that is exactly the one before it (both starting at a
+message boundary) is parsed once more and, if it was one whole keep-alive request,
+remembered; from then on a read that is that request again (the same head, and a
+Content-Length body of the same size) gets the same events without httptools:
+~1.5 us of a ~12 us request (five callbacks from C, the checks of every header,
+the request view).  A read that is not a repeat costs one bytes comparison.
+Held per connection while it is idle: this read, and the remembered request's
+head (at most this long) with one tuple of its header pairs."""
 
 DEFAULT_MAX_HEAD_SIZE: Final = 64 * 1024
 """Request line plus headers, and apart chunked trailers (Config.max_request_head_size)."""
@@ -206,8 +208,8 @@ class HTTPParser:
     Memory: what the parser holds for a request head is bounded by
     ``max_head_size`` (+ ``max_header_size`` for a line httptools has not
     reported yet) plus one feed; a body is handed out as it arrives.  Between
-    requests it keeps the last one's read, at most REPEAT_HEAD_MAX bytes of head,
-    to serve an exact repeat unparsed.
+    requests it keeps the last read and the request it was, each at most
+    REPEAT_READ_MAX bytes, to serve an exact repeat unparsed.
     """
 
     __slots__ = (
@@ -226,6 +228,7 @@ class HTTPParser:
         "_hosts",
         "_in_message",
         "_keep_alive",
+        "_last_read",
         "_max_body_size",
         "_max_head_size",
         "_max_header_size",
@@ -236,8 +239,8 @@ class HTTPParser:
         "_partial",
         "_repeat_body",
         "_repeat_head",
-        "_repeat_head_max",
         "_repeat_headers",
+        "_repeat_read_max",
         "_repeat_request",
         "_repeat_size",
         "_rest",
@@ -257,7 +260,7 @@ class HTTPParser:
         max_headers: int = 100,
         max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
         max_body_size: int | None = None,
-        repeat_head_max: int = REPEAT_HEAD_MAX,
+        repeat_read_max: int = REPEAT_READ_MAX,
     ) -> None:
         self._max_request_line_size = max_request_line_size
         self._max_header_size = max_header_size
@@ -297,11 +300,13 @@ class HTTPParser:
         self._parser = httptools.HttpRequestParser(_Callbacks(self))
         self._rest = b""
         self._rest_at = 0
-        self._repeat_head_max = repeat_head_max
+        self._repeat_read_max = repeat_read_max
         """0: never serve a repeat unparsed (tests compare against such a parser)."""
+        self._last_read: bytes | None = None
+        """The last read that started at a message boundary, if short (REPEAT_READ_MAX)."""
         self._repeat_head: bytes | None = None
-        """The whole read of the last request, if it was exactly one request that can be
-        served again unparsed (see REPEAT_HEAD_MAX); None otherwise."""
+        """The head of the remembered request (see REPEAT_READ_MAX), or None: the read
+        that brought it, less its body."""
         self._repeat_size = 0
         """Its length with its body (the read a repeat must be, byte for byte)."""
         self._repeat_body = 0
@@ -340,11 +345,19 @@ class HTTPParser:
             self._rest_at = 0
             self.more = True
             return
+        if self._in_message:
+            self._feed(data)
+            return
+        last = self._last_read
+        self._last_read = data if n <= self._repeat_read_max else None
+        if data != last:
+            self._feed(data)
+            return
+        # The read before was this one, from a message boundary too: worth remembering.
         events = self._events
         first = len(events)
-        at_boundary = not self._in_message
         self._feed(data)
-        if at_boundary and len(events) - first in (2, 3):
+        if len(events) - first in (2, 3):
             self._remember(data, first)
 
     def _remember(self, data: bytes, first: int) -> None:
@@ -364,8 +377,6 @@ class HTTPParser:
             return
         body = len(events[first + 1]) if len(events) - first == 3 else 0  # type: ignore[arg-type]
         size = len(data)
-        if size - body > self._repeat_head_max:
-            return
         self._repeat_head = data[: size - body] if body else data
         self._repeat_size = size
         self._repeat_body = body
