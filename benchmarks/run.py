@@ -438,6 +438,21 @@ def _wrk_post_script(size: int) -> Path:
     return path
 
 
+def _wrk_varied_script() -> Path:
+    """A wrk Lua script whose every request differs from the one before (``GET /?n=1``,
+    ``/?n=2``, ...): a server that remembers a connection's last request gains nothing."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "wrk-varied.lua"
+    path.write_text(
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        '  return wrk.format(nil, "/?n=" .. n)\n'
+        "end\n"
+    )
+    return path
+
+
 def _check_answer(
     url: str, body: bytes | None, expected: Callable[[bytes], bool], what: str
 ) -> None:
@@ -457,13 +472,17 @@ def run_wrk(
     *,
     connections: int = 100,
     post: int | None = None,
+    script: Path | None = None,
 ) -> Measurement:
-    """``wrk -t1 -c<connections>`` on ``GET /`` (or a POST of ``post`` bytes): requests/s."""
+    """``wrk -t1 -c<connections>`` on ``GET /`` (or a POST of ``post`` bytes, or what
+    ``script`` sends): requests/s."""
     url = f"http://{HOST}:{server.port}/"
     seconds = max(1, round(opts.duration))
     argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     if post is not None:
         argv += ["-s", str(_wrk_post_script(post))]
+    elif script is not None:
+        argv += ["-s", str(script)]
     wrk = subprocess.Popen(
         [*argv, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -496,6 +515,11 @@ def run_wrk(
 def measure_http(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
     _check_answer(f"http://{HOST}:{server.port}/", None, lambda b: b == b"hello", "GET /")
     return run_wrk(server, opts)
+
+
+def measure_http_varied(server: ServerProcess, opts: argparse.Namespace) -> Measurement:
+    _check_answer(f"http://{HOST}:{server.port}/?n=0", None, lambda b: b == b"hello", "GET /?n=0")
+    return run_wrk(server, opts, script=_wrk_varied_script())
 
 
 def measure_http_post(size: int) -> Callable[[ServerProcess, argparse.Namespace], Measurement]:
@@ -591,6 +615,13 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
         ),
         Workload(
             "http", "HTTP GET / hello, wrk -t1 -c100 keep-alive", "req/s", measure_http, http=True
+        ),
+        Workload(
+            "http_varied",
+            "HTTP GET /?n=<counter> hello: no request repeats the one before",
+            "req/s",
+            measure_http_varied,
+            http=True,
         ),
         Workload(
             "http_read",
