@@ -62,6 +62,11 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 DRAIN_LIMIT = 65536
 """Unread request body skipped after a complete response to keep the connection;
 a longer one (or one that stalls or breaks) closes it instead."""
+HEAD_APART_AT = 32768
+"""A streamed response's first chunk this large goes out after its head, not joined to
+it: one more send() instead of copying the chunk (64 KiB of a 1 MiB response sent in
+64 KiB chunks: ~66k instructions of memcpy, callgrind).  The bytes on the wire are
+the same (``body(b"", True)`` then ``body(chunk, True)`` is ``body(chunk, True)``)."""
 
 _ANSWERED = "the server already answered this request"
 _GONE = "client went away"
@@ -740,7 +745,12 @@ class RequestCycle(ResponseEncoder):
                 raise RuntimeError("http.response.body before http.response.start")
             if self.complete:
                 raise RuntimeError("http.response.body after the response completed")
-            data = self.body(message.get("body", b""), message.get("more_body", False))
+            chunk = message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if more_body and not self.written and len(chunk) >= HEAD_APART_AT:
+                self.written = True
+                await self._write(self.body(b"", True))  # the head alone (see HEAD_APART_AT)
+            data = self.body(chunk, more_body)
             if data:
                 self.written = True
                 # self._write(data), inlined, and send_all() in its halves: no coroutine

@@ -195,6 +195,36 @@ async def test_streamed_response_is_chunked() -> None:
     assert again.body == b"one,two,three"
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_stream_whose_first_chunk_is_large_arrives_whole_and_the_connection_goes_on(
+    declared: bool,
+) -> None:
+    """A first chunk of HEAD_APART_AT bytes or more goes out after its head, not copied
+    behind it: the client still reads one well-framed response, twice on one connection."""
+    from hornbeam_trio.http_conn import HEAD_APART_AT
+
+    chunks = [b"a" * HEAD_APART_AT, b"b" * 1000, b"c" * (2 * HEAD_APART_AT)]
+    total = sum(map(len, chunks))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"%d" % total)] if declared else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with run_server(app) as server:
+        client = await raw(server)
+        for _ in range(2):
+            await client.send(get())
+            response = await client.read_response()
+            assert response.status == 200
+            assert response.body == b"".join(chunks)
+            assert response.chunked is not declared
+
+
 async def test_a_response_streamed_without_blocking_still_lets_other_tasks_run() -> None:
     """Each body write the kernel takes at once skips the coroutine of send_all(), but
     every CHECKPOINT_EVERY writes still yield: a fast stream never starves the server."""

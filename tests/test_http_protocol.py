@@ -1005,6 +1005,28 @@ def test_streamed_body_is_chunked_on_http11() -> None:
     assert enc.keep_alive
 
 
+@pytest.mark.parametrize(
+    ("req", "headers"),
+    [
+        (request(), [(b"content-length", b"7")]),  # framed by the app's length
+        (request(), []),  # chunked
+        (request(http_version="1.0", keep_alive=True), []),  # close-delimited
+        (request(method="HEAD"), []),  # no body at all
+    ],
+)
+def test_a_streams_head_asked_for_alone_changes_no_byte(
+    req: Request, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """``body(b"", True)`` then ``body(chunk, True)`` writes what ``body(chunk, True)`` does:
+    the connection sends a large first chunk after its head instead of copying it behind."""
+    chunk = b"abcd"
+    joined, _ = respond(req, 200, headers, (chunk, True), (b"efg", False))
+    apart, _ = respond(req, 200, headers, (b"", True), (chunk, True), (b"efg", False))
+    assert b"".join(apart) == b"".join(joined)
+    if req.http_version == "1.0" or headers:
+        assert apart[1] is chunk  # sent from the app's own bytes: no copy
+
+
 def test_streamed_body_with_data_in_the_last_message() -> None:
     writes, _ = respond(request(), 200, [], (b"", True), (b"end", False))
     assert writes[1] == b"3\r\nend\r\n0\r\n\r\n"
