@@ -210,7 +210,7 @@ class Server:
                 server_side=True,
             )
             return StreamTransport(stream, client=raw.client, server=raw.server, secure=True)
-        return SocketTransport(sock, hub=self.readiness)
+        return SocketTransport(sock, hub=self.readiness, timers=self.timers)
 
     async def handle_transport(self, transport: Transport) -> None:
         """Serve one client connection to its end (sockets, TLS, in-memory test streams)."""

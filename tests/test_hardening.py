@@ -18,11 +18,14 @@ import trio.testing
 import trio_websocket
 import trustme
 from http_apps import RawHTTP
+from test_ws_engine import running
 
 from hornbeam_trio import cli
 from hornbeam_trio.config import Config, ConfigError
 from hornbeam_trio.protocol import websocket as wsproto
 from hornbeam_trio.testing import TestServer, run_server
+from hornbeam_trio.timers import TimerSweeper
+from hornbeam_trio.transport import SocketTransport, TransportClosed
 
 
 def get(path: bytes = b"/") -> bytes:
@@ -435,6 +438,64 @@ async def test_a_client_that_stops_reading_its_response_is_dropped_after_the_tim
         await stream.aclose()
     assert app.outcome == "ClientDisconnected"
     assert 0.3 <= waited < 5
+
+
+def full_transport(
+    sweeper: TimerSweeper, stall_timeout: float
+) -> tuple[SocketTransport, socket.socket]:
+    """A server-side transport over loopback TCP whose send buffer is full: its peer
+    never reads, so a wait for writability only ends by its stall or a cancel."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    peer = socket.create_connection(listener.getsockname())
+    sock, _ = listener.accept()
+    listener.close()
+    sock.setblocking(False)
+    transport = SocketTransport(sock, timers=sweeper)
+    transport.stall_timeout = stall_timeout
+    while transport.try_send(b"x" * 65536):
+        pass
+    return transport, peer
+
+
+async def test_a_write_wait_gives_up_a_stall_timeout_after_it_began_not_after_an_earlier_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The timer task's entries are lazy: the one an earlier wait pushed fires during a
+    later wait, which must go on to its own deadline."""
+    sweeper = TimerSweeper()
+    async with running(sweeper):
+        transport, peer = full_transport(sweeper, 10)
+        start = trio.current_time()
+        with trio.move_on_after(5):
+            await transport.wait_writable()  # its entry is for +10
+        with pytest.raises(TransportClosed, match="took no bytes for 10s"):
+            await transport.wait_writable()  # from +5: ends at +15, not +10
+        assert trio.current_time() - start == 15
+        transport.abort()
+        peer.close()
+
+
+async def test_an_entry_of_a_write_wait_that_ended_leaves_the_transport_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sweeper = TimerSweeper()
+    async with running(sweeper):
+        transport, peer = full_transport(sweeper, 10)
+        start = trio.current_time()
+        with trio.move_on_after(5):
+            await transport.wait_writable()
+        # Its +10 entry fires while the socket waits to be readable (as a keep-alive
+        # connection waits for its next request without the hub): that wait goes on.
+        with trio.move_on_at(start + 12) as read_wait:
+            await trio.lowlevel.wait_readable(transport.sock)
+        assert read_wait.cancelled_caught
+        with trio.move_on_after(1) as waited:
+            await transport.wait_writable()  # a plain wait: not ended as stalled
+        assert waited.cancelled_caught
+        transport.abort()
+        peer.close()
 
 
 async def test_a_slow_reader_that_keeps_reading_gets_the_whole_response() -> None:
