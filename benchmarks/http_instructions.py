@@ -28,13 +28,15 @@ they went.
 Every count is taken for hornbeam_trio and for uvicorn (``--loop uvloop --http
 httptools --ws websockets-sansio``, as in run.py) with the same app, load and
 baseline subtraction, and the table shows ours, uvicorn's and the ratio
-(``--servers`` picks one).  ``--shape`` picks the HTTP app shapes (default: all):
+(``--servers`` picks one).  ``--shape`` picks the HTTP app shapes (default: all but stream1m):
 
     hello      GET /, an app that never calls receive() (benchmarks.apps:echo)
     read       GET /, the app reads its (empty) body first (benchmarks.apps:hello_read)
     post1k     POST / with a 1 KiB body that the app reads (benchmarks.apps:hello_read)
     starlette  the hello GET / in Starlette (benchmarks.apps:hello_starlette)
     fastapi    the hello GET / in FastAPI (benchmarks.apps:hello_fastapi)
+    stream1m   GET / of a 1 MiB body sent in 64 KiB chunks (benchmarks.apps:stream_1m):
+               instructions per response (use fewer --requests: ~1 s each under valgrind)
     varied     the hello, but each request's query string differs from the one before
                (GET /?n=1, /?n=2, ...): no request repeats its connection's last one, so
                hornbeam_trio parses every head (``hello`` is served from the repeat)
@@ -75,6 +77,8 @@ VARIED = (
 )
 """A request with ``%d``: the round's number is put in, so every round's bytes differ."""
 EXPECTED_BODY = b"hello"
+STREAM_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+STREAM_BODY = b"x" * (1024 * 1024)
 
 SHAPES: dict[str, tuple[str, bytes]] = {
     "hello": ("benchmarks.apps:echo", REQUEST),
@@ -83,6 +87,7 @@ SHAPES: dict[str, tuple[str, bytes]] = {
     "starlette": ("benchmarks.apps:hello_starlette", REQUEST),
     "fastapi": ("benchmarks.apps:hello_fastapi", REQUEST),
     "varied": ("benchmarks.apps:echo", VARIED),
+    "stream1m": ("benchmarks.apps:stream_1m", STREAM_REQUEST),
 }
 """Shape -> (app, the request sent)."""
 WS_SHAPE = "ws echo"
@@ -139,7 +144,9 @@ def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 12
 
 
 def read_response(sock: socket.socket, buf: bytearray) -> None:
-    """Read one response (content-length framed) from ``sock``; leftovers stay in buf."""
+    """Read one response (content-length framed) from ``sock``; leftovers stay in buf.
+
+    Its body must be ``hello``, or 1 MiB of ``x`` (the stream1m shape)."""
     while True:
         end = buf.find(b"\r\n\r\n")
         if end >= 0:
@@ -149,7 +156,8 @@ def read_response(sock: socket.socket, buf: bytearray) -> None:
                 raise RuntimeError(f"unexpected response head {head!r}")
             total = end + 4 + int(match.group(1))
             if len(buf) >= total:
-                if bytes(buf[end + 4 : total]) != EXPECTED_BODY:
+                body = bytes(buf[end + 4 : total])
+                if body != EXPECTED_BODY and body != STREAM_BODY:
                     raise RuntimeError("unexpected body")
                 del buf[:total]
                 return
@@ -308,8 +316,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="measured runs (one baseline)")
     parser.add_argument(
         "--shape",
-        default=",".join(SHAPES),
-        help=f"comma-separated HTTP app shapes out of {', '.join(SHAPES)} (default: all)",
+        default=",".join(s for s in SHAPES if s != "stream1m"),
+        help=f"comma-separated HTTP app shapes out of {', '.join(SHAPES)} "
+        "(default: all but stream1m)",
     )
     parser.add_argument("--app", help="another app for every shape (an ASGI app path)")
     parser.add_argument(
