@@ -248,6 +248,8 @@ class SocketTransport:
             if timeout is None:
                 await trio.lowlevel.wait_writable(self.sock)
             elif (timers := self.timers) is not None:
+                # A stall that came as an earlier wait was already woken left this set.
+                self._stalled = False
                 self._stall_at = deadline = timers.clock() + timeout
                 timers.schedule(self, deadline)  # at once if an earlier entry exists
                 try:
