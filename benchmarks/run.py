@@ -425,32 +425,35 @@ STREAM_BYTES = MIB
 """The streaming rows' body size (benchmarks.apps:stream_1m: 64 KiB chunks down, any size up)."""
 
 
-def _wrk_post_script(size: int) -> Path:
-    """A wrk Lua script that POSTs ``size`` bytes (written once per size under results/)."""
+def _wrk_script(name: str, lua: str) -> Path:
+    """A wrk Lua script, written under results/ (gitignored) for wrk's ``-s``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"wrk-post-{size}.lua"
-    if not path.exists():
-        path.write_text(
-            'wrk.method = "POST"\n'
-            f'wrk.body = string.rep("x", {size})\n'
-            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
-        )
+    path = RESULTS / name
+    path.write_text(lua)
     return path
+
+
+def _wrk_post_script(size: int) -> Path:
+    """A wrk Lua script that POSTs ``size`` bytes."""
+    return _wrk_script(
+        f"wrk-post-{size}.lua",
+        'wrk.method = "POST"\n'
+        f'wrk.body = string.rep("x", {size})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n',
+    )
 
 
 def _wrk_varied_script() -> Path:
     """A wrk Lua script whose every request differs from the one before (``GET /?n=1``,
     ``/?n=2``, ...): a server that remembers a connection's last request gains nothing."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "wrk-varied.lua"
-    path.write_text(
+    return _wrk_script(
+        "wrk-varied.lua",
         "local n = 0\n"
         "request = function()\n"
         "  n = n + 1\n"
         '  return wrk.format(nil, "/?n=" .. n)\n'
-        "end\n"
+        "end\n",
     )
-    return path
 
 
 def _check_answer(
