@@ -40,6 +40,10 @@ HELP: dict[str, str] = {
     "cacertfile": "CA certificates (PEM) for TLS",
     "tls_handshake_timeout": "seconds a TLS client gets to finish its handshake (0: no limit)",
     "limit_concurrency": "most connections served at once; beyond it requests get 503",
+    "busy_poll_us": (
+        "microseconds a lone connection polls for its next bytes before sleeping, when its"
+        " peer answered that fast last time (0: never poll)"
+    ),
     "lifespan": "ASGI lifespan protocol: auto, on (fail if the app lacks it) or off",
     "factory": "APP names a function that returns the application",
     "app_dir": "directory put first on sys.path before APP is imported",

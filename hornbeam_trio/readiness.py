@@ -37,6 +37,18 @@ at once when its own socket is among the events.  Invariants:
   other waits (a lone connection, likely to park again at once); with more sockets
   waiting, one pass of the hub serves them all and it keeps the role.
 
+**Busy polling.**  On the project's 2-core VM, a kernel trace of a lone WebSocket echo
+(``benchmarks/ws_timeline.py``) shows where a round trip goes: ~10 us from the server's
+wakeup to its ``send`` (uvicorn's too), and ~20 us, each way, for the kernel to wake a
+process whose core went idle; the sleeps, not the work, are two thirds of it.  So a leader
+whose last lead ended within ``busy_poll_us`` does not sleep at once: it polls the epoll
+between checkpoints (the run loop polls its own meanwhile) until bytes come or that time
+is up, then sleeps as before.  A peer that answers that fast is served without a wakeup;
+a quiet one costs one poll window, after which the next lead sleeps at once (it lasted
+longer than the window).  Only the lone leader polls: with more sockets busy the hub task
+holds the epoll, and the run loop has other work to do than sleep.  Timed by the wall
+clock, not Trio's: a test's MockClock stands still while a task is runnable.
+
 ``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
 say no on Linux too, so the path every other platform (and TLS) takes runs the same
 test suites here (``.ci/run`` does).  A switch for testing, read when a server
@@ -51,6 +63,7 @@ import select
 import socket
 import types
 from collections.abc import Awaitable, Callable, Generator
+from time import perf_counter_ns
 from typing import Any, Protocol, cast
 
 import outcome
@@ -151,7 +164,7 @@ class ReadinessHub:
             return False
         return hasattr(select, "epoll") and bool(_EVENTS & getattr(select, "EPOLLET", 0))
 
-    def __init__(self) -> None:
+    def __init__(self, busy_poll_us: int = 0) -> None:
         self.epoll = select.epoll()
         self.waiters: dict[int, trio.lowlevel.Task] = {}
         self.ready: set[int] = set()
@@ -183,6 +196,12 @@ class ReadinessHub:
         self.hub_waits = 0
         """How often the hub task took the epoll back (a leader left and nobody took it
         before the hub ran): for tests and profiling, not the hot path."""
+        self._busy_poll_ns = busy_poll_us * 1000
+        self._lead_lasted_ns = _LONG_AGO_NS
+        """How long the last lead lasted: shorter than the poll window, the next one polls."""
+        self.busy_polls = 0
+        """Polls of the epoll made instead of sleeping (see "Busy polling"): for tests and
+        profiling."""
         self._again: dict[int, None] = {}
         """Sockets whose watcher asked to go on after a checkpoint, each once, in order.
 
@@ -305,11 +324,25 @@ class ReadinessHub:
 
     async def _lead(self, fd: int) -> None:
         """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
+        began = perf_counter_ns()
+        poll_until = began + self._busy_poll_ns if self._lead_lasted_ns < self._busy_poll_ns else 0
         try:
             poll = self.epoll.poll
             while True:
-                await trio.lowlevel.wait_readable(self._lead_fd)
-                events = poll(0)
+                events = None
+                while poll_until:  # "Busy polling"
+                    await trio.lowlevel.checkpoint()
+                    if self._lead_fd < 0:
+                        raise trio.ClosedResourceError("the readiness hub has stopped")
+                    self.busy_polls += 1
+                    events = poll(0)
+                    if events:
+                        break
+                    if perf_counter_ns() >= poll_until:
+                        poll_until = 0
+                if not events:
+                    await trio.lowlevel.wait_readable(self._lead_fd)
+                    events = poll(0)
                 if len(events) == 1 and events[0][0] == fd:  # _serve(), for the lone socket
                     if events[0][1] & _HANGUP:
                         self.hung_up.add(fd)
@@ -319,6 +352,7 @@ class ReadinessHub:
                 if self._again and self._hub_parked:
                     self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
         finally:
+            self._lead_lasted_ns = perf_counter_ns() - began
             note = self._leader_note
             self.leader = None
             self.leader_fd = -1
@@ -433,6 +467,9 @@ class ReadinessHub:
             self._lead_fd = -1
             epoll.close()
 
+
+_LONG_AGO_NS = 1 << 62
+"""A lead's duration before any lead: longer than any poll window."""
 
 _NOTE_WOKEN = object()
 _NOTE_CLOSED = object()

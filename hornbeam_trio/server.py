@@ -420,7 +420,7 @@ async def _run_shielded(
             await lifespan_nursery.start(server.timers.run)
             if ReadinessHub.available():
                 # Outlives every connection: this nursery closes after the connections'.
-                server.readiness = ReadinessHub()
+                server.readiness = ReadinessHub(busy_poll_us=config.busy_poll_us)
                 lifespan_nursery.start_soon(server.readiness.run)
             if server.metrics is not None and server.metrics_socket is not None:
                 from .metrics_workers import serve_snapshots

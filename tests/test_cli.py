@@ -77,6 +77,16 @@ ERROR_CASES = [
         id="bad-int",
     ),
     pytest.param(["tests.apps.simple:hello", "--keepalive", "soon"], "--keepalive", id="bad-float"),
+    pytest.param(
+        ["tests.apps.simple:hello", "--busy-poll-us", "-1"],
+        "--busy-poll-us: expected an integer >= 0, got -1",
+        id="busy-poll-negative",
+    ),
+    pytest.param(
+        ["tests.apps.simple:hello", "--busy-poll-us", "20000"],
+        "--busy-poll-us: expected at most 10000",
+        id="busy-poll-too-long",
+    ),
     pytest.param(["tests.apps.simple:hello", "--lifespan", "maybe"], "--lifespan", id="bad-choice"),
     pytest.param(
         ["nosuch:app"], "cannot import 'nosuch:app': No module named 'nosuch'", id="no-module"
@@ -159,6 +169,7 @@ FULL_COMMAND_LINE = [
     "--cacertfile", "ca.pem",
     "--tls-handshake-timeout", "2.5",
     "--limit-concurrency", "500",
+    "--busy-poll-us", "0",
     "--lifespan", "off",
     "--factory",
     "--app-dir", "src",
@@ -200,6 +211,7 @@ FULL_CONFIG = Config(
     cacertfile="ca.pem",
     tls_handshake_timeout=2.5,
     limit_concurrency=500,
+    busy_poll_us=0,
     lifespan="off",
     factory=True,
     app_dir="src",

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.skipif(not ReadinessHub.available(), reason="needs Linu
 
 
 @asynccontextmanager
-async def running_hub() -> AsyncIterator[
-    tuple[ReadinessHub, socket.socket, socket.socket, trio.Nursery]
-]:
+async def running_hub(
+    busy_poll_us: int = 0,
+) -> AsyncIterator[tuple[ReadinessHub, socket.socket, socket.socket, trio.Nursery]]:
     """A running hub with one registered socket (a) whose peer (b) the test writes to."""
-    hub = ReadinessHub()
+    hub = ReadinessHub(busy_poll_us=busy_poll_us)
     a, b = socket.socketpair()
     a.setblocking(False)
     try:
@@ -640,3 +640,130 @@ async def test_a_wait_after_the_hub_stopped_fails_instead_of_hanging() -> None:
     finally:
         a.close()
         b.close()
+
+
+# -- busy polling: a lone leader whose peer answers fast does not sleep -----------------
+
+
+class LoopSleeps(trio.abc.Instrument):
+    """How often the run loop was about to sleep: an I/O wait with a timeout, not a poll."""
+
+    def __init__(self) -> None:
+        self.sleeps = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self.sleeps += 1
+
+
+async def exchange(looper: Looper, peer: socket.socket) -> None:
+    """The peer sends a byte; the looper wakes to it."""
+    woke = looper.woke
+    peer.send(b"x")
+    with trio.fail_after(1):
+        await woke.wait()
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 1_000_000])
+async def test_a_lone_leader_whose_peer_answers_at_once_is_served_without_the_loop_sleeping(
+    busy_poll_us: int,
+) -> None:
+    """The test's own task is the peer: it answers each wakeup at once.  Polling, the run
+    loop never sleeps between messages (the kernel's wakeup is what a lone connection's
+    round trip waits on); without it, it sleeps once per message."""
+    async with running_hub(busy_poll_us) as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        await exchange(looper, b)  # the lead before it: short
+        loop = LoopSleeps()
+        trio.lowlevel.add_instrument(loop)
+        try:
+            for _ in range(20):
+                await exchange(looper, b)
+        finally:
+            trio.lowlevel.remove_instrument(loop)
+        if busy_poll_us:
+            assert loop.sleeps == 0
+            assert hub.busy_polls > 0
+            assert hub.leader_fd == a.fileno()  # still the leader: the hub task never took over
+        else:
+            assert loop.sleeps >= 20
+            assert hub.busy_polls == 0
+
+
+async def test_a_busy_poll_ends_with_its_window_and_a_lead_after_a_quiet_spell_sleeps() -> None:
+    async with running_hub(busy_poll_us=50_000) as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        await exchange(looper, b)  # a short lead: the next one polls
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()  # returns once the leader sleeps
+        polls = hub.busy_polls
+        assert polls > 0
+        assert hub.leader_fd == a.fileno()
+        await trio.sleep(0.2)  # longer than the window: this lead lasts longer
+        await exchange(looper, b)
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.busy_polls == polls  # the lead after a long one sleeps at once
+        assert hub.leader_fd == a.fileno()
+
+
+async def wait_polling(hub: ReadinessHub) -> None:
+    polls = hub.busy_polls
+    with trio.fail_after(5):
+        while hub.busy_polls == polls:
+            await trio.sleep(0)
+
+
+async def test_a_leader_cancelled_while_polling_leaves_the_epoll_to_the_hub() -> None:
+    async with running_hub(busy_poll_us=5_000_000) as (hub, a, b, nursery):
+        with another_socket(hub) as (c, d):
+            # Well within the poll's window: the cancellation is seen at its next checkpoint.
+            with trio.fail_after(1):
+                async with trio.open_nursery() as leader_nursery:
+                    looper = await start_leader(hub, a, b, leader_nursery, "leader")
+                    other = await start_named_waiter(hub, c, nursery, "other")
+                    await exchange(looper, b)
+                    await wait_polling(hub)
+                    leader_nursery.cancel_scope.cancel()
+            assert hub.leader is None
+            d.send(b"c")
+            with trio.fail_after(1):
+                await other.wait()
+
+
+async def test_a_polling_leader_is_woken_by_interrupt_and_by_another_socket_s_waiter() -> None:
+    async with running_hub(busy_poll_us=1_000_000) as (hub, a, b, nursery):
+        with another_socket(hub) as (c, d):
+            looper = await start_leader(hub, a, b, nursery, "leader")
+            other = await start_named_waiter(hub, c, nursery, "other")
+            await exchange(looper, b)
+            await wait_polling(hub)
+            d.send(b"c")  # the polling leader hands it out
+            with trio.fail_after(1):
+                await other.wait()
+            await wait_polling(hub)
+            woke = looper.woke
+            assert hub.interrupt(a.fileno())
+            with trio.fail_after(1):
+                await woke.wait()
+
+
+async def test_a_leader_polling_when_the_hub_ends_is_failed_and_no_fd_is_left() -> None:
+    before = open_fds()
+    hub = ReadinessHub(busy_poll_us=1_000_000)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hub.run)
+                hub.register(a.fileno())
+                looper = await start_leader(hub, a, b, outer, "leader")
+                await exchange(looper, b)
+                await wait_polling(hub)
+                nursery.cancel_scope.cancel()  # the hub ends; the leader still polls
+            with trio.fail_after(1):
+                await looper.closed.wait()
+    finally:
+        a.close()
+        b.close()
+    assert open_fds() == before

@@ -873,3 +873,21 @@ async def test_a_lone_connections_echo_keeps_the_epoll_from_message_to_message()
         assert hub.hub_waits - waits <= 3, hub.hub_waits - waits
         await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
         assert (await raw.receive_close()).close_code == 1000
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="needs the readiness hub (Linux epoll)")
+@pytest.mark.parametrize("busy_poll_us", [0, 10_000])
+async def test_busy_poll_us_decides_whether_a_lone_connection_polls_before_it_sleeps(
+    busy_poll_us: int,
+) -> None:
+    """The flag reaches the server's readiness hub (its behaviour: test_readiness.py)."""
+    async with run_server(_echo_app, busy_poll_us=busy_poll_us) as server:
+        hub = server.server.readiness
+        assert hub is not None
+        raw = await RawClient.connect(server)
+        for i in range(50):
+            await raw.send_frame(OP_TEXT, b"%d" % i)
+            assert (await raw.receive_frame()).payload == b"%d" % i
+        assert (hub.busy_polls > 0) == bool(busy_poll_us)
+        await raw.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        assert (await raw.receive_close()).close_code == 1000
