@@ -1092,6 +1092,22 @@ def test_app_content_length_is_enforced() -> None:
         enc.body(b"de", False)
 
 
+def test_a_content_length_streams_chunks_go_out_as_they_are_and_are_counted() -> None:
+    enc = ResponseEncoder(request())
+    enc.start(200, [(b"content-length", b"6")])
+    assert enc.body(b"", True).endswith(b"\r\n\r\n")  # the head alone
+    chunk = b"abc"
+    assert enc.body(chunk, True) is chunk  # no copy, no join
+    with pytest.raises(ValueError, match="content-length"):
+        enc.body(b"defg", True)  # past the declared length, more still to come
+    done = ResponseEncoder(request())
+    done.start(200, [(b"content-length", b"3")])
+    done.body(b"", True)
+    assert done.body(b"abc", False) == b"abc" and done.complete
+    with pytest.raises(RuntimeError, match="complete"):
+        done.body(b"", True)
+
+
 def test_short_body_for_app_content_length_closes_the_connection() -> None:
     writes, enc = respond(request(), 200, [(b"content-length", b"4")], (b"abc", False))
     assert writes[0].endswith(b"\r\n\r\nabc")

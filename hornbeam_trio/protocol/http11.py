@@ -984,6 +984,13 @@ class ResponseEncoder:
 
     def body(self, data: bytes, more_body: bool) -> bytes:
         """Return the bytes to write now (the head too, on the first call)."""
+        if more_body and self._mode == _FIXED and not self.complete:
+            # A content-length stream's next chunk, 16 per 1 MiB response: only its
+            # bytes are counted (more than declared: the general path below says so).
+            sent = self._sent + len(data)
+            if sent <= self._declared_length:  # type: ignore[operator]
+                self._sent = sent
+                return data
         head = self._head
         if head is not None and not more_body:
             # Fast path, the common response: the whole body in the first message,
