@@ -42,7 +42,7 @@ HELP: dict[str, str] = {
     "limit_concurrency": "most connections served at once; beyond it requests get 503",
     "busy_poll_us": (
         "microseconds a lone connection polls for its next bytes before sleeping, when its"
-        " peer answered that fast last time (0: never poll)"
+        " peer answered fast last time (0: never poll)"
     ),
     "lifespan": "ASGI lifespan protocol: auto, on (fail if the app lacks it) or off",
     "factory": "APP names a function that returns the application",

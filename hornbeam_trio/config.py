@@ -57,9 +57,10 @@ class Config:
     and a WebSocket handshake is refused with 503 before the app runs.  None: no limit."""
     busy_poll_us: int = 50
     """Microseconds a lone connection's wait polls for its next bytes before it sleeps,
-    when its last wait ended within that time (0: always sleep).  Waking a sleeping
-    core costs a round trip ~20 us on a VM; a peer that answers faster than that is
-    served sooner by not sleeping.  CPU is spent only while such a peer keeps answering."""
+    when its last wait was short (within twice that) and did not poll in vain (0: always
+    sleep).  Waking a sleeping process costs ~20 us each way on a VM; a peer that answers
+    within the window is served without it.  CPU is spent only while such a peer keeps
+    answering (see readiness.py, "Busy polling")."""
 
     # --- app ---------------------------------------------------------------
     lifespan: LifespanMode = "auto"

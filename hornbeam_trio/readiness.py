@@ -43,9 +43,11 @@ wakeup to its ``send`` (uvicorn's too), and ~20 us, each way, for the kernel to 
 process whose core went idle; the sleeps, not the work, are two thirds of it.  So a leader
 whose last lead ended within ``busy_poll_us`` does not sleep at once: it polls the epoll
 between checkpoints (the run loop polls its own meanwhile) until bytes come or that time
-is up, then sleeps as before.  A peer that answers that fast is served without a wakeup;
-a quiet one costs one poll window, after which the next lead sleeps at once (it lasted
-longer than the window).  Only the lone leader polls: with more sockets busy the hub task
+is up, then sleeps as before.  A peer that answers that fast is served without a wakeup.
+The next lead polls if this one ended within twice the window (a lead that slept counts
+the kernel's wakeup too: ~50 us for this VM's fastest peer, so the window alone would
+never let polling begin) and did not poll in vain; a quiet peer costs one window, and the
+lead after it sleeps at once.  Only the lone leader polls: with more sockets busy the hub task
 holds the epoll, and the run loop has other work to do than sleep.  Timed by the wall
 clock, not Trio's: a test's MockClock stands still while a task is runnable.
 
@@ -197,8 +199,8 @@ class ReadinessHub:
         """How often the hub task took the epoll back (a leader left and nobody took it
         before the hub ran): for tests and profiling, not the hot path."""
         self._busy_poll_ns = busy_poll_us * 1000
-        self._lead_lasted_ns = _LONG_AGO_NS
-        """How long the last lead lasted: shorter than the poll window, the next one polls."""
+        self._poll_next = False
+        """The last lead was short and did not poll in vain: the next one polls."""
         self.busy_polls = 0
         """Polls of the epoll made instead of sleeping (see "Busy polling"): for tests and
         profiling."""
@@ -325,7 +327,8 @@ class ReadinessHub:
     async def _lead(self, fd: int) -> None:
         """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
         began = perf_counter_ns()
-        poll_until = began + self._busy_poll_ns if self._lead_lasted_ns < self._busy_poll_ns else 0
+        poll_until = began + self._busy_poll_ns if self._poll_next else 0
+        in_vain = False
         try:
             poll = self.epoll.poll
             while True:
@@ -340,6 +343,7 @@ class ReadinessHub:
                         break
                     if perf_counter_ns() >= poll_until:
                         poll_until = 0
+                        in_vain = True
                 if not events:
                     await trio.lowlevel.wait_readable(self._lead_fd)
                     events = poll(0)
@@ -352,7 +356,7 @@ class ReadinessHub:
                 if self._again and self._hub_parked:
                     self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
         finally:
-            self._lead_lasted_ns = perf_counter_ns() - began
+            self._poll_next = perf_counter_ns() - began < 2 * self._busy_poll_ns and not in_vain
             note = self._leader_note
             self.leader = None
             self.leader_fd = -1
@@ -467,9 +471,6 @@ class ReadinessHub:
             self._lead_fd = -1
             epoll.close()
 
-
-_LONG_AGO_NS = 1 << 62
-"""A lead's duration before any lead: longer than any poll window."""
 
 _NOTE_WOKEN = object()
 _NOTE_CLOSED = object()

@@ -706,6 +706,36 @@ async def test_a_busy_poll_ends_with_its_window_and_a_lead_after_a_quiet_spell_s
         assert hub.leader_fd == a.fileno()
 
 
+async def test_a_lead_that_slept_less_than_twice_the_window_lets_the_next_one_poll() -> None:
+    """A sleeping lead's length includes the kernel's wakeup: were it held to the window
+    alone, polling would never begin for a peer that answers just within it."""
+    async with running_hub(busy_poll_us=200_000) as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        await trio.sleep(0.5)  # the lead in progress outlasts 2 windows: the next sleeps
+        await exchange(looper, b)
+        await trio.testing.wait_all_tasks_blocked()
+        polls = hub.busy_polls
+        await trio.sleep(0.3)  # this lead: 1.5 windows, asleep from its start
+        await exchange(looper, b)
+        await wait_polling(hub)  # the next one polls
+        assert hub.busy_polls > polls
+
+
+async def test_a_lead_that_polled_in_vain_lets_the_next_one_sleep_at_once() -> None:
+    async with running_hub(busy_poll_us=200_000) as (hub, a, b, nursery):
+        looper = await start_leader(hub, a, b, nursery, "leader")
+        await trio.sleep(0.5)
+        await exchange(looper, b)  # the lead after it sleeps at once ...
+        await exchange(looper, b)  # ... and is short: the one after it polls
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()  # its window is over: in vain
+        polls = hub.busy_polls
+        assert polls > 0
+        await exchange(looper, b)  # within 2 windows of its start, but it polled in vain
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.busy_polls == polls
+
+
 async def wait_polling(hub: ReadinessHub) -> None:
     polls = hub.busy_polls
     with trio.fail_after(5):
