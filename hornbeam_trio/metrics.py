@@ -23,7 +23,7 @@ when ``metrics_bind`` is set (Config has checked that the package is there).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +63,11 @@ def presence_members(runtime: Runtime) -> dict[str, int]:
 class ServerCollector(Collector):
     """Reads the server's counters at scrape time (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, config: Config) -> None:
+    def __init__(
+        self, runtime: Runtime, config: Config, busy_poll_seconds: Callable[[], float]
+    ) -> None:
         self.runtime = runtime
+        self.busy_poll_seconds = busy_poll_seconds
         self.patterns = tuple(pattern for pattern, _, _ in config.history_rules)
 
     def pattern_of(self, topic: str) -> str:
@@ -135,6 +138,12 @@ class ServerCollector(Collector):
             "Subscribers ended under --slow-consumer close (WebSocket close 1013, SlowConsumer)",
             value=COUNTS.slow_consumer_closes,
         )
+        yield CounterMetricFamily(
+            "hornbeam_busy_poll_seconds",
+            "Seconds lone connections polled for their next bytes instead of sleeping"
+            " (--busy-poll-us), about: CPU spent for their latency",
+            value=self.busy_poll_seconds(),
+        )
         yield self.per_pattern(
             "hornbeam_pubsub_subscribers",
             "Local subscribers, by the --history pattern their topic matches",
@@ -195,7 +204,9 @@ class ServerMetrics:
     histogram update per round, never anything per subscriber.
     """
 
-    def __init__(self, runtime: Runtime, config: Config) -> None:
+    def __init__(
+        self, runtime: Runtime, config: Config, busy_poll_seconds: Callable[[], float]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.latency = Histogram(
             "hornbeam_pubsub_delivery_latency_seconds",
@@ -203,7 +214,7 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(ServerCollector(runtime, config))
+        self.registry.register(ServerCollector(runtime, config, busy_poll_seconds))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything, as of now."""

@@ -204,6 +204,9 @@ class ReadinessHub:
         self.busy_polls = 0
         """Polls of the epoll made instead of sleeping (see "Busy polling"): for tests and
         profiling."""
+        self.busy_poll_ns = 0
+        """Time spent polling instead of sleeping, about (a lead's time up to its event,
+        at most the window): what the polls cost, for the metrics."""
         self._again: dict[int, None] = {}
         """Sockets whose watcher asked to go on after a checkpoint, each once, in order.
 
@@ -327,7 +330,9 @@ class ReadinessHub:
     async def _lead(self, fd: int) -> None:
         """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
         began = perf_counter_ns()
-        poll_until = began + self._busy_poll_ns if self._poll_next else 0
+        window = self._busy_poll_ns
+        poll_until = began + window if self._poll_next else 0
+        polled = poll_until != 0
         in_vain = False
         try:
             poll = self.epoll.poll
@@ -356,7 +361,10 @@ class ReadinessHub:
                 if self._again and self._hub_parked:
                     self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
         finally:
-            self._poll_next = perf_counter_ns() - began < 2 * self._busy_poll_ns and not in_vain
+            lasted = perf_counter_ns() - began
+            if polled:
+                self.busy_poll_ns += min(lasted, window)
+            self._poll_next = lasted < 2 * window and not in_vain
             note = self._leader_note
             self.leader = None
             self.leader_fd = -1

@@ -148,8 +148,12 @@ class Server:
         if config.metrics_bind is not None:
             from .metrics import ServerMetrics
 
-            self.metrics = ServerMetrics(runtime, config)
+            self.metrics = ServerMetrics(runtime, config, self.busy_poll_seconds)
             self.batcher.observe_latency = self.metrics.latency.observe
+
+    def busy_poll_seconds(self) -> float:
+        """Time the readiness hub's lone connections polled instead of sleeping."""
+        return self.readiness.busy_poll_ns / 1e9 if self.readiness is not None else 0.0
 
     def base_scope(self, request: RequestHead, transport: Transport, kind: str) -> Scope:
         """The scope of a request; HTTP/1.1 requests build theirs inline (RequestCycle.run)."""

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from hornbeam_trio.config import Config, ConfigError
+from hornbeam_trio.readiness import ReadinessHub
 from tests.example_server import ExampleServer, example_server
 from tests.test_cli import run_cli
 
@@ -132,6 +133,25 @@ async def test_metrics_scraped_during_load_count_the_messages_publishes_and_deli
         assert value(samples, "hornbeam_pubsub_delivery_latency_seconds_bucket", le="+Inf") == (
             batches
         )
+
+
+@pytest.mark.skipif(not ReadinessHub.available(), reason="needs the readiness hub (Linux epoll)")
+@pytest.mark.parametrize("busy_poll_us", [0, 10_000])
+async def test_busy_poll_seconds_count_what_a_lone_connections_polls_cost(
+    busy_poll_us: int,
+) -> None:
+    echoes = 100
+    async with example_server(
+        APP, "--metrics-bind", "127.0.0.1:0", "--busy-poll-us", str(busy_poll_us)
+    ) as server:
+        await echo_load(server, echoes)
+        polled = value(await scrape(metrics_port(server)), "hornbeam_busy_poll_seconds_total")
+    if busy_poll_us:
+        # This process answers within the 10 ms window: its leads poll, at most a window
+        # each (the echoes' leads, and a few of the handshake's and the close's).
+        assert 0 < polled <= (echoes + 10) * busy_poll_us / 1e6
+    else:
+        assert polled == 0
 
 
 @asynccontextmanager
