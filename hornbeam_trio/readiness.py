@@ -41,15 +41,15 @@ at once when its own socket is among the events.  Invariants:
 (``benchmarks/ws_timeline.py``) shows where a round trip goes: ~10 us from the server's
 wakeup to its ``send`` (uvicorn's too), and ~20 us, each way, for the kernel to wake a
 process whose core went idle; the sleeps, not the work, are two thirds of it.  So a leader
-whose last lead ended within ``busy_poll_us`` does not sleep at once: it polls the epoll
-between checkpoints (the run loop polls its own meanwhile) until bytes come or that time
-is up, then sleeps as before.  A peer that answers that fast is served without a wakeup.
-The next lead polls if this one ended within twice the window (a lead that slept counts
-the kernel's wakeup too: ~50 us for this VM's fastest peer, so the window alone would
-never let polling begin) and did not poll in vain; a quiet peer costs one window, and the
-lead after it sleeps at once.  Only the lone leader polls: with more sockets busy the hub task
-holds the epoll, and the run loop has other work to do than sleep.  Timed by the wall
-clock, not Trio's: a test's MockClock stands still while a task is runnable.
+does not always sleep at once: it may first poll the epoll between checkpoints (the run
+loop polls its own meanwhile) until bytes come or ``busy_poll_us`` is up.  A peer that
+answers within that window is served without a wakeup.  A lead polls if the one before it
+ended within twice the window (a lead that slept counts the kernel's wakeup too: ~50 us
+for this VM's fastest peer, so the window alone would never let polling begin) and did
+not poll in vain; a quiet peer costs one window, and the lead after it sleeps at once.
+Only the lone leader polls: with more sockets busy the hub task holds the epoll, and the
+run loop has other work to do than sleep.  Timed by the wall clock, not Trio's: a test's
+MockClock stands still while a task is runnable.
 
 ``HORNBEAM_TRIO_READINESS=off`` in the environment makes :meth:`ReadinessHub.available`
 say no on Linux too, so the path every other platform (and TLS) takes runs the same
