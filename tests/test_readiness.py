@@ -538,13 +538,22 @@ async def test_when_the_leader_does_not_come_back_the_hub_serves_the_others() ->
                 await other.wait()
 
 
-async def test_a_cancelled_leader_lets_the_hub_serve_a_waiter_parked_behind_it() -> None:
-    async with running_hub() as (hub, a, b, nursery):
+@pytest.mark.parametrize("polling", [False, True], ids=["sleeping", "polling"])
+async def test_a_cancelled_leader_lets_the_hub_serve_a_waiter_parked_behind_it(
+    polling: bool,
+) -> None:
+    """A polling leader sees the cancellation at its next checkpoint, well within its
+    window (busy polling: see the end of this file)."""
+    async with running_hub(5_000_000 if polling else 0) as (hub, a, b, nursery):
         with another_socket(hub) as (c, d):
-            async with trio.open_nursery() as leader_nursery:
-                await start_leader(hub, a, b, leader_nursery, "leader")
-                other = await start_named_waiter(hub, c, nursery, "other")
-                leader_nursery.cancel_scope.cancel()
+            with trio.fail_after(1):
+                async with trio.open_nursery() as leader_nursery:
+                    looper = await start_leader(hub, a, b, leader_nursery, "leader")
+                    other = await start_named_waiter(hub, c, nursery, "other")
+                    if polling:
+                        await exchange(looper, b)
+                        await wait_polling(hub)
+                    leader_nursery.cancel_scope.cancel()
             assert hub.leader is None
             d.send(b"c")
             with trio.fail_after(1):
@@ -587,9 +596,13 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_a_leader_waiting_when_the_hub_ends_is_failed_and_no_fd_is_left() -> None:
+@pytest.mark.parametrize("polling", [False, True], ids=["sleeping", "polling"])
+async def test_a_leader_waiting_when_the_hub_ends_is_failed_and_no_fd_is_left(
+    polling: bool,
+) -> None:
+    """Polling, the leader finds the epoll closed at its next checkpoint."""
     before = open_fds()
-    hub = ReadinessHub()
+    hub = ReadinessHub(busy_poll_us=1_000_000 if polling else 0)
     a, b = socket.socketpair()
     a.setblocking(False)
     try:
@@ -598,6 +611,9 @@ async def test_a_leader_waiting_when_the_hub_ends_is_failed_and_no_fd_is_left() 
                 nursery.start_soon(hub.run)
                 hub.register(a.fileno())
                 looper = await start_leader(hub, a, b, outer, "leader")
+                if polling:
+                    await exchange(looper, b)
+                    await wait_polling(hub)
                 nursery.cancel_scope.cancel()  # the hub ends; the leader still waits
             with trio.fail_after(1):
                 await looper.closed.wait()
@@ -743,23 +759,6 @@ async def wait_polling(hub: ReadinessHub) -> None:
             await trio.sleep(0)
 
 
-async def test_a_leader_cancelled_while_polling_leaves_the_epoll_to_the_hub() -> None:
-    async with running_hub(busy_poll_us=5_000_000) as (hub, a, b, nursery):
-        with another_socket(hub) as (c, d):
-            # Well within the poll's window: the cancellation is seen at its next checkpoint.
-            with trio.fail_after(1):
-                async with trio.open_nursery() as leader_nursery:
-                    looper = await start_leader(hub, a, b, leader_nursery, "leader")
-                    other = await start_named_waiter(hub, c, nursery, "other")
-                    await exchange(looper, b)
-                    await wait_polling(hub)
-                    leader_nursery.cancel_scope.cancel()
-            assert hub.leader is None
-            d.send(b"c")
-            with trio.fail_after(1):
-                await other.wait()
-
-
 async def test_a_polling_leader_is_woken_by_interrupt_and_by_another_socket_s_waiter() -> None:
     async with running_hub(busy_poll_us=1_000_000) as (hub, a, b, nursery):
         with another_socket(hub) as (c, d):
@@ -775,25 +774,3 @@ async def test_a_polling_leader_is_woken_by_interrupt_and_by_another_socket_s_wa
             assert hub.interrupt(a.fileno())
             with trio.fail_after(1):
                 await woke.wait()
-
-
-async def test_a_leader_polling_when_the_hub_ends_is_failed_and_no_fd_is_left() -> None:
-    before = open_fds()
-    hub = ReadinessHub(busy_poll_us=1_000_000)
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    try:
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(hub.run)
-                hub.register(a.fileno())
-                looper = await start_leader(hub, a, b, outer, "leader")
-                await exchange(looper, b)
-                await wait_polling(hub)
-                nursery.cancel_scope.cancel()  # the hub ends; the leader still polls
-            with trio.fail_after(1):
-                await looper.closed.wait()
-    finally:
-        a.close()
-        b.close()
-    assert open_fds() == before
