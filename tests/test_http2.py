@@ -25,6 +25,7 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 from hornbeam_trio import Config, serve
 from hornbeam_trio.testing import AppFailed, run_server
+from hornbeam_trio.transport import StreamTransport
 
 CURL = shutil.which("curl")
 
@@ -426,7 +427,7 @@ def test_cli_flag_turns_http2_off() -> None:
 class RawH2:
     """An h2 client over a TCP stream, for what httpx hides: windows and frames."""
 
-    def __init__(self, stream: trio.SocketStream, settings: dict[int, int]) -> None:
+    def __init__(self, stream: trio.abc.Stream, settings: dict[int, int]) -> None:
         self.stream = stream
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
@@ -500,4 +501,54 @@ async def test_flow_control_both_ways_over_a_socket() -> None:
         await client.flush()
         await client.until(lambda ev: any(isinstance(e, h2.events.StreamEnded) for e in ev))
         assert received(client.events) == 1000
+        await client.stream.aclose()
+
+
+async def test_a_window_opened_while_the_stream_flushes_before_waiting_is_not_lost() -> None:
+    """A stream out of window first flushes what it queued (its HEADERS), then waits for
+    a WINDOW_UPDATE.  One that the reader handles during that flush wakes nobody yet:
+    the stream must look at its window again before it waits, or it waits for good.
+    The flush is held open (a hook of the memory stream it writes to) until the reader
+    has taken the WINDOW_UPDATE."""
+    armed: trio.lowlevel.Task | None = None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal armed
+        if scope["type"] != "http":
+            return  # lifespan
+        # The reader has written what it had and waits for bytes: the next write is
+        # this stream's own flush, before it waits for its window.
+        await trio.testing.wait_all_tasks_blocked()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        armed = trio.lowlevel.current_task()
+        await send({"type": "http.response.body", "body": b"0123456789"})
+
+    async with run_server(app, transport="memory") as server:
+        client_side, server_side = trio.testing.memory_stream_pair()
+        client = RawH2(client_side, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        pump = server_side.send_stream.send_all_hook
+        assert pump is not None
+
+        async def flush_that_lets_the_reader_run() -> None:
+            nonlocal armed
+            await pump()
+            if armed is not None and armed is trio.lowlevel.current_task():
+                armed = None
+                client.conn.increment_flow_control_window(10, stream_id=1)
+                server_side.receive_stream.put_data(client.conn.data_to_send())
+                await trio.testing.wait_all_tasks_blocked()  # the reader took it meanwhile
+
+        server_side.send_stream.send_all_hook = flush_that_lets_the_reader_run
+        nursery = server.server.connections_nursery
+        assert nursery is not None
+        nursery.start_soon(
+            server.server.handle_transport,
+            StreamTransport(server_side, client=("127.0.0.1", 50000), server=("127.0.0.1", 80)),
+        )
+        client.conn.send_headers(1, [(":method", "GET"), *REQUEST_HEADERS[1:]], end_stream=True)
+        await client.flush()
+        await client.until(lambda ev: any(isinstance(e, h2.events.StreamEnded) for e in ev))
+        assert armed is None  # the stream's flush did let the reader run
+        body = b"".join(e.data for e in client.events if isinstance(e, h2.events.DataReceived))
+        assert body == b"0123456789"
         await client.stream.aclose()
