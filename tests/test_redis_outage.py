@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ from trio_websocket import open_websocket_url
 
 from hornbeam_erlang import publish
 from hornbeam_trio import state
+from hornbeam_trio.backends.base import BackendUnavailable
+from hornbeam_trio.backends.redis_history import history_key, stream_key
 from hornbeam_trio.backends.redis_outage import OutageLog, reason
 from hornbeam_trio.runtime import current_runtime
 from hornbeam_trio.testing import run_server
@@ -284,3 +287,105 @@ async def test_a_publish_before_the_first_subscription_is_no_outage(
             finally:
                 current_runtime.reset(token)
     assert "unreachable" not in caplog.text and "reachable again" not in caplog.text
+
+
+class ReplyEater:
+    """A TCP proxy in front of Redis.  Armed with a marker, it passes on the write that
+    holds it, takes Redis's replies and drops the connection without handing them on:
+    Redis ran the commands, and the client cannot know it did."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.port = 0
+        self.marker: bytes | None = None
+        self.eaten = trio.Event()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._forward, listeners)
+
+    def arm(self, marker: bytes) -> None:
+        self.marker = marker
+        self.eaten = trio.Event()
+
+    async def _forward(self, client: trio.SocketStream) -> None:
+        eat = False
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.redis_port) as redis:
+
+            async def up(nursery: trio.Nursery) -> None:
+                nonlocal eat
+                async for data in client:
+                    if self.marker is not None and self.marker in data:
+                        self.marker = None
+                        eat = True  # before Redis can answer
+                    await redis.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            async def down(nursery: trio.Nursery) -> None:
+                async for data in redis:
+                    if eat:
+                        self.eaten.set()
+                        break  # both ends close: the replies are lost
+                    await client.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(up, nursery)
+                nursery.start_soon(down, nursery)
+
+
+async def _ok_again(call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()`` once the writer is back: it goes after the batch sent again."""
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await call()
+            except BackendUnavailable:
+                await trio.sleep(0.02)
+
+
+async def test_a_batch_redis_ran_but_whose_replies_were_lost_runs_its_counted_writes_once(
+    redis_available: None,
+) -> None:
+    """The writer sends a batch cut off mid-flight again (at-least-once).  An owned
+    counter's release (an increment queued without waiting) and a publish to a topic
+    that keeps history must not run twice: the second would leave the counter short and
+    give the message a second offset.  Each carries its process's sequence number, which
+    the script that runs it checks against the last one Redis ran (APPLIED_ONCE)."""
+
+    async def idle(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    with redis_server() as redis:
+        async with trio.open_nursery() as nursery:
+            proxy: ReplyEater = await nursery.start(ReplyEater(redis.port).serve)
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            async with run_server(idle, backend=url, history=("kept:*=10",)) as server:
+                backend: Any = server.server.runtime.backend
+                token = current_runtime.set(server.server.runtime)
+                try:
+                    assert await state.incr("online", 5) == 5
+                    proxy.arm(b"online")
+                    backend.incr_nowait("online", -5)  # what a connection's end sends
+                    with trio.fail_after(10):
+                        await proxy.eaten.wait()
+                    assert await _ok_again(lambda: state.get("online")) == 0  # not -5
+
+                    proxy.arm(b"kept:room")
+                    publish("kept:room", "once")
+                    with trio.fail_after(10):
+                        await proxy.eaten.wait()
+                    await _ok_again(lambda: state.get("online"))
+                finally:
+                    current_runtime.reset(token)
+                assert redis.command("XLEN", stream_key("hornbeam", "kept:room")) == 1
+                assert redis.command("HGET", history_key("hornbeam", "kept:room"), "top") == b"1"
+                assert redis.command("KEYS", "hornbeam:applied:*") != []
+            nursery.cancel_scope.cancel()
+        assert redis.command("KEYS", "hornbeam:applied:*") == []  # a clean stop drops it

@@ -53,8 +53,17 @@ Decisions (README, "Redis backend"):
   drop).  A silent subscriber connection is PINGed after ``keepalive`` seconds.  The
   log lines (one when an outage starts, one when it ends with exact counts) are
   :class:`.redis_outage.OutageLog`'s.  A batch cut off mid-flight is sent again
-  (at-least-once across a failure).  Messages published live by other processes while
-  this one alone was cut off are not replayed (Redis pub/sub keeps nothing).
+  (at-least-once across a failure): Redis may have run it and lost only the replies.
+  Sets, deletes and presence changes run twice to the same effect, and a plain publish
+  may reach a subscriber twice.  What would count twice runs once (**APPLIED_ONCE**):
+  an increment queued without waiting (an owned counter's release) and a publish to a
+  topic that keeps history (it takes an offset) are numbered in the order queued, and
+  the script that runs each first compares its number with the last one Redis ran for
+  this process (``<namespace>:applied:<token>``, one key per process, dropped at a clean
+  exit, else after a day) and does nothing if it is not newer.  The writer sends in
+  order on one connection, so "not newer" means "ran already".  Messages published live
+  by other processes while this one alone was cut off are not replayed (Redis pub/sub
+  keeps nothing).
 * At shutdown the writer gets ``flush_timeout`` seconds to send what is queued
   (owned keys released by the last connections included); what is left is dropped
   and ``run()`` raises :class:`BackendUnavailable` with the counts (exit 3).
@@ -99,10 +108,25 @@ _BATCH = 512
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 # (kind, name, argument): ("P", topic, payload | _KeptPublish) | ("S", key, payload)
-# | ("D", key, None) | ("I", key, delta) | ("R", topic, [raw commands]) (presence changes)
+# | ("D", key, None) | ("I", key, _Increment) | ("R", topic, [raw commands]) (presence)
 _Op = tuple[str, str, Any]
 
 _PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
+
+INCREMENT_SCRIPT = b"""
+-- KEYS[1] the counter, KEYS[2] the process's applied mark (APPLIED_ONCE)
+-- ARGV: delta, the increment's sequence number in its process, the mark's time to live (s)
+if tonumber(ARGV[2]) <= tonumber(redis.call('GET', KEYS[2]) or '0') then
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+_INCREMENT_SHA = hashlib.sha1(INCREMENT_SCRIPT).hexdigest().encode()
+
+APPLIED_ONCE_TTL = 86400
+"""Seconds the applied mark outlives the process's last such write: longer than any
+outage a backlog is kept through."""
 
 _FAILURES = (RedisError, OSError, TimeoutError, trio.TooSlowError)
 _PACE = b"hornbeam-pace"
@@ -148,6 +172,11 @@ class RedisBackend:
         self._leases = f"{namespace}:leases"
         self._owned_prefix = f"{namespace}:owned:"
         self._owned = self._owned_prefix + self.token
+        self._applied = f"{namespace}:applied:{self.token}".encode()
+        """APPLIED_ONCE: the sequence number of this process's last increment or kept
+        publish that Redis ran."""
+        self._once = 0
+        """The sequence number of this process's last increment or kept publish queued."""
         self._topic_prefix = f"{namespace}:topic:"
         self._presence_prefix = f"{namespace}:presence:"
         """A hash per topic: member id -> encoded info."""
@@ -295,6 +324,10 @@ class RedisBackend:
                 else:
                     self.outage.lost(op[0] == "P")
                 return
+            kind = op[0]
+            if kind == "I" or (kind == "P" and type(op[2]) is not bytes):
+                self._once += 1  # under the lock: numbered in the order queued
+                op[2].seq = self._once
             self._queue.append(op)
         if not self._work.is_set():
             if self._thread is None or threading.get_ident() == self._thread:
@@ -464,7 +497,7 @@ class RedisBackend:
         commands: list[bytes] = []
         queries: list[tuple[_Query, int]] = []
         state, channel = self._state_prefix, self._topic_prefix
-        script_loaded = False
+        script_loaded = increment_loaded = False
         for kind, name, argument in batch:
             if kind == "Q":
                 if not argument.abandoned:
@@ -476,13 +509,16 @@ class RedisBackend:
                 if not script_loaded:  # once per batch: Redis may have restarted since
                     script_loaded = True
                     commands.append(_command(b"SCRIPT", b"LOAD", PUBLISH_SCRIPT))
-                commands.append(argument.command(self.namespace, channel + name))
+                commands.append(argument.command(self.namespace, channel + name, self._applied))
             elif kind == "S":
                 commands.append(_command(b"SET", state + name, argument))
             elif kind == "D":
                 commands.append(_command(b"DEL", state + name))
             elif kind == "I":
-                commands.append(_command(b"INCRBY", state + name, str(argument)))
+                if not increment_loaded:
+                    increment_loaded = True
+                    commands.append(_command(b"SCRIPT", b"LOAD", INCREMENT_SCRIPT))
+                commands.append(argument.command(state + name, self._applied))
             elif kind == "L":
                 commands.append(_command(b"HSET", self._owned, name, argument))
             elif kind == "U":
@@ -490,7 +526,7 @@ class RedisBackend:
             elif kind == "R":
                 commands.extend(argument)
             else:  # "E"
-                commands.append(_command(b"DEL", self._owned))
+                commands.append(_command(b"DEL", self._owned, self._applied))
                 commands.append(_command(b"ZREM", self._leases, name))
         replies = await self._roundtrip(pool, commands)
         for query, start in reversed(queries):
@@ -876,7 +912,7 @@ class RedisBackend:
         self._enqueue(("D", _checked_key(key), None))
 
     def incr_nowait(self, key: str, delta: int) -> None:
-        self._enqueue(("I", _checked_key(key), _checked_delta(delta)))
+        self._enqueue(("I", _checked_key(key), _Increment(_checked_delta(delta))))
 
     # -- state, awaitable ------------------------------------------------------
     @contextmanager
@@ -962,26 +998,55 @@ class RedisBackend:
 
 class _KeptPublish:
     """A publish to a topic that keeps history: sent as PUBLISH_SCRIPT (EVALSHA; the
-    writer loads the script first in the same batch)."""
+    writer loads the script first in the same batch), run once (APPLIED_ONCE)."""
 
-    __slots__ = ("payload", "rule", "topic")
+    __slots__ = ("payload", "rule", "seq", "topic")
 
     def __init__(self, topic: str, payload: bytes, rule: HistoryRule) -> None:
         self.topic = topic
         self.payload = payload
         self.rule = rule
+        self.seq = 0
+        """Numbered when queued (``_enqueue``)."""
 
-    def command(self, namespace: str, channel: str) -> bytes:
+    def command(self, namespace: str, channel: str, applied: bytes) -> bytes:
         return _command(
             b"EVALSHA",
             _PUBLISH_SHA,
-            b"2",
+            b"3",
             history_key(namespace, self.topic),
             stream_key(namespace, self.topic),
+            applied,
             channel,
             self.payload,
             str(self.rule.size),
             new_epoch(),
+            str(self.seq),
+            str(APPLIED_ONCE_TTL),
+        )
+
+
+class _Increment:
+    """An increment queued without waiting (``incr_nowait``: an owned counter's release),
+    sent as INCREMENT_SCRIPT, run once (APPLIED_ONCE)."""
+
+    __slots__ = ("delta", "seq")
+
+    def __init__(self, delta: int) -> None:
+        self.delta = delta
+        self.seq = 0
+        """Numbered when queued (``_enqueue``)."""
+
+    def command(self, key: str, applied: bytes) -> bytes:
+        return _command(
+            b"EVALSHA",
+            _INCREMENT_SHA,
+            b"2",
+            key,
+            applied,
+            str(self.delta),
+            str(self.seq),
+            str(APPLIED_ONCE_TTL),
         )
 
 

@@ -40,8 +40,14 @@ KEPT_TAG = b"h"
 """First byte of a PUBLISH payload that carries a position: ``h<epoch>:<offset>:<message>``."""
 
 PUBLISH_SCRIPT = b"""
--- KEYS[1] the topic's hash (epoch, top), KEYS[2] its stream
--- ARGV: channel, message, size, epoch to use if the hash is missing
+-- KEYS[1] the topic's hash (epoch, top), KEYS[2] its stream, KEYS[3] the publishing
+-- process's applied mark (redis.py, APPLIED_ONCE)
+-- ARGV: channel, message, size, epoch to use if the hash is missing, the publish's
+--       sequence number in its process, the mark's time to live (s)
+if tonumber(ARGV[5]) <= tonumber(redis.call('GET', KEYS[3]) or '0') then
+  return false
+end
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[4]
