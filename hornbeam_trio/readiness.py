@@ -329,8 +329,8 @@ class ReadinessHub:
 
     async def _lead(self, fd: int) -> None:
         """Wait on the epoll for ``fd``, serving every other socket's edges meanwhile."""
-        began = perf_counter_ns()
         window = self._busy_poll_ns
+        began = perf_counter_ns() if window else 0  # no clock reads with polling off
         poll_until = began + window if self._poll_next else 0
         polled = poll_until != 0
         in_vain = False
@@ -361,10 +361,11 @@ class ReadinessHub:
                 if self._again and self._hub_parked:
                     self._wake_hub()  # watchers that go on after a checkpoint: the hub's job
         finally:
-            lasted = perf_counter_ns() - began
-            if polled:
-                self.busy_poll_ns += min(lasted, window)
-            self._poll_next = lasted < 2 * window and not in_vain
+            if window:
+                lasted = perf_counter_ns() - began
+                if polled:
+                    self.busy_poll_ns += min(lasted, window)
+                self._poll_next = lasted < 2 * window and not in_vain
             note = self._leader_note
             self.leader = None
             self.leader_fd = -1

@@ -274,7 +274,6 @@ class WebSocketConnection(WebSocketSession):
                     await self.writer.final_flush(1.0)
                 await self.transport.close()
 
-
     @classmethod
     def for_request(
         cls,

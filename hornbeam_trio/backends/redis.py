@@ -95,6 +95,7 @@ from .presence import checked_topic, events_topic, join_event, leave_event
 from .redis_history import (
     PUBLISH_SCRIPT,
     READ_SCRIPT,
+    applied_once,
     decode_published,
     history_key,
     parse_read,
@@ -113,15 +114,14 @@ _Op = tuple[str, str, Any]
 
 _PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 
-INCREMENT_SCRIPT = b"""
+INCREMENT_SCRIPT = (
+    b"""
 -- KEYS[1] the counter, KEYS[2] the process's applied mark (APPLIED_ONCE)
 -- ARGV: delta, the increment's sequence number in its process, the mark's time to live (s)
-if tonumber(ARGV[2]) <= tonumber(redis.call('GET', KEYS[2]) or '0') then
-  return false
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return redis.call('INCRBY', KEYS[1], ARGV[1])
 """
+    + applied_once("KEYS[2]", "ARGV[2]", "ARGV[3]")
+    + b"return redis.call('INCRBY', KEYS[1], ARGV[1])\n"
+)
 _INCREMENT_SHA = hashlib.sha1(INCREMENT_SCRIPT).hexdigest().encode()
 
 APPLIED_ONCE_TTL = 86400

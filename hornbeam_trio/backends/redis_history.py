@@ -39,16 +39,28 @@ from .history import Kept, Position
 KEPT_TAG = b"h"
 """First byte of a PUBLISH payload that carries a position: ``h<epoch>:<offset>:<message>``."""
 
-PUBLISH_SCRIPT = b"""
+
+def applied_once(mark: str, seq: str, ttl: str) -> bytes:
+    """The opening of a script that must run once per write (redis.py, APPLIED_ONCE):
+    nothing if the process's applied ``mark`` is at or past this write's ``seq``, else
+    the mark moves to it.  Arguments are Lua expressions (``KEYS[3]``, ``ARGV[5]``)."""
+    return (
+        f"if tonumber({seq}) <= tonumber(redis.call('GET', {mark}) or '0') then\n"
+        "  return false\n"
+        "end\n"
+        f"redis.call('SET', {mark}, {seq}, 'EX', {ttl})\n"
+    ).encode()
+
+
+PUBLISH_SCRIPT = (
+    b"""
 -- KEYS[1] the topic's hash (epoch, top), KEYS[2] its stream, KEYS[3] the publishing
 -- process's applied mark (redis.py, APPLIED_ONCE)
 -- ARGV: channel, message, size, epoch to use if the hash is missing, the publish's
 --       sequence number in its process, the mark's time to live (s)
-if tonumber(ARGV[5]) <= tonumber(redis.call('GET', KEYS[3]) or '0') then
-  return false
-end
-redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+"""
+    + applied_once("KEYS[3]", "ARGV[5]", "ARGV[6]")
+    + b"""local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[4]
   redis.call('DEL', KEYS[2])
@@ -61,6 +73,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'm', ARGV[2]
 redis.call('PUBLISH', ARGV[1], 'h' .. epoch .. ':' .. offset .. ':' .. ARGV[2])
 return offset
 """
+)
 
 READ_SCRIPT = b"""
 -- KEYS[1] the topic's hash (epoch, top), KEYS[2] its stream
